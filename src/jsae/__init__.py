@@ -1,0 +1,24 @@
+"""jsae: Jacobian sparse autoencoders (Farnik et al., ICML 2025) as a reproducible pipeline."""
+
+from jsae.jacobian import active_jacobian, jacobian_authors_formulation
+from jsae.mlp import MLP, GatedMLP, PlainMLP, mlp_from_module
+from jsae.pair import EVALUATION_POINT, JSAEPair, PairOutput, jacobian_l1, mse
+from jsae.sae import TopKSAE
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EVALUATION_POINT",
+    "MLP",
+    "GatedMLP",
+    "JSAEPair",
+    "PairOutput",
+    "PlainMLP",
+    "TopKSAE",
+    "__version__",
+    "active_jacobian",
+    "jacobian_authors_formulation",
+    "jacobian_l1",
+    "mlp_from_module",
+    "mse",
+]

@@ -1,0 +1,130 @@
+"""The JSAE pair: ``sae_in`` on the MLP input x, ``sae_out`` on y = MLP(x), and the loss (eq. 5).
+
+Evaluation point (appendix D.1, eq. 33): the MLP runs on the *true* input x, so y, the output
+SAE's top-k and the activation derivatives in the Jacobian are all taken at x, not at x_hat.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from jsae.jacobian import DEFAULT_CHUNK_ELEMENTS, active_jacobian
+from jsae.mlp import MLP, mlp_from_module
+from jsae.sae import TopKSAE
+from jsae.validation import check_features
+
+#: Where the Jacobian and the output SAE's input are evaluated; recorded in every run's params.
+EVALUATION_POINT = "true_mlp_input"
+
+
+@dataclass
+class PairOutput:
+    """Everything one forward of a pair computes, for training and evaluation alike."""
+
+    x_hat: Tensor
+    y: Tensor
+    y_hat: Tensor
+    in_vals: Tensor
+    in_idx: Tensor
+    out_vals: Tensor
+    out_idx: Tensor
+    jacobian: Tensor | None  # [T, k_out, k_in]
+
+
+def mse(target: Tensor, recon: Tensor) -> Tensor:
+    """MSE averaged over tokens and features (eq. 5's MSE terms, as the paper's code scales them)."""
+    return F.mse_loss(recon, target.to(recon.dtype))
+
+
+def jacobian_l1(J: Tensor) -> Tensor:
+    """Eq. 5's Jacobian term without lambda: ``(1 / k^2) sum |J|`` per token, averaged over tokens."""
+    return J.abs().sum(dim=(-2, -1)).mean() / (J.shape[-2] * J.shape[-1])
+
+
+class JSAEPair(nn.Module):
+    """A pair of TopK SAEs around a frozen MLP; its trainable parameters are the two SAEs'."""
+
+    def __init__(self, sae_in: TopKSAE, sae_out: TopKSAE, mlp: MLP | nn.Module) -> None:
+        super().__init__()
+        mlp = mlp_from_module(mlp)
+        if sae_in.d_in != mlp.d_in:
+            raise ValueError(f"sae_in.d_in={sae_in.d_in} does not match the MLP input width {mlp.d_in}; expected equal")
+        if sae_out.d_in != mlp.d_out:
+            raise ValueError(f"sae_out.d_in={sae_out.d_in} does not match the MLP output width {mlp.d_out}; expected equal")
+        self.sae_in, self.sae_out, self.mlp = sae_in, sae_out, mlp
+        self.chunk_elements = DEFAULT_CHUNK_ELEMENTS
+
+    def mlp_terms(self, x: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """y = MLP(x) and the Jacobian's diagonal factors at x; constants for the SAEs' training."""
+        dtype = self.sae_in.W_enc.dtype
+        with torch.no_grad():
+            y, terms = self.mlp.jacobian_terms(x.to(self.mlp.W_out.dtype))
+        return y.to(dtype), [(W, d.to(dtype)) for W, d in terms]
+
+    def forward(self, x: Tensor, *, with_jacobian: bool = True) -> PairOutput:
+        check_features(x, self.sae_in.d_in, "x")
+        x = x.reshape(-1, self.sae_in.d_in)
+        y, terms = self.mlp_terms(x)
+        in_vals, in_idx = self.sae_in.encode(x)
+        out_vals, out_idx = self.sae_out.encode(y)
+        J = None
+        if with_jacobian:
+            dtype = self.sae_in.W_dec.dtype
+            J = active_jacobian(
+                self.sae_out.W_enc,
+                self.mlp.W_out.to(dtype),
+                [(W.to(dtype), d) for W, d in terms],
+                self.sae_in.W_dec,
+                out_idx,
+                in_idx,
+                chunk_elements=self.chunk_elements,
+            )
+            # An output latent the ReLU switched off has zero value and zero derivative.
+            J = J * (out_vals > 0).unsqueeze(-1).to(J.dtype)
+        return PairOutput(
+            x_hat=self.sae_in.decode(in_vals, in_idx),
+            y=y,
+            y_hat=self.sae_out.decode(out_vals, out_idx),
+            in_vals=in_vals,
+            in_idx=in_idx,
+            out_vals=out_vals,
+            out_idx=out_idx,
+            jacobian=J,
+        )
+
+    def jacobian(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(J, in_idx, out_idx)`` with ``J[b, a, c] = d s_y[out_idx[b, a]] / d s_x[in_idx[b, c]]``."""
+        out = self.forward(x)
+        assert out.jacobian is not None
+        return out.jacobian, out.in_idx, out.out_idx
+
+    def loss(self, x: Tensor, jacobian_coef: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
+        """Eq. 5: ``MSE(x, x_hat) + MSE(y, y_hat) + lambda / k^2 sum |J|``, averaged over tokens.
+
+        ``jacobian_coef = 0`` trains two traditional SAEs (the Jacobian is then not computed).
+        ``parts`` holds detached scalars: ``mse_in``, ``mse_out``, ``jac`` (the L1 term before lambda).
+        """
+        coef = float(jacobian_coef)
+        if not coef >= 0 or coef != coef or coef == float("inf"):
+            raise ValueError(f"jacobian_coef={jacobian_coef!r} is invalid; expected a finite number >= 0")
+        out = self.forward(x, with_jacobian=coef > 0)
+        x = x.reshape(-1, self.sae_in.d_in)
+        mse_in = mse(x, out.x_hat)
+        mse_out = mse(out.y, out.y_hat)
+        total = mse_in + mse_out
+        jac = torch.zeros((), dtype=total.dtype, device=total.device)
+        if out.jacobian is not None:
+            jac = jacobian_l1(out.jacobian)
+            total = total + coef * jac
+        parts = {"mse_in": mse_in.detach(), "mse_out": mse_out.detach(), "jac": jac.detach(), "loss": total.detach()}
+        return total, parts
+
+    @torch.no_grad()
+    def normalize_decoders_(self) -> None:
+        """Unit-norm decoder rows in both SAEs (appendix D: after every optimiser step)."""
+        self.sae_in.normalize_decoder_()
+        self.sae_out.normalize_decoder_()

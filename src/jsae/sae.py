@@ -1,0 +1,143 @@
+"""TopK sparse autoencoders (paper eqs. 1-2 with phi = TopK; initialisation from appendix D).
+
+Shapes follow one convention everywhere: ``W_enc`` and ``W_dec`` are both ``[n_latents, d_in]``
+(one row per latent), ``b_enc`` is ``[n_latents]`` and ``b_dec`` is ``[d_in]``.
+
+Speed: the encoder forward is the only dense ``B x n_latents`` computation. Its backward, the
+decode and the decode's backward touch only the k selected latents per token (``B*k*d`` work
+instead of ``B*n*d``); see :class:`_TopKEncode` and :func:`sparse_decode`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from jsae.validation import check_features, check_k
+
+
+class _TopKEncode(torch.autograd.Function):
+    """TopK-ReLU encoder whose backward only touches the k selected latents per token.
+
+    Autograd through ``torch.topk`` would scatter the gradient into a dense ``[B, n]`` tensor and
+    multiply it by ``x`` (``B*n*d`` MACs). Only ``B*k`` entries of that tensor are non-zero, so the
+    weight gradient is a sparse-dense product and the input gradient an ``embedding_bag``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int):  # type: ignore[override]
+        pre = torch.addmm(b_enc, x, W_enc.t())
+        vals, idx = pre.topk(k, dim=-1, sorted=False)
+        del pre  # the dense pre-activations are not needed for the backward
+        active = vals > 0
+        vals = vals * active
+        ctx.save_for_backward(x, W_enc, idx, active)
+        ctx.mark_non_differentiable(idx)
+        return vals, idx
+
+    @staticmethod
+    def backward(ctx, grad_vals: Tensor, _grad_idx: Tensor | None):  # type: ignore[override]
+        x, W_enc, idx, active = ctx.saved_tensors
+        g = grad_vals * active
+        grad_x = grad_W = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.embedding_bag(idx, W_enc, per_sample_weights=g, mode="sum")
+        if ctx.needs_input_grad[1]:
+            grad_W = scatter_outer(idx, g, x, W_enc.shape[0])
+        if ctx.needs_input_grad[2]:
+            grad_b = torch.zeros(W_enc.shape[0], dtype=g.dtype, device=g.device)
+            grad_b.index_add_(0, idx.reshape(-1), g.reshape(-1))
+        return grad_x, grad_W, grad_b, None
+
+
+def scatter_outer(idx: Tensor, weights: Tensor, rows: Tensor, n: int) -> Tensor:
+    """``out[j] = sum over (b, a) with idx[b, a] == j of weights[b, a] * rows[b]``, shape ``[n, d]``.
+
+    The weight gradient of a TopK encoder (and of a gather-decode): a sparse ``[n, B]`` matrix with
+    ``B*k`` non-zeros times the dense ``[B, d]`` rows, without building a ``[B, k, d]`` tensor.
+    """
+    B, k = idx.shape
+    token = torch.arange(B, device=idx.device).repeat_interleave(k)
+    sparse = torch.sparse_coo_tensor(
+        torch.stack([idx.reshape(-1), token]), weights.reshape(-1), (n, B), dtype=rows.dtype
+    )
+    return torch.sparse.mm(sparse, rows)
+
+
+def sparse_decode(vals: Tensor, idx: Tensor, W_dec: Tensor, b_dec: Tensor) -> Tensor:
+    """``x_hat = sum_a vals[:, a] * W_dec[idx[:, a]] + b_dec`` (eq. 2), a gather-sum over k rows.
+
+    ``embedding_bag`` fuses the gather and the weighted sum, so neither the forward nor the backward
+    builds a dense ``[B, n_latents]`` code or a ``[B, k, d]`` gather.
+    """
+    return F.embedding_bag(idx, W_dec, per_sample_weights=vals.to(W_dec.dtype), mode="sum") + b_dec
+
+
+class TopKSAE(nn.Module):
+    """A k-sparse autoencoder: ``s = TopK(ReLU(W_enc x + b_enc))``, ``x_hat = W_dec^T s + b_dec``.
+
+    Initialised as in appendix D (after Gao et al., 2024): decoder rows drawn at random and scaled
+    to unit norm, ``W_enc = W_dec`` (the paper's ``W_enc = W_dec^T`` in its column convention),
+    zero biases. Call :meth:`normalize_decoder_` after every optimiser step.
+    """
+
+    def __init__(
+        self,
+        d_in: int,
+        n_latents: int,
+        k: int,
+        *,
+        seed: int | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("d_in", d_in), ("n_latents", n_latents)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} is invalid; expected a positive integer")
+        check_k(k, n_latents)
+        self.d_in, self.n_latents, self.k = d_in, n_latents, k
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        dtype = dtype or torch.get_default_dtype()
+        bound = 1.0 / math.sqrt(d_in)
+        W_dec = (torch.rand(n_latents, d_in, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+        W_dec = (W_dec / W_dec.norm(dim=1, keepdim=True)).to(dtype)
+        self.W_enc = nn.Parameter(W_dec.clone().to(device))
+        self.b_enc = nn.Parameter(torch.zeros(n_latents, dtype=dtype, device=device))
+        self.W_dec = nn.Parameter(W_dec.to(device))
+        self.b_dec = nn.Parameter(torch.zeros(d_in, dtype=dtype, device=device))
+
+    def extra_repr(self) -> str:
+        return f"d_in={self.d_in}, n_latents={self.n_latents}, k={self.k}"
+
+    def pre_activations(self, x: Tensor) -> Tensor:
+        """Dense ``W_enc x + b_enc``, ``[..., n_latents]``: for analysis, never used in training."""
+        return F.linear(x, self.W_enc, self.b_enc)
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The k largest ReLU'd pre-activations and their latent indices: ``[..., k]``, ``[..., k]``."""
+        check_features(x, self.d_in, "x")
+        lead = x.shape[:-1]
+        vals, idx = _TopKEncode.apply(
+            x.reshape(-1, self.d_in).to(self.W_enc.dtype), self.W_enc, self.b_enc, self.k
+        )
+        return vals.reshape(*lead, self.k), idx.reshape(*lead, self.k)
+
+    def decode(self, vals: Tensor, idx: Tensor) -> Tensor:
+        """Reconstruction from k (value, index) pairs per token, ``[..., d_in]``."""
+        if vals.shape != idx.shape:
+            raise ValueError(f"vals shape {tuple(vals.shape)} != idx shape {tuple(idx.shape)}; expected equal shapes")
+        lead, kk = vals.shape[:-1], vals.shape[-1]
+        out = sparse_decode(vals.reshape(-1, kk), idx.reshape(-1, kk), self.W_dec, self.b_dec)
+        return out.reshape(*lead, self.d_in)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decode(*self.encode(x))
+
+    @torch.no_grad()
+    def normalize_decoder_(self) -> None:
+        """Scale decoder rows to unit norm (appendix D: at init and after every step)."""
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(torch.finfo(self.W_dec.dtype).tiny))
