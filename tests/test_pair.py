@@ -1,0 +1,82 @@
+"""The JSAE pair: eq. 5's loss and its gradients against a dense autograd implementation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from builders import D, build_hf_mlp
+from jsae import JSAEPair, TopKSAE
+from oracle import naive_pair_loss
+from test_jacobian import make_pair
+
+
+@pytest.mark.parametrize("name", ["neox-gelu", "gpt2-gelu-new", "llama-silu", "gemma3-gelu-tanh"])
+@pytest.mark.parametrize("coef", [0.0, 0.7])
+def test_loss_and_gradients_match_dense_autograd(name, coef):
+    module = build_hf_mlp(name)
+    x = torch.randn(5, D, dtype=torch.float64)
+    pair = make_pair(module)
+    loss, parts = pair.loss(x, jacobian_coef=coef)
+    loss.backward()
+    ours = {n: p.grad.clone() for n, p in pair.named_parameters()}
+
+    ref_pair = make_pair(module)  # same seed: identical parameters
+    ref = naive_pair_loss(ref_pair, module, x, coef)
+    ref.backward()
+    torch.testing.assert_close(loss, ref, rtol=1e-10, atol=1e-12)
+    assert float(parts["loss"]) == pytest.approx(float(ref.detach()), rel=1e-10)
+    assert float(parts["mse_in"] + parts["mse_out"] + coef * parts["jac"]) == pytest.approx(float(loss), rel=1e-12)
+    for n, p in ref_pair.named_parameters():
+        torch.testing.assert_close(ours[n], p.grad, rtol=1e-8, atol=1e-11, msg=f"gradient of {n}")
+    if coef > 0:
+        assert ours["sae_out.W_enc"].abs().sum() > 0 and float(parts["jac"]) > 0
+
+
+def test_trainable_parameters_are_the_two_saes():
+    pair = make_pair(build_hf_mlp("llama-silu"))
+    names = [n for n, _ in pair.named_parameters()]
+    assert names == [f"{s}.{p}" for s in ("sae_in", "sae_out") for p in ("W_enc", "b_enc", "W_dec", "b_dec")]
+    assert all(p.requires_grad for p in pair.parameters())
+    assert pair.float().mlp.W_out.dtype == torch.float32  # .to()/.float() move the frozen MLP too
+    loss, _ = pair.loss(torch.randn(4, D), 1.0)
+    assert loss.dtype == torch.float32
+
+
+def test_lambda_zero_skips_the_jacobian():
+    pair = make_pair(build_hf_mlp("neox-gelu"))
+    out = pair(torch.randn(4, D, dtype=torch.float64), with_jacobian=False)
+    assert out.jacobian is None
+    _, parts = pair.loss(torch.randn(4, D, dtype=torch.float64), jacobian_coef=0)
+    assert float(parts["jac"]) == 0.0
+
+
+def test_normalize_decoders():
+    pair = make_pair(build_hf_mlp("neox-gelu"))
+    with torch.no_grad():
+        pair.sae_in.W_dec.mul_(3.0)
+        pair.sae_out.W_dec.mul_(0.5)
+    pair.normalize_decoders_()
+    for sae in (pair.sae_in, pair.sae_out):
+        torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(sae.n_latents, dtype=torch.float64))
+
+
+def test_bad_inputs():
+    module = build_hf_mlp("neox-gelu")
+    with pytest.raises(ValueError, match=r"sae_in.d_in=7 does not match the MLP input width 12"):
+        JSAEPair(TopKSAE(7, 20, 3), TopKSAE(D, 20, 3), module)
+    with pytest.raises(ValueError, match=r"sae_out.d_in=9 does not match the MLP output width 12"):
+        JSAEPair(TopKSAE(D, 20, 3), TopKSAE(9, 20, 3), module)
+    with pytest.raises(TypeError, match="unsupported MLP module type Linear"):
+        JSAEPair(TopKSAE(D, 20, 3), TopKSAE(D, 20, 3), torch.nn.Linear(D, D))
+    pair = make_pair(module)
+    with pytest.raises(ValueError, match=r"x has shape \(4, 5\)"):
+        pair.loss(torch.randn(4, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="jacobian_coef=-1"):
+        pair.loss(torch.randn(4, D, dtype=torch.float64), jacobian_coef=-1)
+    with pytest.raises(ValueError, match="jacobian_coef=nan"):
+        pair.loss(torch.randn(4, D, dtype=torch.float64), jacobian_coef=float("nan"))
+    x = torch.randn(4, D, dtype=torch.float64)
+    x[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="non-finite"):
+        pair.jacobian(x)
