@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jsae.jacobian import DEFAULT_CHUNK_ELEMENTS, active_jacobian, jacobian_authors_formulation
+from jsae.jacobian import DEFAULT_CHUNK_ELEMENTS, active_jacobian, active_jacobian_l1, jacobian_authors_formulation
 from jsae.mlp import MLP, mlp_from_module
 from jsae.sae import TopKSAE
 from jsae.validation import check_features
@@ -77,17 +77,26 @@ class JSAEPair(nn.Module):
         return y.to(dtype), [(W, d.to(dtype)) for W, d in terms]
 
     def forward(self, x: Tensor, *, with_jacobian: bool = True) -> PairOutput:
+        """Encode x and y = MLP(x), decode both, and (optionally) the differentiable active J."""
+        return self._run(x, "value" if with_jacobian else None)[0]
+
+    def _run(self, x: Tensor, jacobian: str | None) -> tuple[PairOutput, Tensor | None]:
+        """``jacobian``: None, ``"value"`` (differentiable J) or ``"l1"`` (eq. 5's term, fused, + J)."""
         check_features(x, self.sae_in.d_in, "x")
         x = x.reshape(-1, self.sae_in.d_in)
         y, terms = self.mlp_terms(x)
         in_vals, in_idx = self.sae_in.encode(x)
         out_vals, out_idx = self.sae_out.encode(y)
-        J = None
-        if with_jacobian:
-            J = self._active_jacobian(terms, out_idx, in_idx)
-            # An output latent the ReLU switched off has zero value and zero derivative.
-            J = J * (out_vals > 0).unsqueeze(-1).to(J.dtype)
-        return PairOutput(
+        # An output latent the ReLU switched off has zero value and zero derivative: its row of J is 0.
+        out_active = (out_vals > 0).to(in_vals.dtype)
+        J = l1 = None
+        if jacobian == "l1" and self.jacobian_impl == "active":
+            weight = out_active / (out_active.shape[0] * self.sae_out.k * self.sae_in.k)
+            l1, J = active_jacobian_l1(*self._jacobian_args(terms, out_idx, in_idx), weight, chunk_elements=self.chunk_elements)
+        elif jacobian is not None:
+            J = self._jacobian_value(terms, out_idx, in_idx) * out_active.unsqueeze(-1)
+            l1 = jacobian_l1(J) if jacobian == "l1" else None
+        out = PairOutput(
             x_hat=self.sae_in.decode(in_vals, in_idx),
             y=y,
             y_hat=self.sae_out.decode(out_vals, out_idx),
@@ -97,19 +106,19 @@ class JSAEPair(nn.Module):
             out_idx=out_idx,
             jacobian=J,
         )
+        return out, l1
 
-    def _active_jacobian(self, terms: list[tuple[Tensor, Tensor]], out_idx: Tensor, in_idx: Tensor) -> Tensor:
+    def _jacobian_args(self, terms: list[tuple[Tensor, Tensor]], out_idx: Tensor, in_idx: Tensor) -> tuple:
         dtype = self.sae_in.W_dec.dtype
-        W_out = self.mlp.W_out.to(dtype)
         terms = [(W.to(dtype), d) for W, d in terms]
+        return self.sae_out.W_enc, self.mlp.W_out.to(dtype), terms, self.sae_in.W_dec, out_idx, in_idx
+
+    def _jacobian_value(self, terms: list[tuple[Tensor, Tensor]], out_idx: Tensor, in_idx: Tensor) -> Tensor:
+        W_enc_out, W_out, terms, W_dec_in, out_idx, in_idx = self._jacobian_args(terms, out_idx, in_idx)
         if self.jacobian_impl == "authors":
             [(W_in, phi_prime)] = terms
-            return jacobian_authors_formulation(
-                self.sae_out.W_enc, W_out, W_in, phi_prime, self.sae_in.W_dec, out_idx, in_idx
-            )
-        return active_jacobian(
-            self.sae_out.W_enc, W_out, terms, self.sae_in.W_dec, out_idx, in_idx, chunk_elements=self.chunk_elements
-        )
+            return jacobian_authors_formulation(W_enc_out, W_out, W_in, phi_prime, W_dec_in, out_idx, in_idx)
+        return active_jacobian(W_enc_out, W_out, terms, W_dec_in, out_idx, in_idx, chunk_elements=self.chunk_elements)
 
     def jacobian(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(J, in_idx, out_idx)`` with ``J[b, a, c] = d s_y[out_idx[b, a]] / d s_x[in_idx[b, c]]``."""
@@ -121,21 +130,27 @@ class JSAEPair(nn.Module):
         """Eq. 5: ``MSE(x, x_hat) + MSE(y, y_hat) + lambda / k^2 sum |J|``, averaged over tokens.
 
         ``jacobian_coef = 0`` trains two traditional SAEs (the Jacobian is then not computed).
-        ``parts`` holds detached scalars: ``mse_in``, ``mse_out``, ``jac`` (the L1 term before lambda).
+        ``parts`` holds detached values: scalars ``mse_in``, ``mse_out``, ``jac`` (the L1 term
+        before lambda), ``loss``, and the tensors of :class:`PairOutput` under their own names
+        (``jacobian``, ``in_idx``, ``out_idx``, ...) for metrics such as dead latents.
         """
         coef = float(jacobian_coef)
-        if not coef >= 0 or coef != coef or coef == float("inf"):
+        if not coef >= 0 or coef == float("inf"):
             raise ValueError(f"jacobian_coef={jacobian_coef!r} is invalid; expected a finite number >= 0")
-        out = self.forward(x, with_jacobian=coef > 0)
+        out, jac = self._run(x, "l1" if coef > 0 else None)
         x = x.reshape(-1, self.sae_in.d_in)
         mse_in = mse(x, out.x_hat)
         mse_out = mse(out.y, out.y_hat)
         total = mse_in + mse_out
-        jac = torch.zeros((), dtype=total.dtype, device=total.device)
-        if out.jacobian is not None:
-            jac = jacobian_l1(out.jacobian)
+        if jac is None:
+            jac = torch.zeros((), dtype=total.dtype, device=total.device)
+        else:
             total = total + coef * jac
         parts = {"mse_in": mse_in.detach(), "mse_out": mse_out.detach(), "jac": jac.detach(), "loss": total.detach()}
+        for name in ("in_vals", "in_idx", "out_vals", "out_idx", "jacobian"):
+            value = getattr(out, name)
+            if value is not None:
+                parts[name] = value.detach()
         return total, parts
 
     @torch.no_grad()
