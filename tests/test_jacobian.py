@@ -109,3 +109,25 @@ def test_chunking_and_batch_restriction_do_not_change_values_or_grads(name):
         torch.testing.assert_close(J, results[0][0], rtol=1e-12, atol=1e-13)
         for g, g0 in zip(grads, results[0][1]):
             torch.testing.assert_close(g, g0, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("name", ["neox-gelu", "gemma3-gelu-tanh"])
+def test_fused_l1_equals_autograd_of_generic_path(name):
+    from jsae.jacobian import active_jacobian, active_jacobian_l1
+
+    module = build_hf_mlp(name)
+    pair = make_pair(module)
+    x = torch.randn(30, D, dtype=torch.float64)
+    out = pair(x, with_jacobian=False)
+    _, terms = pair.mlp.jacobian_terms(x)
+    weight = torch.rand(30, K_OUT, dtype=torch.float64)
+    args = (pair.sae_out.W_enc, pair.mlp.W_out, terms, pair.sae_in.W_dec, out.out_idx, out.in_idx)
+    l1, J = active_jacobian_l1(*args, weight, chunk_elements=3 * K_OUT * 40)
+    ref_J = active_jacobian(*args)
+    ref = (ref_J.abs() * weight[..., None]).sum()
+    torch.testing.assert_close(l1, ref, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(J, ref_J.detach(), rtol=1e-12, atol=1e-14)
+    assert not J.requires_grad
+    params = [pair.sae_out.W_enc, pair.sae_in.W_dec]
+    for g, r in zip(torch.autograd.grad(3.0 * l1, params), torch.autograd.grad(3.0 * ref, params)):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-13)

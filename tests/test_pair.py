@@ -80,3 +80,18 @@ def test_bad_inputs():
     x[0, 0] = float("inf")
     with pytest.raises(ValueError, match="non-finite"):
         pair.jacobian(x)
+
+
+@pytest.mark.parametrize("name", ["neox-gelu", "llama-silu"])
+def test_bf16_autocast_runs_and_stays_close(name):
+    """The CUDA recipe (fp32 weights, bf16 autocast), exercised on CPU: same loss to bf16 accuracy."""
+    module = build_hf_mlp(name).float()
+    pair = make_pair(module).float()
+    x = torch.randn(64, D)
+    ref, _ = pair.loss(x, 1.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, parts = pair.loss(x, 1.0)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in pair.parameters())
+    assert float(loss.detach()) == pytest.approx(float(ref.detach()), rel=0.05)
+    assert torch.isfinite(parts["jac"])

@@ -47,11 +47,16 @@ def _accumulate_grads(G: Tensor, Ps, Bis, ds, o: Tensor, i: Tensor, gA: Tensor |
     h = Ps[0].shape[-1]
     if gA is not None:
         gAo = sum(torch.bmm(G, Bi).mul_(d[:, None, :]) for Bi, d in zip(Bis, ds))
-        gA.index_add_(0, o.reshape(-1), gAo.reshape(-1, h))
+        gA.index_add_(0, o.reshape(-1), gAo.reshape(-1, h).to(gA.dtype))
     Gt = G.transpose(1, 2)
     for P, gB in zip(Ps, gBs):
         if gB is not None:
-            gB.index_add_(0, i.reshape(-1), torch.bmm(Gt, P).reshape(-1, h))
+            gB.index_add_(0, i.reshape(-1), torch.bmm(Gt, P).reshape(-1, h).to(gB.dtype))
+
+
+def _grad_buffer(like: Tensor, needed: bool) -> Tensor | None:
+    """Gradient accumulator: float32 at least, so bf16 autocast does not sum many terms in bf16."""
+    return torch.zeros(like.shape, dtype=torch.promote_types(like.dtype, torch.float32), device=like.device) if needed else None
 
 
 class _ActiveContract(torch.autograd.Function):
@@ -80,8 +85,8 @@ class _ActiveContract(torch.autograd.Function):
         A, o, i, *terms = ctx.saved_tensors
         M, chunk = ctx.M, ctx.chunk
         Bs, ds = terms[:M], terms[M:]
-        gA = torch.zeros_like(A) if ctx.needs_input_grad[0] else None
-        gBs = [torch.zeros_like(B) if ctx.needs_input_grad[4 + m] else None for m, B in enumerate(Bs)]
+        gA = _grad_buffer(A, ctx.needs_input_grad[0])
+        gBs = [_grad_buffer(B, ctx.needs_input_grad[4 + m]) for m, B in enumerate(Bs)]
         for s in range(0, o.shape[0], chunk):
             sl = slice(s, s + chunk)
             dc = [d[sl] for d in ds]
@@ -105,15 +110,15 @@ class _ActiveContractL1(torch.autograd.Function):
         Bs, ds = terms[:M], terms[M:]
         T = o.shape[0]
         J = A.new_empty(T, o.shape[1], i.shape[1])
-        gA = torch.zeros_like(A) if ctx.needs_input_grad[0] else None
-        gBs = [torch.zeros_like(B) if ctx.needs_input_grad[5 + m] else None for m, B in enumerate(Bs)]
-        total = A.new_zeros(())
+        gA = _grad_buffer(A, ctx.needs_input_grad[0])
+        gBs = [_grad_buffer(B, ctx.needs_input_grad[5 + m]) for m, B in enumerate(Bs)]
+        total = torch.zeros((), dtype=torch.promote_types(A.dtype, torch.float32), device=A.device)
         for s in range(0, T, chunk):
             sl = slice(s, s + chunk)
             dc = [d[sl] for d in ds]
             Ps, Bis, Jc = _contract_chunk(A, Bs, dc, o[sl], i[sl])
             G = torch.sign(Jc).mul_(w[sl, :, None])
-            total += (G * Jc).sum()  # = sum w |J|
+            total += (G * Jc).sum(dtype=total.dtype)  # = sum w |J|
             J[sl] = Jc
             _accumulate_grads(G, Ps, Bis, dc, o[sl], i[sl], gA, gBs)
         ctx.M = M
@@ -124,6 +129,7 @@ class _ActiveContractL1(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total: Tensor, _grad_J: Tensor | None):  # type: ignore[override]
         gA, *gBs = ctx.saved_tensors
+        # autograd casts each gradient back to its input's dtype (bf16 under autocast)
         scaled = [grad_total * g if g.numel() else None for g in (gA, *gBs)]
         return (scaled[0], None, None, None, None, *scaled[1:], *(None for _ in range(ctx.M)))
 
