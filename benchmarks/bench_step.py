@@ -6,7 +6,8 @@ step, per-token gathers, einsum). Default sizes are Pythia-70m's (d 512, d_mlp 2
 expansion 32, k 32) at 2048 and 4096 tokens per batch.
 
 Timings are interleaved (a, b, c, d, a, b, ...) so machine load drifts hit every variant alike;
-the median of the repeats is reported. Peak memory is measured in a fresh subprocess per variant
+the median of the repeats is reported. ``--clock process`` measures this process's CPU time
+instead of wall time: with ``--threads 1`` it is nearly immune to other load on a shared machine. Peak memory is measured in a fresh subprocess per variant
 (CPU: peak RSS above the process's RSS after set-up; CUDA: torch.cuda.max_memory_allocated).
 
     python benchmarks/bench_step.py                 # Pythia-70m sizes, CPU or CUDA (auto)
@@ -80,6 +81,7 @@ def sync(device: torch.device) -> None:
 
 
 def time_variants(args, device) -> dict[int, dict[str, float]]:
+    clock = time.process_time if args.clock == "process" else time.perf_counter
     out: dict[int, dict[str, float]] = {}
     for tokens in args.tokens:
         steps = {v: build(v, args.d, args.d_mlp, args.d * args.expansion, args.k, device) for v in VARIANTS}
@@ -91,10 +93,10 @@ def time_variants(args, device) -> dict[int, dict[str, float]]:
         for _ in range(args.repeats):
             for v in VARIANTS:
                 sync(device)
-                t0 = time.perf_counter()
+                t0 = clock()
                 steps[v](x)
                 sync(device)
-                times[v].append(time.perf_counter() - t0)
+                times[v].append(clock() - t0)
         out[tokens] = {v: statistics.median(ts) for v, ts in times.items()}
         del steps
     return out
@@ -131,7 +133,7 @@ def measure_memory(args) -> dict[int, dict[str, float]]:
         out[tokens] = {}
         for v in VARIANTS:
             cmd = [sys.executable, __file__, "--child-variant", v, "--child-tokens", str(tokens), "--device", args.device,
-                   "--d", str(args.d), "--d-mlp", str(args.d_mlp), "--expansion", str(args.expansion), "--k", str(args.k)]
+                   "--d", str(args.d), *(["--threads", str(args.threads)] if args.threads else []), "--d-mlp", str(args.d_mlp), "--expansion", str(args.expansion), "--k", str(args.k)]
             res = subprocess.run(cmd, capture_output=True, text=True, check=True)
             out[tokens][v] = json.loads(res.stdout.strip().splitlines()[-1])["peak_bytes"] / 2**20
     return out
@@ -147,11 +149,15 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--clock", choices=("wall", "process"), default="wall")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--child-variant", help=argparse.SUPPRESS)
     p.add_argument("--child-tokens", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.child_variant:
         child_main(args)
         return
@@ -160,7 +166,8 @@ def main() -> None:
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     if device.type == "cuda":
         machine = f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
-    print(f"device: {device} ({machine}); d={args.d} d_mlp={args.d_mlp} n={args.d * args.expansion} k={args.k}")
+    print(f"device: {device} ({machine}); d={args.d} d_mlp={args.d_mlp} n={args.d * args.expansion} k={args.k}; "
+          f"clock={args.clock}")
     times = time_variants(args, device)
     mem = {} if args.no_memory else measure_memory(args)
     rows = []

@@ -59,3 +59,10 @@ def test_unsupported_module_and_activation():
         mlp_from_module("mlp")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="unsupported MLP activation 'Tanh'"):
         activation_from(nn.Tanh())
+
+
+def test_forward_equals_jacobian_terms_output(hf_mlp):
+    mlp = mlp_from_module(hf_mlp)
+    x = torch.randn(6, D, dtype=torch.float64)
+    torch.testing.assert_close(mlp(x), mlp.jacobian_terms(x)[0], rtol=0, atol=0)
+
