@@ -95,3 +95,14 @@ def test_bf16_autocast_runs_and_stays_close(name):
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in pair.parameters())
     assert float(loss.detach()) == pytest.approx(float(ref.detach()), rel=0.05)
     assert torch.isfinite(parts["jac"])
+
+
+def test_loss_parts_jacobian_equals_pair_jacobian():
+    """The fused training path returns the same (ReLU-masked) J as pair.jacobian()."""
+    module = build_hf_mlp("llama-silu")
+    pair = make_pair(module, out_bias=-3.0)  # some selected output latents are switched off
+    x = torch.randn(8, D, dtype=torch.float64)
+    _, parts = pair.loss(x, 1.0)
+    J, _, _ = pair.jacobian(x)
+    assert (parts["out_vals"] == 0).any()
+    torch.testing.assert_close(parts["jacobian"], J.detach(), rtol=0, atol=0)

@@ -16,6 +16,7 @@ Outputs: ``evaluation.json`` (``metrics`` with the contract's keys, ``pair`` ide
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -31,7 +32,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from jsae.hooks import mlp_module, replace_mlp_input, replace_mlp_output
-from jsae.io import atomic_path, read_json, setup_logging, write_json
+from jsae.io import atomic_path, setup_logging, write_json
 from jsae.metrics import (
     DEFAULT_HIST_BINS,
     DEFAULT_HIST_MAX,
@@ -116,9 +117,9 @@ def check_pair_matches(
     run_layer, cache_layer = run_field(run, "layer"), cache_attrs.get("layer")
     for name, value in (("the cache", cache_layer), ("--layer", layer)):
         if run_layer is not None and value is not None and int(value) != int(run_layer):
-            raise ValueError(f"the pair was trained on layer {run_layer} but {name} is for layer {value}; "
+            raise ValueError(f"the pair was trained on layer {run_layer} but {name} is layer {value}; "
                              "expected the same layer")
-    for key in ("hook", "tokenizer", "tokenizer_sha256", "first_position"):
+    for key in ("hook", "tokenizer", "tokenizer_sha256", "bos_token_id", "model_class", "first_position"):
         a, b = run_field(run, key), cache_attrs.get(key)
         if a is not None and b is not None and str(a) != str(b):
             raise ValueError(f"the pair was trained with {key}={a!r} but the cache has {key}={b!r}; expected equal")
@@ -133,6 +134,16 @@ def check_tokenizer_covers(contexts: np.ndarray, vocab_size: int) -> None:
     if contexts.size and int(contexts.max()) >= vocab_size:
         raise ValueError(f"the cache holds token id {int(contexts.max())} but the model's vocabulary has "
                          f"{vocab_size} entries; expected a cache tokenized with this model's tokenizer")
+
+
+def check_tokenizer(tokenizer: Any, cache_attrs: dict, contexts: np.ndarray) -> None:
+    """The evaluating tokenizer must be the cache's: same BOS id and every cached id in its vocabulary."""
+    check_tokenizer_covers(contexts, len(tokenizer))
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    cached_bos = cache_attrs.get("bos_token_id")
+    if cached_bos is not None and bos is not None and int(cached_bos) != int(bos):
+        raise ValueError(f"the cache's contexts start with token {cached_bos} but this tokenizer's BOS is {bos}; "
+                         "expected the tokenizer the cache was built with")
 
 
 def check_positive_int(name: str, value: object, *, allow_none: bool = False) -> None:
@@ -165,7 +176,7 @@ def activation_metrics(
     *,
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS,
     edges: np.ndarray | None = None,
-    max_global_entries: int | None = 50_000_000,
+    max_global_entries: int | None = 20_000_000,
     total: int | None = None,
     progress: bool = True,
 ) -> tuple[dict[str, float], dict[str, np.ndarray], GlobalJacobianAccumulator]:
@@ -325,7 +336,7 @@ def evaluate_pair(
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS,
     hist_max: float = DEFAULT_HIST_MAX,
     hist_bins: int = DEFAULT_HIST_BINS,
-    max_global_entries: int | None = 50_000_000,
+    max_global_entries: int | None = 20_000_000,
     progress: bool = True,
 ) -> Evaluation:
     """Every appendix-E / F metric of ``pair`` on a validation cache (and the LM, for CE/KL).
@@ -394,15 +405,23 @@ def pair_identity(run: dict, pair: JSAEPair) -> dict[str, Any]:
 
 
 def write_evaluation(out_json: str | os.PathLike[str], evaluation: Evaluation, identity: dict[str, Any]) -> Path:
-    """``evaluation.json`` and, next to it, ``jacobian_stats.npz`` (both written atomically)."""
+    """``evaluation.json`` and, next to it, ``jacobian_stats.npz`` (both written atomically).
+
+    The npz carries the pair's identity too (``pair_json``, a JSON string), so it stands alone.
+    """
     out_json = Path(out_json)
     npz = out_json.with_name("jacobian_stats.npz")
-    with atomic_path(npz) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **evaluation.arrays)
+    write_npz(npz, evaluation.arrays, identity)
     write_json(out_json, {"metrics": evaluation.metrics, "pair": identity, "settings": evaluation.settings,
                           "arrays": npz.name})
     return npz
+
+
+def write_npz(path: str | os.PathLike[str], arrays: dict[str, np.ndarray], identity: dict[str, Any]) -> None:
+    """Compressed npz of ``arrays`` plus ``pair_json`` (the pair's identity), written atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays, pair_json=np.array(json.dumps(identity, sort_keys=True, default=str)))
 
 
 def log_to_mlflow(
@@ -411,32 +430,21 @@ def log_to_mlflow(
     metrics: dict[str, float],
     artifacts: Iterable[str | os.PathLike[str]] = (),
 ) -> bool:
-    """Log scalars (and files) to an existing MLflow run; warn and return False if it cannot."""
+    """Log scalars (and files) to the pair's existing MLflow run; warn and return False if it cannot."""
+    from jsae.tracking import Tracker
+
     if not tracking_uri:
         return False
     if not run_id:
         warnings.warn("no mlflow_run_id in run.json; the evaluation is written to files only", stacklevel=2)
-        log.warning("no mlflow_run_id in run.json; skipping MLflow logging")
         return False
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    try:
-        from mlflow.entities import Metric
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri=tracking_uri)
-        import time
-
-        now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, 0) for k, v in sorted(metrics.items()) if isinstance(v, (int, float))]
-        for i in range(0, len(items), 500):
-            client.log_batch(run_id, metrics=items[i : i + 500])
+    tracker = Tracker(tracking_uri)
+    if tracker.attach(run_id):
+        tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=0)
         for path in artifacts:
-            client.log_artifact(run_id, str(path), artifact_path="evaluation")
-    except Exception as e:  # noqa: BLE001 - any tracking failure must not lose the written files
-        msg = f"MLflow logging to {tracking_uri} (run {run_id}) failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
-        warnings.warn(msg, stacklevel=2)
-        log.warning("%s; the files are written", msg)
+            tracker.log_artifact(path, "evaluation")
+    if tracker.error is not None:
+        warnings.warn(f"MLflow logging to {tracking_uri} (run {run_id}) failed: {tracker.error}; the files are written", stacklevel=2)
         return False
     return True
 
@@ -473,9 +481,8 @@ def load_inputs(model_spec: str, layer: int, run_dir: str, cache_path: str, *, d
     mlp = mlp_from_module(mlp_module(model, layer))
     pair = load_pair(run_dir, mlp).to(dev)
     check_pair_matches(run, dict(cache.attrs), d_model=pair.sae_in.d_in)
-    tok_size = len(tokenizer) if tokenizer is not None else None
-    if tok_size is not None:
-        check_tokenizer_covers(np.asarray(cache.contexts()), int(tok_size))
+    if tokenizer is not None:
+        check_tokenizer(tokenizer, dict(cache.attrs), np.asarray(cache.contexts()))
     return Inputs(model, tokenizer, pair.eval(), cache, run, layer)
 
 
@@ -492,8 +499,9 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="run directory of the trained pair (run.json, sae_in/, sae_out/)")
     p.add_argument("--cache", required=True, help="validation activation cache (.h5) of the same model and layer")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | mps (default: auto)")
-    p.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI; logs to the run id in run.json")
+    p.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI ('none': off); logs to the run id in run.json")
     p.add_argument("--log-file", default=None, help="also write the log to this file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def cli(argv: list[str]) -> int:
@@ -513,17 +521,37 @@ def cli(argv: list[str]) -> int:
                    help="comma-separated tau for jac/frac_above_tau (default: 0.005,0.01,0.015,0.02,0.04)")
     p.add_argument("--hist-max", type=float, default=DEFAULT_HIST_MAX, help="upper edge of the |J| histogram; larger values go to the overflow bin")
     p.add_argument("--hist-bins", type=int, default=DEFAULT_HIST_BINS, help="linear |J| histogram bins")
-    p.add_argument("--max-global-entries", type=int, default=50_000_000,
+    p.add_argument("--max-global-entries", type=int, default=20_000_000,
                    help="cap on stored (output, input) pairs of the global mean-|J| matrix (smallest pruned)")
     args = p.parse_args(argv)
     setup_logging(log_file=args.log_file)
-    thresholds = check_thresholds(args.thresholds)
+    return run_cli(_evaluate_cli, args)
+
+
+def run_cli(fn, args: argparse.Namespace) -> int:
+    """Run a CLI body; bad input becomes one logged line and exit status 2 (no traceback)."""
+    try:
+        return int(fn(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        log.error("%s", exc)
+        return 2
+
+
+def mlflow_uri(value: str | None) -> str | None:
+    return None if value is None or str(value).lower() in ("", "none") else str(value)
+
+
+def _evaluate_cli(args: argparse.Namespace) -> int:
+    thresholds = check_thresholds(args.thresholds)  # every argument is checked before the model loads
+    for name in ("n_tokens", "batch_size", "ce_tokens", "ce_batch_size", "max_global_entries"):
+        check_positive_int(name, getattr(args, name), allow_none=name == "n_tokens")
+    histogram_edges(args.hist_max, args.hist_bins)
     inputs = load_inputs(args.model, args.layer, args.run, args.cache, device=args.device)
     evaluation = evaluate_pair(
         inputs.pair, inputs.cache, model=inputs.model, layer=args.layer, n_tokens=args.n_tokens,
         batch_size=args.batch_size, ce_tokens=args.ce_tokens, ce_batch_size=args.ce_batch_size,
         thresholds=thresholds, hist_max=args.hist_max, hist_bins=args.hist_bins,
-        max_global_entries=args.max_global_entries,
+        max_global_entries=args.max_global_entries, progress=not args.no_progress,
     )
     evaluation.settings.update({"cache": str(args.cache), "run": str(args.run)})
     identity = pair_identity(inputs.run, inputs.pair)
@@ -532,5 +560,5 @@ def cli(argv: list[str]) -> int:
     for key in ("in/explained_variance", "out/explained_variance", "in/ce_loss_score", "out/ce_loss_score", "jac/frac_above_0.01"):
         if key in evaluation.metrics:
             log.info("%s = %.4f", key, evaluation.metrics[key])
-    log_to_mlflow(args.mlflow_uri, run_field(inputs.run, "mlflow_run_id"), evaluation.metrics, [args.out])
+    log_to_mlflow(mlflow_uri(args.mlflow_uri), run_field(inputs.run, "mlflow_run_id"), evaluation.metrics, [args.out])
     return 0

@@ -93,6 +93,7 @@ class JSAEPair(nn.Module):
         if jacobian == "l1" and self.jacobian_impl == "active":
             weight = out_active / (out_active.shape[0] * self.sae_out.k * self.sae_in.k)
             l1, J = active_jacobian_l1(*self._jacobian_args(terms, out_idx, in_idx), weight, chunk_elements=self.chunk_elements)
+            J = J * out_active.unsqueeze(-1)
         elif jacobian is not None:
             J = self._jacobian_value(terms, out_idx, in_idx) * out_active.unsqueeze(-1)
             l1 = jacobian_l1(J) if jacobian == "l1" else None

@@ -1,0 +1,288 @@
+"""MLflow tracking that can never stop training: every call is guarded, failures are logged once.
+
+* One experiment per study, one run per pair, named ``{model}/L{layer}/{control}/lam{lam}``.
+* Telemetry is off (``MLFLOW_DISABLE_TELEMETRY=true``) unless the user set it otherwise.
+* A fresh sqlite store is created by whichever process touches it first; several processes doing
+  so at once race (``duplicate column name: step``). :func:`init_tracking_store` creates it once,
+  before parallel jobs start (the workflow calls it; ``python -m jsae.tracking URI`` does too).
+* With a ``sqlite:`` store the artifacts go to ``mlruns/`` next to the database file.
+* If the backend is unreachable, :class:`Tracker` logs a warning and becomes a no-op; the run
+  directory keeps every metric (``metrics.jsonl``) so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# An unreachable HTTP server must not stall a training job for minutes of retries.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
+log = logging.getLogger("jsae.tracking")
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_EXPERIMENT = "jsae"
+_MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value (8000 on recent stores; stay below)
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///relative`` or ``sqlite:////absolute`` URI, else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    rest = uri[len("sqlite:///"):]
+    return Path(rest.split("?")[0]) if rest else None
+
+
+def default_artifact_root(uri: str) -> str | None:
+    """``mlruns/`` next to a sqlite database; the server's default for other backends."""
+    db = sqlite_path(uri)
+    return (db.resolve().parent / "mlruns").as_uri() if db is not None else None
+
+
+def init_tracking_store(uri: str = DEFAULT_TRACKING_URI) -> dict[str, Any]:
+    """Create (or migrate) the tracking store once, before parallel training jobs touch it.
+
+    For sqlite this creates the tables (what ``mlflow db upgrade`` does for an existing file);
+    for a server it checks that it answers. Raises if the store cannot be initialised. Returns
+    ``{"uri", "database", "created", "experiments", "artifact_root"}`` for the workflow's marker.
+    """
+    db = sqlite_path(uri)
+    existed = db is not None and db.is_file() and db.stat().st_size > 0
+    if db is not None:
+        db.resolve().parent.mkdir(parents=True, exist_ok=True)
+    from mlflow.tracking import MlflowClient
+
+    experiments = MlflowClient(tracking_uri=uri).search_experiments()
+    log.info("tracking store ready at %s (%d experiments)", uri, len(experiments))
+    return {
+        "uri": uri,
+        "database": str(db.resolve()) if db is not None else None,
+        "created": db is not None and not existed,
+        "experiments": [e.name for e in experiments],
+        "artifact_root": default_artifact_root(uri),
+    }
+
+
+def run_name(model: str, layer: int, lam: float, control: str) -> str:
+    """The MLflow run name of a pair: ``{model}/L{layer}/{control}/lam{lam}``."""
+    return f"{model}/L{layer}/{control}/lam{lam:g}"
+
+
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested dicts as ``a.b`` keys and values as strings (MLflow params are strings)."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_params(value, prefix=f"{name}."))
+        else:
+            text = str(value)
+            flat[name] = text if len(text) <= _MAX_PARAM_LENGTH else text[: _MAX_PARAM_LENGTH - 3] + "..."
+    return flat
+
+
+class Tracker:
+    """One MLflow run; every method is a no-op after the first backend failure (logged once).
+
+    ``Tracker.disabled()`` gives a tracker that does nothing (``--mlflow-uri none``).
+    """
+
+    def __init__(self, uri: str | None, experiment: str = DEFAULT_EXPERIMENT) -> None:
+        self.uri, self.experiment = uri, experiment
+        self.run_id: str | None = None
+        self.error: str | None = None if uri else "disabled"
+        self._client: Any = None
+
+    @classmethod
+    def disabled(cls) -> Tracker:
+        return cls(None)
+
+    @property
+    def active(self) -> bool:
+        return self.error is None and self.run_id is not None
+
+    @property
+    def status(self) -> str:
+        """``ok``, ``disabled`` or ``unreachable: <reason>`` for run.json."""
+        if self.error is None:
+            return "ok"
+        return self.error if self.error == "disabled" else f"unreachable: {self.error}"
+
+    def _fail(self, what: str, exc: BaseException) -> None:
+        msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+        if self.error is None:
+            log.warning(
+                "MLflow tracking at %s failed while %s (%s); training continues, metrics stay in the run directory",
+                self.uri, what, msg,
+            )
+        self.error = msg
+
+    def start(self, name: str, *, params: Mapping[str, Any], tags: Mapping[str, Any], run_id: str | None = None) -> str | None:
+        """Start (or, with ``run_id``, resume) the run; returns its id, or None when tracking is off."""
+        if self.error is not None:
+            return None
+        try:
+            from mlflow.entities import Param, RunTag
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri)
+            if run_id is not None:
+                try:
+                    self._client.get_run(run_id)
+                    self._client.update_run(run_id, status="RUNNING")
+                    self.run_id = run_id
+                    log.info("resuming MLflow run %s", run_id)
+                    return run_id
+                except Exception as exc:  # the old run is gone: start a fresh one
+                    log.warning("MLflow run %s cannot be resumed (%s); starting a new run", run_id, type(exc).__name__)
+            exp_id = self._experiment_id()
+            str_tags = {key: str(value) for key, value in tags.items()}
+            run = self._client.create_run(exp_id, run_name=name, tags=str_tags)
+            self.run_id = run.info.run_id
+            flat = flatten_params(params)
+            items = sorted(flat.items())
+            for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+                self._client.log_batch(self.run_id, params=[Param(k, v) for k, v in items[i : i + 100]])
+            self._client.log_batch(self.run_id, tags=[RunTag("mlflow.runName", name)])
+            log.info("MLflow run %s (%s) in experiment %r at %s", self.run_id, name, self.experiment, self.uri)
+            return self.run_id
+        except Exception as exc:
+            self._fail("starting the run", exc)
+            return None
+
+    def attach(self, run_id: str) -> bool:
+        """Log into an existing run (evaluation, probes and tables add to the pair's training run)."""
+        if self.error is not None:
+            return False
+        try:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri)
+            self._client.get_run(run_id)
+            self.run_id = run_id
+            return True
+        except Exception as exc:
+            self._fail(f"opening run {run_id}", exc)
+            return False
+
+    def _experiment_id(self) -> str:
+        exp = self._client.get_experiment_by_name(self.experiment)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return self._client.create_experiment(self.experiment, artifact_location=default_artifact_root(self.uri or ""))
+        except Exception:
+            # Another job created it between our lookup and our create.
+            exp = self._client.get_experiment_by_name(self.experiment)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        if not self.active:
+            return
+        try:
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            batch = [Metric(k, float(v), now, int(step)) for k, v in metrics.items() if v is not None and math.isfinite(float(v))]
+            self._client.log_batch(self.run_id, metrics=batch)
+        except Exception as exc:
+            self._fail(f"logging metrics at step {step}", exc)
+
+    def log_artifacts(self, local_dir: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        if not self.active:
+            return
+        try:
+            self._client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+        except Exception as exc:
+            self._fail("uploading artifacts", exc)
+
+    def log_artifact(self, local_path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        if not self.active:
+            return
+        try:
+            self._client.log_artifact(self.run_id, str(local_path), artifact_path)
+        except Exception as exc:
+            self._fail("uploading an artifact", exc)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """Mark the run FINISHED (or FAILED / KILLED)."""
+        if not self.active:
+            return
+        try:
+            self._client.set_terminated(self.run_id, status=status)
+        except Exception as exc:
+            self._fail("closing the run", exc)
+
+
+def upload_run(run_dir: str | os.PathLike[str], uri: str, experiment: str | None = None) -> str:
+    """Log a finished run directory to MLflow after the fact (its backend was unreachable, or another store).
+
+    Params and tags from ``run.json``, every row of ``metrics.jsonl`` at its step, the final metrics,
+    and ``sae_in/``, ``sae_out/``, ``metrics.jsonl``, ``run.json`` as artifacts. ``run.json`` is then
+    rewritten (atomically) with the new run id, so ``evaluate`` logs to it. Returns the run id.
+    """
+    import json
+
+    from jsae.io import read_json, write_json
+
+    run_dir = Path(run_dir)
+    record = read_json(run_dir / "run.json")
+    tracker = Tracker(uri, experiment or record.get("mlflow_experiment") or DEFAULT_EXPERIMENT)
+    name = run_name(str(record.get("model_name") or record["model"]), int(record["layer"]), float(record["lam"]),
+                    str(record["control"]))
+    run_id = tracker.start(name, params=record.get("params", {}), tags=record.get("mlflow_tags", {}))
+    if run_id is None:
+        raise ValueError(f"cannot log {run_dir} to MLflow at {uri} ({tracker.status}); expected a reachable tracking store")
+    metrics_file = run_dir / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()] if metrics_file.is_file() else []
+    for row in rows:
+        tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]))
+    tracker.log_metrics(record.get("metrics", {}), step=int(record.get("n_steps", 0)))
+    for sub in ("sae_in", "sae_out"):
+        if (run_dir / sub).is_dir():
+            tracker.log_artifacts(run_dir / sub, sub)
+    if metrics_file.is_file():
+        tracker.log_artifact(metrics_file)
+    record.update(mlflow_uri=uri, mlflow_experiment=tracker.experiment, mlflow_run_id=run_id, mlflow_status=tracker.status)
+    write_json(run_dir / "run.json", record)
+    tracker.log_artifact(run_dir / "run.json")
+    tracker.finish()
+    if tracker.error is not None:
+        raise ValueError(f"logging {run_dir} to MLflow at {uri} failed part-way ({tracker.error}); expected a reachable store")
+    log.info("logged %s to MLflow run %s (%s)", run_dir, run_id, name)
+    return run_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m jsae.tracking [URI]``: initialise the store once (the workflow's first step);
+    ``python -m jsae.tracking URI --upload RUN_DIR...``: log finished run directories after the fact."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m jsae.tracking", description=main.__doc__)
+    parser.add_argument("uri", nargs="?", default=DEFAULT_TRACKING_URI, help="tracking URI (default: %(default)s)")
+    parser.add_argument("--upload", nargs="+", default=None, metavar="RUN_DIR", help="run directories to log")
+    parser.add_argument("--experiment", default=None, help="experiment for --upload (default: the one in run.json)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    init_tracking_store(args.uri)
+    for run_dir in args.upload or []:
+        try:
+            upload_run(run_dir, args.uri, args.experiment)
+        except (ValueError, FileNotFoundError) as exc:
+            log.error("%s", exc)
+            return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
