@@ -35,8 +35,8 @@ from jsae.metrics import (
 
 def test_explained_variance_is_ratio_of_sums():
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(50, 6, generator=g) * torch.arange(1, 7)
-    x_hat = x + 0.3 * torch.randn(50, 6, generator=g)
+    x = torch.randn(50, 6, generator=g, dtype=torch.float64) * torch.arange(1, 7)
+    x_hat = x + 0.3 * torch.randn(50, 6, generator=g, dtype=torch.float64)
     num = sum(float(((x[t] - x_hat[t]) ** 2).sum()) for t in range(50))
     mean = [sum(float(x[t, f]) for t in range(50)) / 50 for f in range(6)]
     den = sum((float(x[t, f]) - mean[f]) ** 2 for t in range(50) for f in range(6))
@@ -48,7 +48,7 @@ def test_explained_variance_is_ratio_of_sums():
 
 def test_cosine_mse_sse_brute_force():
     g = torch.Generator().manual_seed(1)
-    x, x_hat = torch.randn(20, 5, generator=g), torch.randn(20, 5, generator=g)
+    x, x_hat = torch.randn(20, 5, generator=g, dtype=torch.float64), torch.randn(20, 5, generator=g, dtype=torch.float64)
     cos = np.mean([float(x[t] @ x_hat[t]) / (float(x[t].norm()) * float(x_hat[t].norm())) for t in range(20)])
     assert mean_cosine_similarity(x, x_hat) == pytest.approx(cos, rel=1e-6)
     assert mse_per_element(x, x_hat) == pytest.approx(float(((x - x_hat) ** 2).sum()) / 100, rel=1e-10)

@@ -1,5 +1,6 @@
 """``python -m jsae <command> ...``: one entry point; each command lives in the module that owns it.
 
+Bad input exits with status 2 and one line on stderr (``JSAE_DEBUG=1`` shows the traceback).
 Modules are imported lazily so ``python -m jsae train --help`` does not import matplotlib, and a
 missing optional stage never breaks the others.
 """
@@ -7,6 +8,7 @@ missing optional stage never breaks the others.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # command -> "module:function"; each function takes argv (list[str]) and returns an exit code.
@@ -42,7 +44,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module_name, func_name = COMMANDS[name][0].split(":")
     func = getattr(importlib.import_module(module_name), func_name)
-    return int(func(rest) or 0)
+    try:
+        return int(func(rest) or 0)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
+        # Bad input: the one-line message is the whole story; a traceback would bury it.
+        if os.environ.get("JSAE_DEBUG"):
+            raise
+        print(f"jsae {name}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

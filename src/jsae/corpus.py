@@ -32,7 +32,10 @@ import sys
 import sysconfig
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+
+import numpy as np
 
 from jsae.io import atomic_dir, read_json, setup_logging
 
@@ -51,6 +54,8 @@ HF_PRESETS: dict[str, dict[str, object]] = {
 _STDLIB_SKIP = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "turtledemo",
                 "lib2to3", "ensurepip", "pydoc_data", "encodings", "config-3"}
 _MIN_DOC_CHARS = 200
+# datasets' builders that read local files (``--dataset json --data-files ...``); no hub access needed.
+_PACKAGED_BUILDERS = {"json", "csv", "text", "parquet", "arrow", "pandas", "webdataset", "xml", "sql"}
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,7 @@ def bible_data_path() -> Path:
     )
 
 
+@lru_cache(maxsize=1)
 def _bible_chapters() -> dict[str, list[str]]:
     chapters: dict[str, list[str]] = {}
     with bible_data_path().open(encoding="utf-8") as f:
@@ -85,14 +91,15 @@ def _bible_chapters() -> dict[str, list[str]]:
     return chapters
 
 
-def stdlib_source_files() -> list[Path]:
+@lru_cache(maxsize=1)
+def stdlib_source_files() -> tuple[Path, ...]:
     """The ``.py`` files of this interpreter's standard library, minus tests/demos/vendored code."""
     root = Path(sysconfig.get_paths()["stdlib"])
     files = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in _STDLIB_SKIP and not d.startswith("config-"))
         files += [Path(dirpath) / name for name in sorted(filenames) if name.endswith(".py") and not name.startswith("test_")]
-    return files
+    return tuple(files)
 
 
 def stdlib_docstrings(path: Path) -> str:
@@ -157,6 +164,12 @@ def hf_documents(dataset: str, *, config: str | None = None, split: str = "train
     """Documents from a ``datasets`` dataset (hub name or local folder/builder such as ``json``)."""
     import datasets
 
+    from jsae.models import _hub_reachable, hub_offline
+
+    local = Path(dataset).exists() or dataset in _PACKAGED_BUILDERS
+    if not local and not hub_offline() and not _hub_reachable():  # fail in seconds, not after minutes of retries
+        raise OSError(f"dataset {dataset!r} is not available offline (the Hugging Face hub is unreachable); "
+                      "expected hub access, a local dataset folder, or a pre-filled HF datasets cache with HF_HUB_OFFLINE=1")
     try:
         ds = datasets.load_dataset(dataset, config, split=split, streaming=streaming, data_files=data_files)
     except (ConnectionError, OSError) as e:
@@ -294,7 +307,7 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--validation-fraction", type=float, default=0.05, help="held-out fraction of documents (default: %(default)s)")
     p.add_argument("--max-docs", type=int, default=None, help="keep at most this many documents")
     g = p.add_argument_group("--source files")
-    g.add_argument("--glob", action="append", default=[], metavar="PATTERN", help="glob of text files (repeatable; ** allowed)")
+    g.add_argument("--glob", action="extend", nargs="+", default=[], metavar="PATTERN", help="glob(s) of text files (** allowed)")
     g.add_argument("--split-paragraphs", action="store_true", help="one document per blank-line separated block")
     h = p.add_argument_group("--source hf (needs hub access unless local)")
     h.add_argument("--dataset", help=f"datasets name or local folder, or a preset: {', '.join(HF_PRESETS)}")
@@ -302,7 +315,7 @@ def cli(argv: list[str]) -> int:
     h.add_argument("--split", default="train", help="dataset split to read (default: %(default)s)")
     h.add_argument("--text-column", default="text", help="column holding the text (default: %(default)s)")
     h.add_argument("--streaming", action="store_true", help="stream instead of downloading the whole split")
-    h.add_argument("--data-files", action="append", default=None, help="data files for builder datasets such as json/text")
+    h.add_argument("--data-files", action="extend", nargs="+", default=None, help="data files for builder datasets such as json/text")
     p.add_argument("--log-file", default=None, help="also write logs here")
     a = p.parse_args(argv)
     setup_logging(log_file=a.log_file)
@@ -310,3 +323,60 @@ def cli(argv: list[str]) -> int:
                  globs=a.glob, split_paragraphs=a.split_paragraphs, dataset=a.dataset, config=a.config, hf_split=a.split,
                  text_column=a.text_column, streaming=a.streaming, data_files=a.data_files)
     return 0
+
+
+@dataclass(frozen=True)
+class TokenStream:
+    """A split tokenised as one stream: documents joined by the separator token.
+
+    ``ids[i]`` is a token id and ``document[i]`` the index (in stored order) of the document it came from
+    (``-1`` for separators).
+    """
+
+    ids: np.ndarray
+    document: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+
+def tokenize_split(tokenizer, corpus_dir: str | os.PathLike[str], split: str, *, batch_docs: int = 256) -> TokenStream:
+    """Tokenise a corpus split with ``tokenizer`` (no special tokens inside documents; EOS between them)."""
+    if tokenizer is None:
+        raise ValueError("the model has no tokenizer; expected a model directory with tokenizer files (tokenizer.json)")
+    sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id
+    docs = read_documents(corpus_dir, split)
+    ids: list[np.ndarray] = []
+    owner: list[np.ndarray] = []
+    for start in range(0, len(docs), batch_docs):
+        encoded = tokenizer(docs[start : start + batch_docs], add_special_tokens=False, verbose=False)["input_ids"]
+        for j, row in enumerate(encoded):
+            ids.append(np.asarray(row, dtype=np.int64))
+            owner.append(np.full(len(row), start + j, dtype=np.int64))
+            if sep is not None:
+                ids.append(np.asarray([sep], dtype=np.int64))
+                owner.append(np.asarray([-1], dtype=np.int64))
+    all_ids = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+    if all_ids.size == 0:
+        raise ValueError(f"corpus {corpus_dir} split {split!r} tokenises to no tokens; expected non-empty text")
+    return TokenStream(all_ids, np.concatenate(owner))
+
+
+def context_windows(n_stream: int, context_length: int) -> int:
+    """How many non-overlapping windows of ``context_length - 1`` stream tokens fit (one slot is the BOS)."""
+    return n_stream // (context_length - 1)
+
+
+def make_contexts(stream: TokenStream, window_index: np.ndarray, context_length: int, bos_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Contexts ``[n, context_length]`` = BOS + window ``w`` of ``context_length - 1`` stream tokens, and their documents.
+
+    Position 0 always holds ``bos_id`` (the attention sink; callers pass the EOS when the tokenizer has no
+    BOS), so every context is a fresh sequence that starts the same way.
+    """
+    body = context_length - 1
+    starts = np.asarray(window_index, dtype=np.int64) * body
+    offsets = starts[:, None] + np.arange(body)[None, :]
+    first = np.full((len(starts), 1), bos_id, dtype=np.int64)
+    ids = np.concatenate([first, stream.ids[offsets]], axis=1)
+    docs = np.concatenate([np.full((len(starts), 1), -1, dtype=np.int64), stream.document[offsets]], axis=1)
+    return ids, docs

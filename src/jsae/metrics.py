@@ -57,7 +57,7 @@ def threshold_key(tau: float) -> str:
 
 def explained_variance(x: Tensor, x_hat: Tensor) -> float:
     """``1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2`` over all tokens (ratio of sums)."""
-    x, x_hat = x.double(), x_hat.double()
+    x, x_hat = x.detach().double(), x_hat.detach().double()
     resid = (x - x_hat).pow(2).sum()
     total = (x - x.mean(dim=0)).pow(2).sum()
     return float(1.0 - resid / total)
@@ -70,7 +70,7 @@ def explained_variance_legacy(x: Tensor, x_hat: Tensor) -> float:
     depends on the batch size. Kept only to compare with published numbers (survey 1.6); the
     conventional value is :func:`explained_variance`.
     """
-    x, x_hat = x.double(), x_hat.double()
+    x, x_hat = x.detach().double(), x_hat.detach().double()
     resid = (x - x_hat).pow(2).sum(-1)
     total = (x - x.mean(dim=0)).pow(2).sum(-1)
     return float((1.0 - resid / total).mean())
@@ -78,17 +78,17 @@ def explained_variance_legacy(x: Tensor, x_hat: Tensor) -> float:
 
 def mean_cosine_similarity(x: Tensor, x_hat: Tensor) -> float:
     """Mean over tokens of ``cos(x_t, x_hat_t)`` (a zero vector has cosine 0)."""
-    return float(torch.nn.functional.cosine_similarity(x.double(), x_hat.double(), dim=-1, eps=1e-12).mean())
+    return float(torch.nn.functional.cosine_similarity(x.detach().double(), x_hat.detach().double(), dim=-1, eps=1e-12).mean())
 
 
 def mse_per_element(x: Tensor, x_hat: Tensor) -> float:
     """Mean over tokens and features of ``(x - x_hat)^2``: the scale of the training loss's MSE terms."""
-    return float((x.double() - x_hat.double()).pow(2).mean())
+    return float((x.detach().double() - x_hat.detach().double()).pow(2).mean())
 
 
 def sse_per_token(x: Tensor, x_hat: Tensor) -> float:
     """Mean over tokens of ``||x_t - x_hat_t||^2`` (summed over features)."""
-    return float((x.double() - x_hat.double()).pow(2).sum(-1).mean())
+    return float((x.detach().double() - x_hat.detach().double()).pow(2).sum(-1).mean())
 
 
 class ReconstructionAccumulator:
@@ -158,16 +158,20 @@ def recovered_score(zero: float, recon: float, clean: float = 0.0) -> float:
     return (zero - recon) / denom
 
 
+def _at_least_float32(t: Tensor) -> Tensor:
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def token_cross_entropy(logits: Tensor, input_ids: Tensor) -> Tensor:
     """Next-token CE per position ``[B, S-1]`` (float32/64 log-softmax over the vocabulary)."""
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    logp = torch.log_softmax(_at_least_float32(logits[:, :-1]), dim=-1)
     return -logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
 
 
 def token_kl(clean_logits: Tensor, logits: Tensor) -> Tensor:
     """``KL(p_clean || p)`` per position ``[B, S]`` over the full vocabulary."""
-    lp_clean = torch.log_softmax(clean_logits.float(), dim=-1)
-    lp = torch.log_softmax(logits.float(), dim=-1)
+    lp_clean = torch.log_softmax(_at_least_float32(clean_logits), dim=-1)
+    lp = torch.log_softmax(_at_least_float32(logits), dim=-1)
     return (lp_clean.exp() * (lp_clean - lp)).sum(-1)
 
 
@@ -238,17 +242,18 @@ def abs_histogram(values: Tensor, edges: np.ndarray | Tensor) -> tuple[np.ndarra
     Nothing is dropped: ``counts.sum() + overflow == values.numel()`` (values > ``edges[-1]`` land
     in the overflow bin; NaNs are an error).
     """
-    a = values.detach().abs().reshape(-1).double().cpu()
+    a = values.detach().abs().reshape(-1).double()
     if bool(torch.isnan(a).any()):
         raise ValueError("values contain NaN; expected finite Jacobian values")
-    e = torch.as_tensor(np.asarray(edges), dtype=torch.float64)
+    e_np = np.asarray(edges, dtype=np.float64)
+    e = torch.as_tensor(e_np, device=a.device)
     over = a > e[-1]
     inside = a[~over]
     # bucketize with right=True puts v in bin i when e[i] <= v < e[i+1]; clamp the closed last edge.
     b = torch.bucketize(inside, e, right=True) - 1
     b = b.clamp_(0, len(e) - 2)
     counts = torch.bincount(b, minlength=len(e) - 1)
-    return counts.numpy().astype(np.int64), int(over.sum())
+    return counts.cpu().numpy().astype(np.int64), int(over.sum())
 
 
 def histogram_cdf(counts: np.ndarray, overflow: int) -> np.ndarray:
@@ -343,51 +348,95 @@ class GlobalJacobianAccumulator:
     reader can tell how approximate the kept tail is. With ``max_entries=None`` it is exact.
     """
 
-    def __init__(self, n_out: int, n_in: int, *, max_entries: int | None = 50_000_000) -> None:
+    def __init__(self, n_out: int, n_in: int, *, max_entries: int | None = 20_000_000) -> None:
         self.n_out, self.n_in = n_out, n_in
         self.max_entries = max_entries
-        self.keys = torch.zeros(0, dtype=torch.int64)
-        self.count = torch.zeros(0, dtype=torch.int64)
-        self.sum_abs = torch.zeros(0, dtype=torch.float64)
-        self.sum_sq = torch.zeros(0, dtype=torch.float64)
-        self.out_active = torch.zeros(n_out, dtype=torch.int64)
+        self.device = torch.device("cpu")  # moves to the device of the first batch (GPU sorts are fast)
+        self._keys = torch.zeros(0, dtype=torch.int64)
+        self._count = torch.zeros(0, dtype=torch.int64)
+        self._sum_abs = torch.zeros(0, dtype=torch.float64)
+        self._sum_sq = torch.zeros(0, dtype=torch.float64)
+        self._out_active = torch.zeros(n_out, dtype=torch.int64)
         self.pruned_mass = 0.0
         self.pruned_pairs = 0
         self.n_tokens = 0
+        # raw (key, |J|) entries of recent batches, merged into the sorted arrays only once they
+        # outnumber the stored pairs: one sort per doubling (amortised O(N log N)), not per batch
+        self._pending: list[tuple[Tensor, Tensor]] = []
+        self._pending_n = 0
 
     @torch.no_grad()
     def update(self, J: Tensor, out_idx: Tensor, in_idx: Tensor, out_vals: Tensor) -> None:
         """Add one batch: ``J [T, k_out, k_in]``, indices ``[T, k]`` and the output values ``[T, k_out]``."""
-        J, out_idx, in_idx = J.detach().cpu(), out_idx.cpu(), in_idx.cpu()
-        active = (out_vals.detach().cpu() > 0)  # [T, k_out]: the output latent fired on this token
+        if self.n_tokens == 0 and not self._pending:
+            self._to(J.device)
+        dev = self.device
+        J, out_idx, in_idx = J.detach().to(dev), out_idx.to(dev), in_idx.to(dev)
+        active = out_vals.detach().to(dev) > 0  # [T, k_out]: the output latent fired on this token
         self.n_tokens += J.shape[0]
-        self.out_active.index_add_(0, out_idx[active], torch.ones_like(out_idx[active]))
-        a = J.abs().double()
+        self._out_active.index_add_(0, out_idx[active], torch.ones_like(out_idx[active]))
+        a = J.abs()
         nz = (a > 0) & active[:, :, None]
         keys = (out_idx[:, :, None] * self.n_in + in_idx[:, None, :])[nz]
-        vals = a[nz]
-        uniq, inv = torch.unique(keys, return_inverse=True)
-        cnt = torch.bincount(inv, minlength=len(uniq))
-        s = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inv, vals)
-        sq = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inv, vals * vals)
-        self._merge(uniq, cnt, s, sq)
+        self._pending.append((keys, a[nz]))
+        self._pending_n += keys.numel()
+        if self._pending_n >= max(1 << 22, len(self._keys)):
+            self._flush()
 
-    def _merge(self, keys: Tensor, cnt: Tensor, s: Tensor, sq: Tensor) -> None:
-        all_keys = torch.cat([self.keys, keys])
-        uniq, inv = torch.unique(all_keys, return_inverse=True)  # sorted
-        n = len(uniq)
-        self.count = torch.zeros(n, dtype=torch.int64).index_add_(0, inv, torch.cat([self.count, cnt]))
-        self.sum_abs = torch.zeros(n, dtype=torch.float64).index_add_(0, inv, torch.cat([self.sum_abs, s]))
-        self.sum_sq = torch.zeros(n, dtype=torch.float64).index_add_(0, inv, torch.cat([self.sum_sq, sq]))
-        self.keys = uniq
+    def _to(self, device: torch.device) -> None:
+        self.device = device
+        for name in ("_keys", "_count", "_sum_abs", "_sum_sq", "_out_active"):
+            setattr(self, name, getattr(self, name).to(device))
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        raw_keys = torch.cat([k for k, _ in self._pending])
+        raw_vals = torch.cat([v for _, v in self._pending]).double()
+        self._pending, self._pending_n = [], 0
+        uniq, inv = torch.unique(torch.cat([self._keys, raw_keys]), return_inverse=True)  # sorted
+        n, dev = len(uniq), self.device
+        ones = torch.ones(len(raw_keys), dtype=torch.int64, device=dev)
+        self._count = torch.zeros(n, dtype=torch.int64, device=dev).index_add_(0, inv, torch.cat([self._count, ones]))
+        self._sum_abs = torch.zeros(n, dtype=torch.float64, device=dev).index_add_(0, inv, torch.cat([self._sum_abs, raw_vals]))
+        self._sum_sq = torch.zeros(n, dtype=torch.float64, device=dev).index_add_(
+            0, inv, torch.cat([self._sum_sq, raw_vals * raw_vals]))
+        self._keys = uniq
         if self.max_entries is not None and n > self.max_entries:
-            keep = torch.topk(self.sum_abs, self.max_entries).indices.sort().values
-            drop = torch.ones(n, dtype=torch.bool)
+            keep = torch.topk(self._sum_abs, self.max_entries).indices.sort().values
+            drop = torch.ones(n, dtype=torch.bool, device=dev)
             drop[keep] = False
-            self.pruned_mass += float(self.sum_abs[drop].sum())
+            self.pruned_mass += float(self._sum_abs[drop].sum())
             self.pruned_pairs += int(drop.sum())
-            self.keys, self.count = self.keys[keep], self.count[keep]
-            self.sum_abs, self.sum_sq = self.sum_abs[keep], self.sum_sq[keep]
+            self._keys, self._count = self._keys[keep], self._count[keep]
+            self._sum_abs, self._sum_sq = self._sum_abs[keep], self._sum_sq[keep]
+
+    # Accessors flush pending entries and return CPU tensors.
+    @property
+    def keys(self) -> Tensor:
+        """Sorted keys ``i * n_in + j`` of the stored pairs."""
+        self._flush()
+        return self._keys.cpu()
+
+    @property
+    def count(self) -> Tensor:
+        self._flush()
+        return self._count.cpu()
+
+    @property
+    def sum_abs(self) -> Tensor:
+        self._flush()
+        return self._sum_abs.cpu()
+
+    @property
+    def sum_sq(self) -> Tensor:
+        self._flush()
+        return self._sum_sq.cpu()
+
+    @property
+    def out_active(self) -> Tensor:
+        """Tokens on which each output latent was active (selected and > 0), ``[n_out]``."""
+        return self._out_active.cpu()
 
     @property
     def out_latent(self) -> Tensor:

@@ -1,0 +1,449 @@
+"""HDF5 cache of MLP inputs x for one (model, layer, corpus split), and its shuffled batch reader.
+
+Layout of ``FILE.h5``:
+
+* ``x`` ``[n_tokens, d_model]`` — the MLP input (what the MLP module receives, see :mod:`jsae.hooks`),
+  float32, float16, or bfloat16 stored as its raw uint16 bits; chunked by rows (~1 MiB chunks).
+  y = MLP(x) is recomputed from x when needed, never cached.
+* ``token_ids``, ``context_index``, ``position``, ``document`` ``[n_tokens]`` — for each row, its token,
+  its context, its position in that context and the document (in the corpus split's stored order) it
+  comes from, so every row maps back to text.
+* ``contexts`` ``[n_contexts, context_length]`` — the full token ids of every context, BOS included.
+
+Every context is ``[BOS] + context_length - 1`` consecutive corpus tokens (documents joined by EOS).
+Position 0 (the BOS, an attention sink with outlier activations) is never stored as a row of x:
+attrs ``first_position = "excluded"``. The file records model, layer, hook, corpus sha256, context
+length, dtype, token count, d_model, seed, split and package version in its attributes.
+
+Writing goes to ``.FILE.h5.partial`` next to the output, flushed after every batch with the number of
+contexts done; a re-run with the same request resumes from there (another request starts afresh), and
+only a complete file is renamed onto ``FILE.h5``. A killed job therefore never leaves a file that looks
+complete. (``jsae.io.atomic_path`` is not used because its temporary name is random and deleted on
+failure, which would make resuming impossible.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator
+from functools import cached_property
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from jsae.corpus import SPLITS, context_windows, corpus_info, make_contexts, tokenize_split
+from jsae.devices import resolve_device
+from jsae.hooks import capture_mlp_input, check_layer, mlp_module
+from jsae.io import setup_logging
+from jsae.mlp import mlp_from_module
+from jsae.pretrain import set_threads
+
+log = logging.getLogger("jsae.cache")
+
+DTYPES = ("float32", "float16", "bfloat16")
+_STORAGE = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}  # bf16 kept as raw bits
+FIRST_POSITION = "excluded"
+REQUIRED_ATTRS = ("model", "layer", "hook", "corpus_sha256", "context_length", "dtype", "n_tokens", "d_model", "seed",
+                  "split", "jsae_version", "first_position")
+_DATASETS = ("x", "token_ids", "context_index", "position", "document", "contexts")
+_CHUNK_BYTES = 1 << 20
+
+
+def _version() -> str:
+    from jsae import __version__
+
+    return __version__
+
+
+def _partial_path(out: Path) -> Path:
+    return out.with_name(f".{out.name}.partial")
+
+
+def _bf16_bits(x: Tensor) -> np.ndarray:
+    return x.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+
+
+def _from_storage(arr: np.ndarray, dtype: str) -> np.ndarray:
+    """Stored rows -> float32 (bf16 bits shifted into the high half of a float32)."""
+    if dtype == "bfloat16":
+        return (arr.astype(np.uint32) << 16).view(np.float32)
+    return arr.astype(np.float32, copy=False)
+
+
+def _to_storage(x: Tensor, dtype: str) -> np.ndarray:
+    if dtype == "bfloat16":
+        return _bf16_bits(x)
+    return x.to(torch.float32).numpy().astype(_STORAGE[dtype], copy=False)
+
+
+def _chunk_rows(d_model: int, itemsize: int, n_rows: int) -> int:
+    return max(1, min(n_rows, _CHUNK_BYTES // max(1, d_model * itemsize)))
+
+
+def hook_name(model: torch.nn.Module, layer: int) -> str:
+    """The module path of the hooked MLP plus ``.input`` (e.g. ``gpt_neox.layers.2.mlp.input``)."""
+    target = mlp_module(model, layer)
+    for name, module in model.named_modules():
+        if module is target:
+            return f"{name}.input"
+    return f"layers.{layer}.mlp.input"
+
+
+def _check_positive_int(name: str, value: object, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}={value!r} is invalid; expected an integer >= {minimum}")
+
+
+def build_cache(model: str, layer: int, corpus: str | os.PathLike[str], split: str, n_tokens: int, context_length: int,
+                out: str | os.PathLike[str], *, dtype: str = "float32", batch_size: int = 16, seed: int = 0,
+                device: str = "auto", progress: bool = True) -> dict:
+    """Cache the MLP inputs of ``model`` block ``layer`` over ``n_tokens`` tokens of a corpus split; returns the attrs.
+
+    ``n_tokens`` rows come from ``ceil(n_tokens / (context_length - 1))`` non-overlapping contexts drawn
+    (with ``seed``) from the split; each context is BOS + ``context_length - 1`` tokens.
+    """
+    from jsae.models import load_model, max_context_length
+
+    # Cheap checks first, then the model (still no heavy compute), then tokenisation and the forwards.
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r} is invalid; expected one of {', '.join(SPLITS)}")
+    _check_positive_int("n_tokens", n_tokens)
+    _check_positive_int("context_length", context_length, 2)
+    _check_positive_int("batch_size", batch_size)
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is invalid; expected one of {', '.join(DTYPES)}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed={seed!r} is invalid; expected an integer")
+    info = corpus_info(corpus)
+    if info["splits"].get(split, {}).get("documents", 0) == 0:
+        raise ValueError(f"corpus {corpus} split {split!r} is empty; expected at least one document")
+    out = Path(out)
+    if out.suffix not in (".h5", ".hdf5"):
+        raise ValueError(f"out={str(out)!r} is invalid; expected a path ending in .h5")
+    dev = resolve_device(device)
+    lm, tokenizer = load_model(model, device=dev)
+    check_layer(lm, layer)
+    mlp = mlp_from_module(mlp_module(lm, layer))  # TypeError here for an unsupported MLP type
+    limit = max_context_length(lm)
+    if limit is not None and context_length > limit:
+        raise ValueError(f"context_length={context_length} exceeds the model's maximum of {limit} positions; expected <= {limit}")
+    if tokenizer is None:
+        raise ValueError(f"model {model!r} has no tokenizer; expected a model directory with tokenizer files")
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if bos is None:
+        raise ValueError(f"the tokenizer of {model!r} has neither a BOS nor an EOS token; expected one to start contexts")
+    n_vocab = lm.get_input_embeddings().weight.shape[0]
+
+    stream = tokenize_split(tokenizer, corpus, split)
+    if int(stream.ids.max()) >= n_vocab:
+        raise ValueError(f"the tokenizer produces id {int(stream.ids.max())} but {model!r} has {n_vocab} embeddings; expected the model's own tokenizer")
+    body = context_length - 1
+    n_ctx = math.ceil(n_tokens / body)
+    available = context_windows(len(stream), context_length)
+    if n_ctx > available:
+        raise ValueError(f"n_tokens={n_tokens} needs {n_ctx} contexts of length {context_length} but corpus split {split!r} "
+                         f"has {len(stream)} tokens ({available} contexts); expected n_tokens <= {available * body}")
+    windows = np.sort(np.random.default_rng(seed).choice(available, size=n_ctx, replace=False))
+    contexts, ctx_docs = make_contexts(stream, windows, context_length, bos)
+    d_model = mlp.d_in
+    attrs = {
+        "model": str(model), "layer": int(layer), "hook": hook_name(lm, layer), "corpus_sha256": info["sha256"],
+        "context_length": int(context_length), "dtype": dtype, "n_tokens": int(n_tokens), "d_model": int(d_model),
+        "seed": int(seed), "split": split, "jsae_version": _version(), "first_position": FIRST_POSITION,
+        "bos_token_id": int(bos), "n_contexts": int(n_ctx), "model_class": type(lm).__name__,
+    }
+    request = json.dumps(attrs, sort_keys=True)
+
+    partial = _partial_path(out)
+    f, done = _open_partial(partial, request)
+    try:
+        if f is None:
+            f = _create(partial, attrs, request, contexts, ctx_docs, n_tokens, d_model, dtype)
+            done = 0
+        x_ds = f["x"]
+        bar = tqdm(total=n_tokens, initial=min(n_tokens, done * body), unit="tok", unit_scale=True, desc=f"cache L{layer} {split}",
+                   disable=not progress, dynamic_ncols=True)
+        t0, rows0 = time.perf_counter(), done * body
+        for c0 in range(done, n_ctx, batch_size):
+            c1 = min(n_ctx, c0 + batch_size)
+            ids = torch.from_numpy(contexts[c0:c1]).to(dev)
+            x = capture_mlp_input(lm, layer, ids)[:, 1:].reshape(-1, d_model)  # drop position 0 (BOS)
+            r0, r1 = c0 * body, min(n_tokens, c1 * body)
+            x_ds[r0:r1] = _to_storage(x[: r1 - r0].cpu(), dtype)
+            f.attrs["contexts_done"] = c1
+            f.flush()
+            bar.update(r1 - r0)
+        bar.close()
+        rate = (n_tokens - rows0) / max(time.perf_counter() - t0, 1e-9)
+        f.attrs["complete"] = True
+        f.attrs["tokens_per_second"] = float(rate)
+    finally:
+        if f is not None:
+            f.close()
+    os.replace(partial, out)
+    log.info("cached %d tokens x %d dims of %s layer %d (%s, %s) at %.0f tokens/s -> %s", n_tokens, d_model, model, layer,
+             split, dtype, rate, out)
+    return attrs
+
+
+def _open_partial(partial: Path, request: str) -> tuple[h5py.File | None, int]:
+    """An existing partial file of the same request (to resume), else ``(None, 0)`` after removing a stale one."""
+    if not partial.exists():
+        return None, 0
+    try:
+        f = h5py.File(partial, "r+")
+        if f.attrs.get("request") == request and "x" in f:
+            done = int(f.attrs.get("contexts_done", 0))
+            log.info("resuming %s from context %d", partial, done)
+            return f, done
+        f.close()
+        log.info("discarding %s: it was written for another request", partial)
+    except (OSError, KeyError, ValueError):
+        log.info("discarding unreadable partial cache %s", partial)
+    partial.unlink()
+    return None, 0
+
+
+def _create(partial: Path, attrs: dict, request: str, contexts: np.ndarray, ctx_docs: np.ndarray, n_tokens: int,
+            d_model: int, dtype: str) -> h5py.File:
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    f = h5py.File(partial, "w")
+    storage = np.dtype(_STORAGE[dtype])
+    f.create_dataset("x", shape=(n_tokens, d_model), dtype=storage, chunks=(_chunk_rows(d_model, storage.itemsize, n_tokens), d_model))
+    body = contexts.shape[1] - 1
+    row_ctx = np.repeat(np.arange(len(contexts)), body)[:n_tokens]
+    row_pos = np.tile(np.arange(1, body + 1), len(contexts))[:n_tokens]
+    f.create_dataset("token_ids", data=contexts[:, 1:].reshape(-1)[:n_tokens].astype(np.int32))
+    f.create_dataset("context_index", data=row_ctx.astype(np.int32))
+    f.create_dataset("position", data=row_pos.astype(np.int32))
+    f.create_dataset("document", data=ctx_docs[:, 1:].reshape(-1)[:n_tokens].astype(np.int32))
+    f.create_dataset("contexts", data=contexts.astype(np.int32))
+    for key, value in attrs.items():
+        f.attrs[key] = value
+    f.attrs["request"] = request
+    f.attrs["contexts_done"] = 0
+    f.attrs["complete"] = False
+    return f
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+class ActivationCache:
+    """Read access to a complete cache file (see the module docstring); use :meth:`open`."""
+
+    def __init__(self, path: Path, file: h5py.File) -> None:
+        self.path = path
+        self._file = file
+        self._x = file["x"]
+        self.attrs: dict = {k: _plain(v) for k, v in file.attrs.items() if k != "request"}
+        self.dtype: str = self.attrs["dtype"]
+        self.d_model: int = int(self.attrs["d_model"])
+        self.n_tokens: int = int(self.attrs["n_tokens"])
+        self.context_length: int = int(self.attrs["context_length"])
+        self.chunk_rows: int = int((self._x.chunks or (4096,))[0])
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, expect: dict | None = None) -> ActivationCache:
+        """Open a cache; one-line errors for a missing, corrupt or incomplete file or an ``expect`` mismatch."""
+        p = Path(path)
+        if not p.is_file():
+            hint = " (an interrupted run left a .partial file: re-run `python -m jsae cache` to resume)" if _partial_path(p).exists() else ""
+            raise FileNotFoundError(f"activation cache {p} does not exist{hint}; expected the output of `python -m jsae cache`")
+        try:
+            f = h5py.File(p, "r")
+        except OSError as e:
+            raise ValueError(f"activation cache {p} is not a readable HDF5 file ({str(e).splitlines()[0][:120]}); expected a complete cache (delete it and re-run)") from None
+        missing = [k for k in REQUIRED_ATTRS if k not in f.attrs] + [d for d in _DATASETS if d not in f]
+        if missing or not bool(f.attrs.get("complete", False)):
+            f.close()
+            what = f"lacks {', '.join(missing)}" if missing else "is marked incomplete"
+            raise ValueError(f"activation cache {p} {what}; expected a complete cache written by `python -m jsae cache`")
+        cache = cls(p, f)
+        if cache._x.shape != (cache.n_tokens, cache.d_model):
+            cache.close()
+            raise ValueError(f"activation cache {p} has x of shape {cache._x.shape}; expected ({cache.n_tokens}, {cache.d_model}) from its attrs")
+        if expect:
+            cache.check(expect)
+        return cache
+
+    def check(self, expect: dict) -> None:
+        """``ValueError`` naming the first attribute that differs from ``expect`` (e.g. another model or layer)."""
+        for key, want in expect.items():
+            if key not in self.attrs:
+                raise ValueError(f"activation cache {self.path} has no attribute {key!r}; expected one of {', '.join(sorted(self.attrs))}")
+            have = self.attrs[key]
+            same = (float(have) == float(want)) if isinstance(have, (int, float)) and isinstance(want, (int, float)) and not isinstance(want, bool) else str(have) == str(want)
+            if not same:
+                self.close()
+                raise ValueError(f"activation cache {self.path} belongs to {key}={have!r}; expected {key}={want!r} (rebuild the cache or fix the paths)")
+
+    def close(self) -> None:
+        if self._file.id.valid:
+            self._file.close()
+
+    def __enter__(self) -> ActivationCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return self.n_tokens
+
+    def __repr__(self) -> str:
+        return f"ActivationCache({self.path}, model={self.attrs['model']!r}, layer={self.attrs['layer']}, n_tokens={self.n_tokens}, d_model={self.d_model}, dtype={self.dtype})"
+
+    def _rows(self, start: int, stop: int) -> np.ndarray:
+        return _from_storage(self._x[start:stop], self.dtype)
+
+    def read(self, start: int = 0, stop: int | None = None) -> Tensor:
+        """Rows ``[start, stop)`` of x as a float32 tensor ``[rows, d_model]``."""
+        stop = self.n_tokens if stop is None else stop
+        if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start <= stop <= self.n_tokens):
+            raise ValueError(f"read({start!r}, {stop!r}) is out of range; expected 0 <= start <= stop <= n_tokens={self.n_tokens}")
+        return torch.from_numpy(np.ascontiguousarray(self._rows(start, stop)))
+
+    def contexts(self) -> np.ndarray:
+        """Token ids of every context ``[n_contexts, context_length]`` (position 0 is the BOS)."""
+        return self._file["contexts"][()]
+
+    @cached_property
+    def token_ids(self) -> np.ndarray:
+        return self._file["token_ids"][()]
+
+    @cached_property
+    def context_index(self) -> np.ndarray:
+        return self._file["context_index"][()]
+
+    @cached_property
+    def position(self) -> np.ndarray:
+        return self._file["position"][()]
+
+    @cached_property
+    def document(self) -> np.ndarray:
+        return self._file["document"][()]
+
+    # ---- shuffled training stream -------------------------------------------------------------------------
+    def _groups(self, epoch: int, seed: int, buffer_chunks: int) -> list[np.ndarray]:
+        n_chunks = math.ceil(self.n_tokens / self.chunk_rows)
+        order = np.random.default_rng([seed, epoch]).permutation(n_chunks)
+        return [np.sort(order[i : i + buffer_chunks]) for i in range(0, n_chunks, buffer_chunks)]
+
+    def _group_size(self, chunks: np.ndarray) -> int:
+        last = math.ceil(self.n_tokens / self.chunk_rows) - 1
+        tail = self.n_tokens - last * self.chunk_rows
+        return len(chunks) * self.chunk_rows - (self.chunk_rows - tail if last in chunks else 0)
+
+    def _load_group(self, chunks: np.ndarray, epoch: int, group: int, seed: int) -> np.ndarray:
+        """The rows of ``chunks`` (read straight into one array), shuffled: one copy besides the read."""
+        spans = [(int(c) * self.chunk_rows, min(self.n_tokens, (int(c) + 1) * self.chunk_rows)) for c in chunks]
+        raw = np.empty((sum(b - a for a, b in spans), self.d_model), dtype=self._x.dtype)
+        offset = 0
+        for a, b in spans:
+            self._x.read_direct(raw, np.s_[a:b], np.s_[offset : offset + b - a])
+            offset += b - a
+        perm = np.random.default_rng([seed, epoch, group, 1]).permutation(len(raw))
+        return _from_storage(raw[perm], self.dtype)
+
+    def batches(self, batch_size: int, *, seed: int, start_batch: int = 0, buffer_rows: int = 1 << 16,
+                prefetch: bool = True) -> Iterator[Tensor]:
+        """An infinite, deterministic stream of shuffled float32 batches ``[batch_size, d_model]``.
+
+        Each pass over the cache (a new chunk permutation per pass, from ``seed`` and the pass number)
+        loads ``buffer_rows`` rows of random chunks at a time, shuffles them, and cuts batches from the
+        row stream; batches may straddle buffers and passes, and every row appears once per pass.
+        ``start_batch`` skips exactly that many batches without reading them (resuming training), and
+        the next buffer is read in a background thread while the caller works on the current one.
+        """
+        _check_positive_int("batch_size", batch_size)
+        _check_positive_int("buffer_rows", buffer_rows)
+        if isinstance(start_batch, bool) or not isinstance(start_batch, int) or start_batch < 0:
+            raise ValueError(f"start_batch={start_batch!r} is invalid; expected an integer >= 0")
+        buffer_chunks = max(1, math.ceil(max(buffer_rows, batch_size) / self.chunk_rows))
+        skip = start_batch * batch_size
+        epoch, skip = divmod(skip, self.n_tokens)
+        groups = self._groups(epoch, seed, buffer_chunks)
+        g = 0
+        while skip >= (size := self._group_size(groups[g])):  # whole buffers skipped unread
+            skip, g = skip - size, g + 1
+
+        def schedule() -> Iterator[tuple[np.ndarray, int, int]]:
+            nonlocal epoch, groups, g
+            while True:
+                yield groups[g], epoch, g
+                g += 1
+                if g == len(groups):
+                    epoch, g = epoch + 1, 0
+                    groups = self._groups(epoch, seed, buffer_chunks)
+
+        plan = schedule()
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="jsae-cache") if prefetch else None
+
+        def submit(item):
+            return pool.submit(self._load_group, *item, seed) if pool else self._load_group(*item, seed)
+
+        try:
+            pending = submit(next(plan))
+            buf, pos = None, skip
+            parts: list[np.ndarray] = []
+            have = 0
+            while True:
+                if buf is None or pos == len(buf):
+                    buf, pos = (pending.result() if pool else pending), (pos if buf is None else 0)
+                    pending = submit(next(plan))
+                if not parts and len(buf) - pos >= batch_size:  # the common case: a view, no copy
+                    yield torch.from_numpy(buf[pos : pos + batch_size])
+                    pos += batch_size
+                    continue
+                take = min(batch_size - have, len(buf) - pos)  # a batch straddling buffers (or passes)
+                parts.append(buf[pos : pos + take])
+                have, pos = have + take, pos + take
+                if have == batch_size:
+                    yield torch.from_numpy(np.concatenate(parts))
+                    parts, have = [], 0
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+
+def cli(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m jsae cache",
+        description="Cache the MLP inputs x of (model, layer) over N tokens of a corpus split to HDF5 (with token ids, "
+        "contexts and positions). Interrupted runs resume; only a complete file appears at --out.",
+    )
+    p.add_argument("--model", required=True, help="model SPEC: local directory, Hugging Face id or smollm2-135m")
+    p.add_argument("--layer", type=int, required=True, help="transformer block whose MLP input is cached (0-based)")
+    p.add_argument("--corpus", required=True, help="corpus directory (python -m jsae corpus)")
+    p.add_argument("--split", choices=SPLITS, required=True, help="corpus split")
+    p.add_argument("--n-tokens", type=int, required=True, help="rows to cache (BOS positions excluded)")
+    p.add_argument("--context-length", type=int, required=True, help="tokens per context including the BOS")
+    p.add_argument("--out", required=True, help="output FILE.h5")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="storage dtype of x (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=16, help="contexts per forward (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="which contexts are drawn from the split (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: $OMP_NUM_THREADS, else 1)")
+    p.add_argument("--log-file", default=None, help="also write logs here")
+    a = p.parse_args(argv)
+    setup_logging(log_file=a.log_file)
+    set_threads(a.threads)
+    build_cache(a.model, a.layer, a.corpus, a.split, a.n_tokens, a.context_length, a.out, dtype=a.dtype,
+                batch_size=a.batch_size, seed=a.seed, device=a.device)
+    return 0

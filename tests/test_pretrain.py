@@ -1,0 +1,97 @@
+"""Tokenizer training and tiny-neox pretraining (seconds-long versions of the default run)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from jsae import pretrain as pretrain_mod
+from jsae.hooks import mlp_module
+from jsae.mlp import mlp_from_module
+from jsae.models import load_model
+from jsae.pretrain import PretrainConfig, pretrain, save_tokenizer, train_tokenizer
+from test_models import no_network, one_thread, tiny_corpus  # noqa: F401  (fixtures)
+
+TINY = dict(hidden=32, layers=2, heads=2, vocab_size=300, context_length=32, batch_size=8, lr=1e-2, warmup_steps=5,
+            eval_every_s=1e9, eval_contexts=8, device="cpu")
+
+
+def test_tokenizer_is_lossless_byte_level_bpe(tiny_corpus, tmp_path):  # noqa: F811
+    tok = train_tokenizer(tiny_corpus, vocab_size=300)
+    assert len(tok) == 300
+    text = "And God said, Let there be light — ünïcödé 😀\n\ttabs"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == text  # every byte is representable
+    assert len(ids) < len(text.encode())  # merges were learned
+    assert tok.bos_token == tok.eos_token == "<|endoftext|>"
+    save_tokenizer(tiny_corpus, tmp_path / "tok", vocab_size=300)
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(str(tmp_path / "tok"))(text, add_special_tokens=False)["input_ids"] == ids
+
+
+def test_pretrain_learns_and_saves_a_loadable_pythia_architecture(tiny_corpus, tmp_path, no_network):  # noqa: F811
+    out = tmp_path / "tiny-neox"
+    result = pretrain(tiny_corpus, out, PretrainConfig(**TINY, max_steps=40, minutes=5, seed=0))
+    saved = json.loads((out / "pretrain.json").read_text())
+    assert saved["steps"] == 40 and saved["stopped_by"] == "max_steps" and saved["curve"][-1]["step"] == 40
+    assert saved["final_validation_loss"] == pytest.approx(result["final_validation_loss"])
+    # learned: far below the uniform guess ln(300) = 5.70 and below the unigram baseline
+    assert result["final_validation_loss"] < result["unigram_baseline_loss"] < 5.70
+    model, tok = load_model(str(out))
+    cfg = model.config
+    assert type(model).__name__ == "GPTNeoXForCausalLM" and cfg.use_parallel_residual and cfg.hidden_act == "gelu"
+    assert cfg.rope_parameters["partial_rotary_factor"] == 0.25 and not cfg.tie_word_embeddings
+    assert cfg.intermediate_size == 4 * cfg.hidden_size and cfg.max_position_embeddings == 32
+    assert mlp_from_module(mlp_module(model, 1)).kind == "plain"
+    # deterministic for a seed and a step count
+    again = pretrain(tiny_corpus, tmp_path / "again", PretrainConfig(**TINY, max_steps=40, minutes=5, seed=0))
+    assert again["final_validation_loss"] == result["final_validation_loss"]
+
+
+def test_time_budget_stops_training(tiny_corpus, tmp_path):  # noqa: F811
+    result = pretrain(tiny_corpus, tmp_path / "m", PretrainConfig(**TINY, minutes=0.02, seed=1))
+    assert result["stopped_by"] == "time_budget" and result["train_seconds"] < 10
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"hidden": 30}, "hidden=30 with heads=2"),
+    ({"minutes": 0}, "minutes=0"),
+    ({"max_steps": 0}, "max_steps=0"),
+    ({"context_length": 1}, "context_length=1"),
+    ({"vocab_size": 100}, "vocab_size=100"),
+    ({"context_length": 100000}, "contexts of length 100000"),
+])
+def test_bad_configs(change, match, tiny_corpus, tmp_path):  # noqa: F811
+    with pytest.raises(ValueError, match=match):
+        pretrain(tiny_corpus, tmp_path / "m", PretrainConfig(**{**TINY, "max_steps": 1, **change}))
+    assert not (tmp_path / "m").exists()
+
+
+def test_missing_corpus(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        pretrain(tmp_path / "none", tmp_path / "m", PretrainConfig(**TINY, max_steps=1))
+
+
+def test_cli(tiny_corpus, tmp_path):  # noqa: F811
+    threads = torch.get_num_threads()
+    argv = ["--corpus", str(tiny_corpus), "--out", str(tmp_path / "m"), "--hidden", "32", "--layers", "1", "--heads", "2",
+            "--vocab-size", "300", "--context-length", "16", "--max-steps", "3", "--device", "cpu"]
+    assert pretrain_mod.cli(argv) == 0
+    torch.set_num_threads(threads)
+    assert json.loads((tmp_path / "m" / "pretrain.json").read_text())["steps"] == 3
+    assert pretrain_mod.cli_tokenizer(["--corpus", str(tiny_corpus), "--out", str(tmp_path / "t"), "--vocab-size", "300"]) == 0
+    assert (tmp_path / "t" / "tokenizer.json").is_file()
+
+
+def test_set_threads(monkeypatch):
+    threads = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert pretrain_mod.set_threads(None) == 1 == torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert pretrain_mod.set_threads(None) == 1
+    with pytest.raises(ValueError, match="threads=0"):
+        pretrain_mod.set_threads(0)
+    torch.set_num_threads(threads)

@@ -1,0 +1,428 @@
+"""Training one pair: learning, schedules as applied, dead latents, exact resume, bad input, outputs."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from builders import build_hf_mlp
+from jsae.export import load_pair, read_run
+from jsae.mlp import mlp_from_module
+from jsae.pair import EVALUATION_POINT
+from jsae.schedules import lambda_at, lr_at
+from jsae.train import (
+    DeadLatentTracker,
+    InMemorySource,
+    Prefetcher,
+    TrainConfig,
+    check_cache_matches,
+    cli,
+    run_training,
+    work_dir_for,
+)
+
+D = 12  # width of the tiny MLPs in builders.py
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The test machine is shared; one intra-op thread is several times faster than two under load.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    return train_mlp()
+
+
+@pytest.fixture(scope="module")
+def source(mlp) -> InMemorySource:
+    # Activations with structure (a sparse mix of directions), so an SAE can learn them.
+    return InMemorySource(source_tensor(), attrs={"model": "tiny", "layer": 0, "d_model": D, "n_tokens": 1500})
+
+
+def small_config(**overrides) -> TrainConfig:
+    base = dict(lam=1.0, n_tokens=32 * 24, batch_size=32, k=3, expansion=4, lr=3e-3, seed=0)
+    return TrainConfig(**{**base, **overrides})
+
+
+def train(mlp, source, out, config=None, **kwargs):
+    kwargs.setdefault("progress", False)
+    kwargs.setdefault("log_every", 4)
+    kwargs.setdefault("checkpoint_every", 5)
+    return run_training(mlp, source, config or small_config(), out, model="tiny", layer=0, **kwargs)
+
+
+def sae_tensors(run_dir: Path, mlp) -> dict[str, torch.Tensor]:
+    pair = load_pair(run_dir, mlp)
+    return {f"{role}.{k}": v for role in ("sae_in", "sae_out") for k, v in getattr(pair, role).state_dict().items()}
+
+
+# -- learning and outputs ---------------------------------------------------------------------------
+
+
+def test_loss_decreases_and_outputs_are_complete(tmp_path: Path, mlp, source) -> None:
+    cfg = small_config(n_tokens=32 * 60)
+    rec = train(mlp, source, tmp_path / "run", cfg, log_every=10)
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in history] == [10, 20, 30, 40, 50, 60]
+    first, last = history[0], history[-1]
+    assert last["loss"] < 0.7 * first["loss"]
+    assert last["in/mse"] < first["in/mse"] and last["out/mse"] < first["out/mse"]
+    # run.json: identity, every hyper-parameter, cache attrs, evaluation point, timings, final metrics
+    run = read_run(tmp_path / "run")
+    assert run == json.loads(json.dumps(rec, default=str))
+    assert run["pair"] == {"model": "tiny", "layer": 0, "control": "trained", "lam": 1.0, "k": 3, "n_latents": 48,
+                           "k_out": 3, "n_latents_out": 48}
+    assert run["evaluation_point"] == EVALUATION_POINT
+    assert run["cache"] == dict(source.attrs)
+    assert run["params"]["lr"] == cfg.lr and run["params"]["n_steps"] == 60 and run["params"]["adam_beta2"] == 0.999
+    assert run["jsae_version"] and run["timings"]["train_s"] > 0 and 0 <= run["timings"]["reader_wait_fraction"] < 1
+    for key in ("loss", "in/mse", "out/mse", "jac/l1", "jac/frac_above_0.01", "lambda", "lr", "tokens_per_s",
+                "in/dead_fraction", "out/dead_fraction"):
+        assert key in run["metrics"], key
+    assert not work_dir_for(tmp_path / "run").exists()  # checkpoints are removed once the run is complete
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["metrics.jsonl", "run.json", "sae_in", "sae_out"]
+    # decoders are unit-norm after training (renormalised after every step)
+    pair = load_pair(tmp_path / "run", mlp)
+    for sae in (pair.sae_in, pair.sae_out):
+        torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(sae.n_latents))
+
+
+def test_logged_lr_and_lambda_follow_the_schedules(tmp_path: Path, mlp, source) -> None:
+    cfg = small_config(n_tokens=32 * 40, lr_warmup_frac=0.1, lam_warmup_frac=0.25, lam=2.0)
+    train(mlp, source, tmp_path / "run", cfg, log_every=2)
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    for row in history:
+        last = int(row["step"]) - 1  # the logged values are those of the window's last step
+        assert row["lr"] == lr_at(last, 40, lr=cfg.lr, warmup_frac=0.1, decay_frac=0.2)
+        assert row["lambda"] == lambda_at(last, 40, lam=2.0, warmup_frac=0.25)
+    assert history[0]["lambda"] < 2.0 and history[-1]["lambda"] == 2.0 and history[0]["lr"] < cfg.lr
+
+
+def test_lambda_zero_trains_without_the_jacobian_term(tmp_path: Path, mlp, source) -> None:
+    rec = train(mlp, source, tmp_path / "run", small_config(lam=0.0))
+    assert rec["metrics"]["jac/l1_train"] == 0.0  # the penalty was not part of the loss
+    assert rec["metrics"]["jac/l1"] > 0  # but the Jacobian is still measured for comparison
+    assert rec["metrics"]["loss"] == pytest.approx(rec["metrics"]["in/mse"] + rec["metrics"]["out/mse"], rel=1e-5)
+
+
+# -- resume -----------------------------------------------------------------------------------------
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def crash_at(step: int):
+    def on_step(s: int) -> None:
+        if s == step:
+            raise Crash(f"simulated kill at step {s}")
+
+    return on_step
+
+
+def test_kill_and_resume_gives_identical_weights(tmp_path: Path, mlp, source) -> None:
+    cfg = small_config()
+    train(mlp, source, tmp_path / "straight", cfg)
+    with pytest.raises(Crash):
+        train(mlp, source, tmp_path / "resumed", cfg, on_step=crash_at(13))  # last checkpoint: step 10
+    assert not (tmp_path / "resumed").exists()  # no half-written run directory
+    assert (work_dir_for(tmp_path / "resumed") / "checkpoint.pt").is_file()
+    steps: list[int] = []
+    rec = train(mlp, source, tmp_path / "resumed", cfg, on_step=steps.append)
+    assert steps[0] == 11 and steps[-1] == 24  # resumed after the checkpoint, not from scratch
+    a, b = sae_tensors(tmp_path / "straight", mlp), sae_tensors(tmp_path / "resumed", mlp)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert rec["timings"]["resumed_from"] == [10] and rec["timings"]["sessions"] == 2
+    losses = lambda d: [json.loads(r)["loss"] for r in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert losses(tmp_path / "straight") == losses(tmp_path / "resumed")
+
+
+def test_checkpoint_from_other_hyperparameters_is_refused(tmp_path: Path, mlp, source) -> None:
+    with pytest.raises(Crash):
+        train(mlp, source, tmp_path / "run", small_config(), on_step=crash_at(6))
+    with pytest.raises(ValueError, match=r"different hyper-parameters.*lr: 0.003 != 0.001") as exc:
+        train(mlp, source, tmp_path / "run", small_config(lr=1e-3))
+    assert "\n" not in str(exc.value)
+
+
+def test_finished_run_is_skipped_and_never_silently_overwritten(tmp_path: Path, mlp, source) -> None:
+    out = tmp_path / "run"
+    train(mlp, source, out)
+    stamp = (out / "run.json").stat().st_mtime_ns
+    steps: list[int] = []
+    rec = train(mlp, source, out, on_step=steps.append)  # same arguments: skipped
+    assert steps == [] and (out / "run.json").stat().st_mtime_ns == stamp and rec["lam"] == 1.0
+    with pytest.raises(ValueError, match=r"already holds a finished run with other settings \(lam: 1.0 != 0.5\)") as exc:
+        train(mlp, source, out, small_config(lam=0.5))
+    assert "\n" not in str(exc.value)
+    rec = train(mlp, source, out, small_config(lam=0.5), force=True)  # --force: retrained and replaced
+    assert read_run(out)["lam"] == 0.5 == rec["lam"]
+
+
+# -- bad input --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"lam": -0.1}, r"lam=-0.1 is invalid; expected a finite number >= 0"),
+        ({"lam": float("nan")}, r"lam=nan is invalid"),
+        ({"k": 49}, r"k=49 \(input\) / 49 \(output\) exceeds the number of latents 48"),
+        ({"k": 2, "n_latents": 16, "k_out": 20}, r"exceeds the number of latents"),
+        ({"n_tokens": 31}, r"zero training steps"),
+        ({"batch_size": 0}, r"batch_size=0 is invalid"),
+        ({"lr": -1.0}, r"lr=-1.0 is invalid"),
+        ({"lr_warmup_frac": 0.9, "lr_decay_frac": 0.2}, r"lr_warmup_frac \+ lr_decay_frac = 1.1 > 1"),
+        ({"grad_clip": 0.0}, r"grad_clip=0.0 is invalid"),
+    ],
+)
+def test_bad_config_is_a_one_line_error_before_training(tmp_path: Path, mlp, source, overrides, match) -> None:
+    steps: list[int] = []
+    with pytest.raises(ValueError, match=match) as exc:
+        train(mlp, source, tmp_path / "run", small_config(**overrides), on_step=steps.append)
+    assert "\n" not in str(exc.value) and steps == [] and not (tmp_path / "run").exists()
+
+
+def test_cache_from_another_layer_or_model_is_refused(tmp_path: Path, mlp, source) -> None:
+    other = InMemorySource(source.x, attrs={**source.attrs, "layer": 3})
+    with pytest.raises(ValueError, match="the cache holds layer 3 activations; expected layer 0") as exc:
+        train(mlp, other, tmp_path / "run")
+    assert "\n" not in str(exc.value)
+    with pytest.raises(ValueError, match="expected the MLP input width 12"):
+        train(mlp, InMemorySource(torch.randn(100, 7)), tmp_path / "run")
+    with pytest.raises(ValueError, match=r"model 'results/models/a'; expected model 'results/models/b'"):
+        check_cache_matches({"model": "results/models/a", "layer": 0}, model="results/models/b", layer=0)
+    with pytest.raises(ValueError, match="layer 2 activations; expected layer 1"):
+        check_cache_matches({"model": "m", "layer": 2}, model="m", layer=1)
+    check_cache_matches({"model": str(tmp_path), "layer": 1}, model=str(tmp_path) + "/", layer=1)  # same directory
+
+
+def test_non_empty_out_dir_without_run_json_is_refused(tmp_path: Path, mlp, source) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"holds files \(notes.txt, ...\) but no run.json"):
+        train(mlp, source, tmp_path / "run")
+    for sub in ("sae_in", "sae_out"):  # Snakemake creates the declared outputs' directories: fine
+        (tmp_path / "empty" / sub).mkdir(parents=True)
+    train(mlp, source, tmp_path / "empty")
+    assert (tmp_path / "empty" / "run.json").is_file()
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path: Path, capfd) -> None:
+    args = ["--model", "m", "--layer", "0", "--out", str(tmp_path / "run"), "--tokens", "100", "--batch-size", "10",
+            "--mlflow-uri", "none"]
+    assert cli([*args, "--cache", str(tmp_path / "missing.h5"), "--lam", "1"]) == 2
+    err = capfd.readouterr().err
+    assert "missing.h5 does not exist" in err and len(err.strip().splitlines()) == 1
+    assert cli([*args, "--cache", str(tmp_path / "missing.h5"), "--lam", "-1"]) == 2
+    assert "lam=-1.0 is invalid" in capfd.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        cli(["--help"])
+    assert exc.value.code == 0
+
+
+# -- components -------------------------------------------------------------------------------------
+
+
+def test_in_memory_source_is_exactly_resumable_and_reshuffles_each_pass() -> None:
+    x = torch.arange(50, dtype=torch.float32)[:, None].repeat(1, 3)
+    src = InMemorySource(x)
+    full = [b[:, 0].long() for b in itertools.islice(src.batches(20, seed=1), 10)]
+    again = [b[:, 0].long() for b in itertools.islice(src.batches(20, seed=1, start_batch=7), 3)]
+    assert all(torch.equal(a, b) for a, b in zip(full[7:], again))
+    stream = torch.cat(full)  # 200 rows = 4 passes of 50
+    passes = stream.reshape(4, 50)
+    assert all(sorted(p.tolist()) == list(range(50)) for p in passes)
+    assert not torch.equal(passes[0], passes[1])
+    other_seed = torch.cat([b[:, 0] for b in itertools.islice(src.batches(20, seed=2), 3)])
+    assert not torch.equal(other_seed.long(), stream[:60])
+
+
+def test_dead_latent_tracker_matches_brute_force() -> None:
+    g = torch.Generator().manual_seed(0)
+    n, B, k, window = 40, 8, 2, 24
+    tracker = DeadLatentTracker(n, window)
+    fired_batches: list[set[int]] = []
+    for t in range(12):
+        idx = torch.randint(0, n // 2 + t, (B, k), generator=g)  # some latents never fire
+        vals = torch.rand(B, k, generator=g) - 0.3  # some selected latents have value <= 0: not fired
+        tracker.update(vals, idx)
+        fired_batches.append({int(i) for i, v in zip(idx.reshape(-1), vals.reshape(-1)) if v > 0})
+        seen = (t + 1) * B
+        for j in range(n):
+            last = max((s for s, f in enumerate(fired_batches) if j in f), default=None)
+            since = seen if last is None else (t - last) * B
+            assert bool(tracker.dead_mask()[j]) == (since >= min(window, seen)), (t, j)
+    # firing as jsae.metrics defines it (used by `evaluate`): the last batch's fired set agrees
+    from jsae.metrics import firing_counts
+
+    assert {int(i) for i in torch.nonzero(firing_counts(vals, idx, n)).flatten()} == fired_batches[-1]
+    state = tracker.state_dict()
+    copy = DeadLatentTracker(n, window)
+    copy.load_state_dict(state)
+    assert torch.equal(copy.dead_mask(), tracker.dead_mask()) and copy.dead_count() == tracker.dead_count()
+
+
+def test_prefetcher_keeps_order_and_surfaces_reader_errors() -> None:
+    def batches():
+        for i in range(5):
+            yield torch.full((2, 2), float(i))
+        raise OSError("disk gone")
+
+    reader = Prefetcher(batches(), depth=2)
+    assert [int(next(reader)[0, 0]) for _ in range(5)] == [0, 1, 2, 3, 4]
+    with pytest.raises(OSError, match="disk gone"):
+        next(reader)
+    reader.close()
+
+
+# -- from a real activation cache (jsae.cache) and a real saved model, through the CLI --------------
+
+
+@pytest.fixture(scope="module")
+def real_cache(tmp_path_factory):
+    """A tiny GPT-NeoX saved with save_pretrained, a corpus and its layer-1 cache (no downloads)."""
+    from transformers import GPTNeoXForCausalLM
+
+    from jsae.cache import build_cache
+    from jsae.corpus import build_corpus
+    from jsae.pretrain import PretrainConfig, tiny_neox_config, train_tokenizer
+
+    root = tmp_path_factory.mktemp("real")
+    words = "the of and to in is was that for on with as by at from light water earth day night said king".split()
+    g = torch.Generator().manual_seed(0)
+    for i in range(12):
+        idx = torch.randint(0, len(words), (300,), generator=g).tolist()
+        (root / f"doc{i}.txt").write_text(" ".join(words[j] for j in idx) + ".\n")
+    build_corpus(root / "corpus", source="files", globs=[str(root / "doc*.txt")], validation_fraction=0.2)
+    tokenizer = train_tokenizer(root / "corpus", vocab_size=300)
+    torch.manual_seed(0)
+    cfg = PretrainConfig(hidden=16, layers=2, heads=2, vocab_size=300, context_length=16)
+    model = GPTNeoXForCausalLM(tiny_neox_config(cfg, tokenizer)).eval()
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    build_cache(str(root / "model"), 1, root / "corpus", "train", 600, 16, root / "train.h5", device="cpu",
+                progress=False, batch_size=8)
+    return root
+
+
+def test_cli_trains_from_a_real_cache(tmp_path: Path, real_cache: Path) -> None:
+    from jsae.cache import ActivationCache
+    from jsae.evaluate import check_pair_matches
+    from jsae.hooks import mlp_module
+    from jsae.models import load_model
+
+    model_dir, cache = str(real_cache / "model"), str(real_cache / "train.h5")
+    args = ["--model", model_dir, "--layer", "1", "--cache", cache, "--lam", "1", "--expansion", "4", "--k", "4",
+            "--tokens", "640", "--batch-size", "32", "--log-every", "5", "--checkpoint-every", "5",
+            "--mlflow-uri", "none", "--device", "cpu", "--no-progress"]
+    assert cli([*args, "--out", str(tmp_path / "run")]) == 0
+    run = read_run(tmp_path / "run")
+    attrs = ActivationCache.open(cache).attrs
+    assert run["cache"]["corpus_sha256"] == attrs["corpus_sha256"] and run["hook"] == attrs["hook"]
+    assert run["hook_name"] == "gpt_neox.layers.1.mlp" and run["n_steps"] == 20
+    check_pair_matches(run, attrs, model_spec=model_dir, layer=1, d_model=16)  # what `evaluate` will check
+    cfg_in = json.loads((tmp_path / "run" / "sae_in" / "cfg.json").read_text())
+    assert cfg_in["metadata"]["hook_name"] == "gpt_neox.layers.1.mlp.input" == attrs["hook"]
+    lm, _ = load_model(model_dir)
+    pair = load_pair(tmp_path / "run", mlp_module(lm, 1))
+    assert pair.sae_in.n_latents == 64 and pair.sae_in.k == 4
+    # a cache of layer 1 used for layer 0: refused before any training
+    assert cli([*args[:2], "--layer", "0", *args[4:], "--out", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()
+
+
+def test_kill_and_resume_from_a_real_cache_is_exact(tmp_path: Path, real_cache: Path) -> None:
+    from jsae.models import load_model
+    from jsae.hooks import mlp_module
+    from jsae.train import train_from_files
+
+    model_dir, cache = str(real_cache / "model"), real_cache / "train.h5"
+    cfg = TrainConfig(lam=1.0, n_tokens=32 * 30, batch_size=32, k=4, expansion=4, lr=3e-3)  # > 1 pass over 600 rows
+    kw = dict(progress=False, checkpoint_every=7, log_every=5, device="cpu")
+    train_from_files(model_dir, 1, cache, tmp_path / "straight", cfg, **kw)
+    with pytest.raises(Crash):
+        train_from_files(model_dir, 1, cache, tmp_path / "resumed", cfg, on_step=crash_at(17), **kw)
+    train_from_files(model_dir, 1, cache, tmp_path / "resumed", cfg, **kw)
+    mlp = mlp_module(load_model(model_dir)[0], 1)
+    a, b = sae_tensors(tmp_path / "straight", mlp), sae_tensors(tmp_path / "resumed", mlp)
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    assert read_run(tmp_path / "resumed")["timings"]["resumed_from"] == [14]
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_gives_identical_weights(tmp_path: Path, mlp, source) -> None:
+    """A real ``kill -9`` of a training process after its first checkpoint, then the same command again."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "train_job.py"
+    script.write_text(f"""
+import sys, time, torch
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+torch.set_num_threads(1)
+from test_train import small_config, source_tensor, train_mlp
+from jsae.train import InMemorySource, run_training
+src = InMemorySource(source_tensor(), attrs={dict(source.attrs)!r})
+run_training(train_mlp(), src, small_config(), sys.argv[1], model="tiny", layer=0, progress=False, log_every=4,
+             checkpoint_every=5, on_step=lambda s: time.sleep(0.3))
+""")
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(script), str(out)])
+    ckpt = work_dir_for(out) / "checkpoint.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)  # somewhere between checkpoints (or in the middle of writing one)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists() and not (out / "run.json").exists()
+    train(mlp, source, out)
+    train(mlp, source, tmp_path / "straight")
+    a, b = sae_tensors(tmp_path / "straight", mlp), sae_tensors(out, mlp)
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    assert read_run(out)["timings"]["resumed_from"][0] in (5, 10, 15, 20)
+
+
+def source_tensor() -> torch.Tensor:
+    """The module's source data (also used by the subprocess of the kill test)."""
+    g = torch.Generator().manual_seed(0)
+    atoms = torch.randn(30, D, generator=g)
+    codes = torch.rand(1500, 30, generator=g) * (torch.rand(1500, 30, generator=g) < 0.1)
+    return codes @ atoms
+
+
+def train_mlp():
+    return mlp_from_module(build_hf_mlp("neox-gelu")).float()
+
+
+def test_diverging_loss_stops_with_a_clear_error(tmp_path: Path, mlp, source) -> None:
+    with pytest.raises(FloatingPointError, match="the training loss became (nan|inf) by step 4") as exc:
+        train(mlp, source, tmp_path / "run", small_config(lr=1e30, lr_warmup_frac=0.0))
+    assert "\n" not in str(exc.value) and not (tmp_path / "run").exists()
+
+
+def test_bf16_autocast_path_runs(mlp, source) -> None:
+    """The CUDA recipe (fp32 weights, bf16 autocast) exercised on the CPU: dtypes flow through every metric."""
+    from jsae.train import Trainer, build_pair
+
+    cfg = small_config(n_tokens=32 * 8)
+    pair = build_pair(mlp, cfg)
+    trainer = Trainer(pair, source, cfg, progress=False, log_every=4)
+    trainer.autocast = torch.bfloat16
+    out = trainer.run()
+    assert all(p.dtype == torch.float32 for p in pair.parameters())
+    for key in ("loss", "in/mse", "jac/l1", "jac/frac_above_0.01", "in/dead_fraction"):
+        assert isinstance(out.metrics[key], float) and out.metrics[key] == out.metrics[key], key
