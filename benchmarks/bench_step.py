@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -102,9 +101,14 @@ def time_variants(args, device) -> dict[int, dict[str, float]]:
     return out
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
+def _proc_status_bytes(field: str) -> int:
+    """``VmRSS`` / ``VmHWM`` of this process. ``ru_maxrss`` would not do: Linux keeps it across
+    ``exec``, so a child would report its parent's peak; ``VmHWM`` belongs to the new image."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not found in /proc/self/status")
 
 
 def child_main(args) -> None:
@@ -120,10 +124,10 @@ def child_main(args) -> None:
         sync(device)
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        base = _rss_bytes()
+        base = _proc_status_bytes("VmRSS")
         step(x)  # the first step allocates Adam state: count it, a real run holds it too
         step(x)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        peak = _proc_status_bytes("VmHWM") - base
     print(json.dumps({"peak_bytes": peak}))
 
 
