@@ -1,0 +1,601 @@
+"""The paper's figures, rendered from the per-pair evaluation and probe outputs.
+
+Each figure keeps the paper's number (Farnik et al., ICML 2025) and is written as PDF and PNG:
+
+* fig2  share of the k×k active Jacobian elements above thresholds, JSAE vs traditional (λ = 0)
+* fig4  reconstruction, performance preservation and sparsity metrics against λ
+* fig5  CE loss score against Jacobian sparsity across the λ sweep, each point labelled with λ
+* fig7  the same shares as fig2 on the trained model and on its random re-initialisation
+* fig8  linearity of f_s: example functions, linear/JumpReLU/other shares, |Δs_y| vs |J|
+* fig32 |J| histogram and CDF, JSAE vs traditional
+* fig35 Lp norms of J against λ (relative to λ = 0)
+* fig36 global sparsity of the mean-|J| matrix over tokens
+
+Inputs are ``evaluation.json`` (+ ``jacobian_stats.npz``) and ``probes.json`` (+ ``probe_curves.npz``)
+files; each JSON carries the pair's identity (model, layer, control, lam). A "site" is one
+(model, layer); figures comparing λ = 0 with the JSAE draw one panel (or row) per site.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jsae.io import atomic_path, read_json, setup_logging
+
+log = logging.getLogger("jsae.figures")
+
+FIGURES = ("fig2", "fig4", "fig5", "fig7", "fig8", "fig32", "fig35", "fig36")
+THRESHOLDS = (0.005, 0.01, 0.015, 0.02, 0.04)
+SPARSITY_KEY = "jac/frac_above_0.01"  # the paper's sparsity measure in figs. 4, 5, 29
+_PATH_PATTERN = re.compile(r"(?P<model>[^/]+)/L(?P<layer>\d+)/(?P<control>trained|reinit)/lam(?P<lam>[^/]+)/[^/]+$")
+
+COLORS = {"traditional": "#1f77b4", "jsae": "#d62728", "reinit_traditional": "#9ecae1", "reinit_jsae": "#fcae91"}
+CLASS_COLORS = {"linear": "#2ca02c", "jumprelu": "#ff7f0e", "other": "#7f7f7f"}
+SPLIT_COLORS = {"on_line": "#1f77b4", "cluster": "#2ca02c", "outlier": "#d62728"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PairResult:
+    """Everything the figures read about one pair: identity, scalar metrics and (lazily) arrays."""
+
+    model: str
+    layer: int
+    control: str
+    lam: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    probes: dict[str, float] = field(default_factory=dict)
+    identity: dict[str, Any] = field(default_factory=dict)
+    stats_path: Path | None = None
+    curves_path: Path | None = None
+
+    @property
+    def site(self) -> tuple[str, int]:
+        return (self.model, self.layer)
+
+    @property
+    def key(self) -> tuple[str, int, str, float]:
+        return (self.model, self.layer, self.control, self.lam)
+
+    def stats(self) -> dict[str, np.ndarray]:
+        return _load_npz(self.stats_path, "jacobian_stats.npz", self)
+
+    def curves(self) -> dict[str, np.ndarray]:
+        return _load_npz(self.curves_path, "probe_curves.npz", self)
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} L{self.layer} {self.control} λ={self.lam:g}"
+
+
+def _load_npz(path: Path | None, name: str, pair: PairResult) -> dict[str, np.ndarray]:
+    if path is None or not path.is_file():
+        raise FileNotFoundError(f"{name} for {pair.label} not found (expected {path}); re-run the evaluation of this pair")
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _identity(doc: dict, path: Path) -> tuple[str, int, str, float]:
+    """(model, layer, control, lam): the workflow's path names the model; the JSON names the rest."""
+    pair = doc.get("pair") or {}
+    m = _PATH_PATTERN.search(path.as_posix())
+    model = m["model"] if m else (Path(str(pair.get("model", "model"))).name or "model")
+    layer = pair.get("layer", m["layer"] if m else None)
+    control = pair.get("control") or (m["control"] if m else "trained")
+    lam = pair.get("lam", m["lam"] if m else None)
+    if layer is None or lam is None:
+        raise ValueError(f"{path} has no pair identity (pair.layer / pair.lam) and is not under "
+                         "<model>/L<layer>/<control>/lam<lam>/; expected an evaluation or probes JSON from jsae")
+    return model, int(layer), str(control), float(lam)
+
+
+def load_results(paths: Iterable[str | Path]) -> list[PairResult]:
+    """Merge evaluation.json and probes.json files into one :class:`PairResult` per pair."""
+    by_key: dict[tuple[str, int, str, float], PairResult] = {}
+    for p in map(Path, paths):
+        if p.suffix != ".json":
+            continue  # npz siblings are found next to their JSON
+        doc = read_json(p)
+        metrics = doc.get("metrics")
+        if not isinstance(metrics, dict):
+            raise ValueError(f"{p} has no 'metrics' object; expected an evaluation.json or probes.json from jsae")
+        ident = _identity(doc, p)
+        res = by_key.setdefault(ident, PairResult(*ident))
+        res.identity.update(doc.get("pair") or {})
+        is_probe = any(k.startswith("probe/") for k in metrics) or p.name.startswith("probes")
+        if is_probe:
+            res.probes.update({k: float(v) for k, v in metrics.items() if _is_number(v)})
+            res.curves_path = p.with_name(doc.get("arrays", "probe_curves.npz"))
+        else:
+            res.metrics.update({k: float(v) for k, v in metrics.items() if _is_number(v)})
+            res.stats_path = p.with_name(doc.get("arrays", "jacobian_stats.npz"))
+    return sorted(by_key.values(), key=lambda r: r.key)
+
+
+def find_results(eval_root: str | Path) -> list[Path]:
+    """Every evaluation.json and probes.json under ``eval_root``."""
+    root = Path(eval_root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a directory; expected the evaluation root (results/eval)")
+    return sorted([*root.rglob("evaluation.json"), *root.rglob("probes.json")])
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def sites_of(results: Sequence[PairResult]) -> list[tuple[str, int]]:
+    return sorted({r.site for r in results})
+
+
+def pick_pair(results: Sequence[PairResult], site: tuple[str, int], control: str, lam: float) -> PairResult | None:
+    """The pair of ``site`` with this control and λ, or None."""
+    for r in results:
+        if r.site == site and r.control == control and math.isclose(r.lam, lam, rel_tol=1e-9, abs_tol=1e-12):
+            return r
+    return None
+
+
+def default_jsae_lam(results: Sequence[PairResult]) -> float:
+    """The largest trained λ ≤ 1 (the paper's sweet-spot range), else the smallest positive λ."""
+    lams = sorted({r.lam for r in results if r.control == "trained" and r.lam > 0})
+    if not lams:
+        raise ValueError("no trained pair with λ > 0; expected at least one JSAE to compare with λ = 0")
+    small = [x for x in lams if x <= 1]
+    return small[-1] if small else lams[0]
+
+
+def metric(r: PairResult | None, key: str) -> float:
+    if r is None:
+        return float("nan")
+    if key in r.metrics:
+        return r.metrics[key]
+    if key in r.probes:
+        return r.probes[key]
+    return float("nan")
+
+
+def ce_score_mean(r: PairResult) -> float:
+    """The paper's fig. 5 y-axis: the mean of the input and output SAEs' CE loss scores."""
+    return float(np.nanmean([metric(r, "in/ce_loss_score"), metric(r, "out/ce_loss_score")]))
+
+
+# --------------------------------------------------------------------------------------------------
+# Plot helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "axes.grid": True, "grid.alpha": 0.3,
+                         "axes.spines.top": False, "axes.spines.right": False, "font.size": 9})
+    return plt
+
+
+def _lam_axis(ax, lams: Sequence[float]) -> None:
+    """λ includes 0: a symlog axis, linear below the smallest positive λ, ticks at the λs used."""
+    positive = sorted(x for x in lams if x > 0)
+    ax.set_xscale("symlog", linthresh=positive[0] if positive else 1.0, linscale=0.5)
+    ax.set_xticks(sorted(set(lams)))
+    ax.set_xticklabels([f"{x:g}" for x in sorted(set(lams))])
+    ax.set_xlabel("Jacobian loss coefficient λ")
+
+
+def _site_title(site: tuple[str, int]) -> str:
+    return f"{site[0]}, layer {site[1]}"
+
+
+def _save(fig, out_dir: Path, name: str) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for ext in ("pdf", "png"):
+        final = out_dir / f"{name}.{ext}"
+        with atomic_path(final) as tmp:
+            fig.savefig(tmp, format=ext, bbox_inches="tight")
+        written.append(final)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return written
+
+
+def _threshold_shares(r: PairResult | None, thresholds: Sequence[float], prefix: str = "jac/frac_above_") -> np.ndarray:
+    return np.array([metric(r, f"{prefix}{t:g}") for t in thresholds]) * 100.0
+
+
+def _grouped_bars(ax, thresholds: Sequence[float], series: list[tuple[str, np.ndarray, str]]) -> None:
+    x = np.arange(len(thresholds))
+    width = 0.8 / max(len(series), 1)
+    for i, (label, values, color) in enumerate(series):
+        pos = x - 0.4 + width * (i + 0.5)
+        bars = ax.bar(pos, values, width, label=label, color=color, edgecolor="black", linewidth=0.4)
+        for b, v in zip(bars, values):
+            if np.isfinite(v):
+                ax.annotate(f"{v:.2g}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom",
+                            fontsize=6.5, xytext=(0, 1), textcoords="offset points")
+    ax.set_xticks(x)
+    ax.set_xticklabels([f"{t:g}" for t in thresholds])
+    ax.set_xlabel("threshold τ on |J|")
+
+
+def _need(pairs: dict[str, PairResult | None], figure: str) -> None:
+    missing = [name for name, r in pairs.items() if r is None]
+    if missing:
+        raise ValueError(f"{figure} needs the {' and '.join(missing)} pair(s), which are not among the inputs")
+
+
+# --------------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------------
+
+
+def fig2(results: Sequence[PairResult], jsae_lam: float, out_dir: Path) -> list[Path]:
+    """Share of |J| above each threshold (100% = k²), traditional (λ = 0) vs JSAE."""
+    plt = _plt()
+    sites = sites_of([r for r in results if r.control == "trained"])
+    fig, axes = plt.subplots(1, len(sites), figsize=(4.8 * len(sites), 3.6), squeeze=False)
+    for ax, site in zip(axes[0], sites):
+        base, jsae = pick_pair(results, site, "trained", 0.0), pick_pair(results, site, "trained", jsae_lam)
+        _need({"λ = 0": base, f"λ = {jsae_lam:g}": jsae}, "fig2")
+        _grouped_bars(ax, THRESHOLDS, [
+            ("traditional SAEs (λ = 0)", _threshold_shares(base, THRESHOLDS), COLORS["traditional"]),
+            (f"JSAEs (λ = {jsae_lam:g})", _threshold_shares(jsae, THRESHOLDS), COLORS["jsae"]),
+        ])
+        ax.set_ylabel("active Jacobian elements with |J| > τ (% of k²)")
+        ax.set_title(_site_title(site))
+        ax.legend(frameon=False)
+    fig.suptitle("Fig. 2 — large Jacobian elements: JSAEs vs traditional SAEs", fontweight="bold")
+    return _save(fig, out_dir, "fig2")
+
+
+FIG4_PANELS: tuple[tuple[str, str, Callable[[float], float] | None], ...] = (
+    ("explained_variance", "explained variance (fraction)", None),
+    ("cosine", "cosine similarity cos(x̂, x)", None),
+    ("ce_loss_score", "CE loss score (fraction recovered)", None),
+    ("kl_score", "KL score (fraction recovered)", None),
+    ("dead_fraction", "dead latents (%)", lambda v: 100 * v),
+)
+
+
+def fig4(results: Sequence[PairResult], out_dir: Path) -> list[Path]:
+    """Reconstruction, CE/KL preservation, dead latents and Jacobian sparsity against λ."""
+    plt = _plt()
+    trained = [r for r in results if r.control == "trained"]
+    if not trained:
+        raise ValueError("fig4 needs trained pairs; none among the inputs")
+    lams = sorted({r.lam for r in trained})
+    fig, axes = plt.subplots(2, 3, figsize=(12, 6.4))
+    styles = ["-", "--", ":", "-."]
+    for si, site in enumerate(sites_of(trained)):
+        rs = sorted([r for r in trained if r.site == site], key=lambda r: r.lam)
+        x = [r.lam for r in rs]
+        ls = styles[si % len(styles)]
+        tag = f" ({_site_title(site)})" if len(sites_of(trained)) > 1 else ""
+        for ax, (key, ylabel, tf) in zip(axes.flat, FIG4_PANELS):
+            for side, color in (("in", COLORS["traditional"]), ("out", COLORS["jsae"])):
+                y = [(tf or (lambda v: v))(metric(r, f"{side}/{key}")) for r in rs]
+                ax.plot(x, y, ls, marker="o", color=color, label=f"{'input' if side == 'in' else 'output'} SAE{tag}")
+            ax.set_ylabel(ylabel)
+        ax = axes.flat[5]
+        y = [metric(r, SPARSITY_KEY) * 100 for r in rs]
+        ax.plot(x, y, ls, marker="o", color="black", label=f"Jacobian{tag}")
+        ax.set_ylabel("active |J| > 0.01 (% of k²)")
+    for ax in axes.flat:
+        _lam_axis(ax, lams)
+    axes.flat[0].legend(frameon=False, fontsize=7)
+    axes.flat[5].legend(frameon=False, fontsize=7)
+    fig.suptitle("Fig. 4 — quality and sparsity against the Jacobian coefficient λ", fontweight="bold")
+    fig.tight_layout()
+    return _save(fig, out_dir, "fig4")
+
+
+def fig5(results: Sequence[PairResult], out_dir: Path) -> list[Path]:
+    """CE loss score (mean of both SAEs) against the share of |J| > 0.01, one point per λ."""
+    plt = _plt()
+    trained = [r for r in results if r.control == "trained"]
+    if not trained:
+        raise ValueError("fig5 needs trained pairs; none among the inputs")
+    fig, ax = plt.subplots(figsize=(6, 4.4))
+    markers = ["o", "s", "^", "D"]
+    for si, site in enumerate(sites_of(trained)):
+        rs = sorted([r for r in trained if r.site == site], key=lambda r: r.lam)
+        x = [metric(r, SPARSITY_KEY) * 100 for r in rs]
+        y = [ce_score_mean(r) for r in rs]
+        ax.plot(x, y, "-", color="0.6", lw=1, zorder=1)
+        cmap = plt.get_cmap("viridis").with_extremes(bad="0.75")
+        sc = ax.scatter(x, y, c=[math.log10(r.lam) if r.lam > 0 else np.nan for r in rs], cmap=cmap,
+                        marker=markers[si % len(markers)], s=48, zorder=2, edgecolor="black", linewidth=0.5,
+                        plotnonfinite=True, label=_site_title(site))
+        for r, xi, yi in zip(rs, x, y):
+            ax.annotate(f"λ={r.lam:g}", (xi, yi), xytext=(5, 4), textcoords="offset points", fontsize=8)
+    ax.margins(x=0.12, y=0.08)
+    ax.set_xlabel("active Jacobian elements with |J| > 0.01 (% of k²)  ← sparser")
+    ax.set_ylabel("CE loss score (mean of input and output SAE)")
+    ax.set_title("Fig. 5 — reconstruction vs Jacobian sparsity across λ", fontweight="bold")
+    if len(sites_of(trained)) > 1:
+        ax.legend(frameon=False)
+    cb = fig.colorbar(sc, ax=ax, pad=0.02)
+    cb.set_label("log10 λ (λ = 0 in grey)")
+    fig.tight_layout()
+    return _save(fig, out_dir, "fig5")
+
+
+def fig7(results: Sequence[PairResult], jsae_lam: float, out_dir: Path) -> list[Path]:
+    """Shares of |J| > τ on the trained model vs its random re-initialisation, λ = 0 and JSAE."""
+    plt = _plt()
+    sites = sites_of(results)
+    fig, axes = plt.subplots(1, len(sites), figsize=(6 * len(sites), 3.8), squeeze=False)
+    for ax, site in zip(axes[0], sites):
+        picks = {
+            "trained, λ = 0": pick_pair(results, site, "trained", 0.0),
+            f"trained, λ = {jsae_lam:g}": pick_pair(results, site, "trained", jsae_lam),
+            "re-init, λ = 0": pick_pair(results, site, "reinit", 0.0),
+            f"re-init, λ = {jsae_lam:g}": pick_pair(results, site, "reinit", jsae_lam),
+        }
+        _need(picks, "fig7")
+        colors = [COLORS["traditional"], COLORS["jsae"], COLORS["reinit_traditional"], COLORS["reinit_jsae"]]
+        labels = ["traditional SAEs, trained LM", f"JSAEs (λ = {jsae_lam:g}), trained LM",
+                  "traditional SAEs, re-initialised LM", f"JSAEs (λ = {jsae_lam:g}), re-initialised LM"]
+        _grouped_bars(ax, THRESHOLDS, [(lab, _threshold_shares(r, THRESHOLDS), c)
+                                       for lab, r, c in zip(labels, picks.values(), colors)])
+        ax.set_ylabel("active Jacobian elements with |J| > τ (% of k²)")
+        ax.set_title(_site_title(site))
+        ax.legend(frameon=False, fontsize=7)
+    fig.suptitle("Fig. 7 — Jacobian sparsity: trained LM vs randomly re-initialised LM", fontweight="bold")
+    return _save(fig, out_dir, "fig7")
+
+
+def _curve_examples(curves: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray] | None]:
+    """One stored sweep per class (linear / JumpReLU / other), if the sample has one."""
+    labels = ("linear", "jumprelu", "other")
+    idx = curves.get("curve_index", np.zeros(0, dtype=int))
+    xs, ys = curves.get("curve_xs"), curves.get("curve_ys")
+    label = curves.get("label")
+    out: dict[str, tuple[np.ndarray, np.ndarray] | None] = {name: None for name in labels}
+    if xs is None or ys is None or label is None or len(idx) == 0:
+        return out
+    for row, sample in enumerate(idx):
+        name = labels[int(label[sample])] if int(label[sample]) < len(labels) else None
+        if name is not None and out[name] is None:
+            out[name] = (xs[row], ys[row])
+    return out
+
+
+def fig8(results: Sequence[PairResult], jsae_lam: float, out_dir: Path) -> list[Path]:
+    """(a) example functions s_x,j → s_y,i, (b) class shares, (c) |Δs_y,i| against |J_ij|."""
+    plt = _plt()
+    sites = sites_of([r for r in results if r.probes])
+    if not sites:
+        raise ValueError("fig8 needs probes.json inputs (linearity probes); none among the inputs")
+    fig, axes = plt.subplots(len(sites), 3, figsize=(14, 4.0 * len(sites)), squeeze=False)
+    for row, site in zip(axes, sites):
+        base, jsae = pick_pair(results, site, "trained", 0.0), pick_pair(results, site, "trained", jsae_lam)
+        _need({"λ = 0": base, f"λ = {jsae_lam:g}": jsae}, "fig8")
+        curves = jsae.curves()
+        ax = row[0]
+        for name, ex in _curve_examples(curves).items():
+            if ex is not None:
+                ax.plot(ex[0], ex[1], color=CLASS_COLORS[name], lw=1.8, label=name if name != "jumprelu" else "JumpReLU")
+        ax.set_xlabel("input latent activation s_x,j (swept)")
+        ax.set_ylabel("output latent activation s_y,i")
+        ax.set_title(f"(a) example functions, λ = {jsae_lam:g} — {_site_title(site)}")
+        ax.legend(frameon=False)
+        ax = row[1]
+        names = [("linear", "linear"), ("jumprelu", "JumpReLU"), ("other", "other")]
+        xpos = np.arange(2)
+        bottom = np.zeros(2)
+        for key, lab in names:
+            vals = np.array([metric(base, f"probe/{key}_frac"), metric(jsae, f"probe/{key}_frac")]) * 100
+            ax.bar(xpos, vals, 0.6, bottom=bottom, color=CLASS_COLORS[key], edgecolor="black", linewidth=0.4, label=lab)
+            for xi, v, b in zip(xpos, vals, bottom):
+                if v >= 3:
+                    ax.text(xi, b + v / 2, f"{v:.1f}%", ha="center", va="center", fontsize=8)
+            bottom += np.nan_to_num(vals)
+        ax.set_xticks(xpos)
+        ax.set_xticklabels(["traditional (λ = 0)", f"JSAE (λ = {jsae_lam:g})"])
+        ax.set_ylabel("sampled functions f_s,(i,j) (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title("(b) shape of the scalar functions")
+        ax.legend(frameon=False, loc="lower right", fontsize=7)
+        ax = row[2]
+        jac, delta = np.abs(curves.get("jac", np.zeros(0))), np.abs(curves.get("delta", np.zeros(0)))
+        split = curves.get("split", np.zeros(len(jac), dtype=int))
+        rng = np.random.default_rng(0)
+        keep = rng.permutation(len(jac))[:1000]
+        for si, name in enumerate(("on_line", "cluster", "outlier")):
+            sel = keep[split[keep] == si]
+            frac = metric(jsae, f"probe/{name}_frac") * 100
+            ax.scatter(jac[sel], delta[sel], s=6, alpha=0.6, color=SPLIT_COLORS[name],
+                       label=f"{name.replace('_', ' ')} ({frac:.1f}%)")
+        hi = float(max(jac.max(initial=0), delta.max(initial=0), 1e-3))
+        ax.plot([0, hi], [0, hi], color="black", lw=0.8, ls="--", label="|Δs_y| = |J|")
+        ax.set_xlabel("|J_ij| at the observed s_x")
+        ax.set_ylabel("|Δs_y,i| when s_x,j is lowered by 1")
+        ax.set_title(f"(c) Jacobian predicts the change (λ = {jsae_lam:g}, ≤1000 samples)")
+        ax.legend(frameon=False, fontsize=7)
+    fig.suptitle("Fig. 8 — how linear is f_s?", fontweight="bold")
+    fig.tight_layout()
+    return _save(fig, out_dir, "fig8")
+
+
+def fig32(results: Sequence[PairResult], jsae_lam: float, out_dir: Path) -> list[Path]:
+    """(a) histogram of |J| over the k×k active elements, (b) its CDF; traditional vs JSAE."""
+    plt = _plt()
+    sites = sites_of([r for r in results if r.control == "trained"])
+    fig, axes = plt.subplots(len(sites), 2, figsize=(11, 3.8 * len(sites)), squeeze=False)
+    for row, site in zip(axes, sites):
+        base, jsae = pick_pair(results, site, "trained", 0.0), pick_pair(results, site, "trained", jsae_lam)
+        _need({"λ = 0": base, f"λ = {jsae_lam:g}": jsae}, "fig32")
+        xmax = 0.0
+        for r, lab, color in ((base, "traditional SAEs (λ = 0)", COLORS["traditional"]),
+                              (jsae, f"JSAEs (λ = {jsae_lam:g})", COLORS["jsae"])):
+            st = r.stats()
+            edges, counts = st["hist_edges"], st["hist_counts"].astype(float)
+            nonzero = np.flatnonzero(counts)
+            # zoom on the occupied bins; the overflow share is in the legend
+            xmax = max(xmax, float(edges[nonzero[-1] + 1]) if len(nonzero) else float(edges[-1]))
+            overflow = float(np.asarray(st.get("hist_overflow", 0)))
+            total = counts.sum() + overflow
+            row[0].stairs(counts / max(total, 1), edges, color=color, lw=1.5,
+                          label=f"{lab}; {100 * overflow / max(total, 1):.2g}% above {edges[-1]:g}")
+            cdf = st.get("cdf", np.cumsum(counts) / max(total, 1))
+            row[1].plot(edges[1:], cdf, color=color, lw=1.5, label=lab)
+        row[0].set_yscale("log")
+        row[0].set_xlim(0, xmax * 1.05)
+        row[1].set_xlim(right=xmax * 1.5)
+        row[0].set_xlabel("|J| of active elements")
+        row[0].set_ylabel("fraction of elements per bin")
+        row[0].set_title(f"(a) histogram — {_site_title(site)}")
+        row[0].legend(frameon=False, fontsize=7)
+        row[1].set_xscale("symlog", linthresh=max(float(edges[1]), 1e-6))
+        row[1].set_xlabel("|J| of active elements")
+        row[1].set_ylabel("P(|J| ≤ x)")
+        row[1].set_ylim(0, 1.02)
+        row[1].set_title("(b) cumulative distribution")
+        row[1].legend(frameon=False, fontsize=7, loc="lower right")
+    fig.suptitle("Fig. 32 — distribution of Jacobian elements", fontweight="bold")
+    fig.tight_layout()
+    return _save(fig, out_dir, "fig32")
+
+
+LP_KEYS = (("jac/l1", "L1"), ("jac/l2", "L2"), ("jac/l4", "L4"), ("jac/linf", "L∞"))
+
+
+def fig35(results: Sequence[PairResult], out_dir: Path) -> list[Path]:
+    """Lp norms of the flattened k×k Jacobian against λ, relative to λ = 0 (sparser vs smaller)."""
+    plt = _plt()
+    trained = [r for r in results if r.control == "trained"]
+    sites = sites_of(trained)
+    if not sites:
+        raise ValueError("fig35 needs trained pairs; none among the inputs")
+    fig, axes = plt.subplots(1, len(sites), figsize=(5.5 * len(sites), 3.8), squeeze=False)
+    for ax, site in zip(axes[0], sites):
+        rs = sorted([r for r in trained if r.site == site], key=lambda r: r.lam)
+        base = pick_pair(results, site, "trained", 0.0)
+        _need({"λ = 0": base}, "fig35")
+        for key, name in LP_KEYS:
+            ref = metric(base, key)
+            ax.plot([r.lam for r in rs], [metric(r, key) / ref for r in rs], marker="o", label=f"{name} norm")
+        ax.set_yscale("log")
+        ax.set_ylabel("mean per-token norm of J, relative to λ = 0")
+        _lam_axis(ax, [r.lam for r in rs])
+        ax.set_title(_site_title(site))
+        ax.legend(frameon=False)
+    fig.suptitle("Fig. 35 — Lp norms of J against λ: sparser or only smaller?", fontweight="bold")
+    fig.tight_layout()
+    return _save(fig, out_dir, "fig35")
+
+
+def global_shares(r: PairResult, thresholds: Sequence[float] = THRESHOLDS) -> np.ndarray:
+    """Share (%) of the full n_out × n_in mean-|J| matrix above each threshold (fig. 36)."""
+    keys = [f"jac/global_frac_above_{t:g}" for t in thresholds]
+    if all(k in r.metrics for k in keys):
+        return np.array([r.metrics[k] for k in keys]) * 100.0
+    st = r.stats()
+    mean_abs, shape = st["global_mean_abs"], st["global_shape"]
+    total = float(shape[0]) * float(shape[1])
+    return np.array([(mean_abs > t).sum() / total for t in thresholds]) * 100.0
+
+
+def fig36(results: Sequence[PairResult], jsae_lam: float, out_dir: Path) -> list[Path]:
+    """Global sparsity: the mean-|J| matrix over tokens (100% = n_out · n_in), traditional vs JSAE."""
+    plt = _plt()
+    sites = sites_of([r for r in results if r.control == "trained"])
+    fig, axes = plt.subplots(len(sites), 2, figsize=(11, 3.8 * len(sites)), squeeze=False)
+    for row, site in zip(axes, sites):
+        base, jsae = pick_pair(results, site, "trained", 0.0), pick_pair(results, site, "trained", jsae_lam)
+        _need({"λ = 0": base, f"λ = {jsae_lam:g}": jsae}, "fig36")
+        _grouped_bars(row[0], THRESHOLDS, [
+            ("traditional SAEs (λ = 0)", global_shares(base), COLORS["traditional"]),
+            (f"JSAEs (λ = {jsae_lam:g})", global_shares(jsae), COLORS["jsae"]),
+        ])
+        row[0].set_yscale("log")
+        row[0].set_ylabel("mean |J| > τ (% of n_out · n_in)")
+        row[0].set_title(f"(a) global shares — {_site_title(site)}")
+        row[0].legend(frameon=False, fontsize=7)
+        for r, lab, color in ((base, "traditional (λ = 0)", COLORS["traditional"]),
+                              (jsae, f"JSAE (λ = {jsae_lam:g})", COLORS["jsae"])):
+            st = r.stats()
+            vals = np.sort(np.asarray(st["global_mean_abs"], dtype=float))[::-1]
+            vals = vals[vals > 0]
+            if len(vals):
+                row[1].plot(np.arange(1, len(vals) + 1), vals, color=color, lw=1.5, label=lab)
+        row[1].set_xscale("log")
+        row[1].set_yscale("log")
+        row[1].set_xlabel("rank of (output, input) latent pair")
+        row[1].set_ylabel("mean |J| (tokens where output latent active)")
+        row[1].set_title("(b) entries sorted by size")
+        row[1].legend(frameon=False, fontsize=7)
+    fig.suptitle("Fig. 36 — global sparsity of the mean |J| over tokens", fontweight="bold")
+    fig.tight_layout()
+    return _save(fig, out_dir, "fig36")
+
+
+def render(names: Sequence[str], results: Sequence[PairResult], out_dir: str | Path,
+           jsae_lam: float | None = None) -> list[Path]:
+    """Render the named figures into ``out_dir`` (``figN.pdf`` and ``figN.png`` each)."""
+    unknown = [n for n in names if n not in FIGURES]
+    if unknown:
+        raise ValueError(f"unknown figure {unknown[0]!r}; expected one of {', '.join(FIGURES)}")
+    if not results:
+        raise ValueError("no evaluation or probe results were given; expected evaluation.json / probes.json files")
+    lam = default_jsae_lam(results) if jsae_lam is None else float(jsae_lam)
+    if lam <= 0:
+        raise ValueError(f"jsae_lam={lam:g} is invalid; expected the λ > 0 shown as 'JSAE' against λ = 0")
+    out = Path(out_dir)
+    makers: dict[str, Callable[[], list[Path]]] = {
+        "fig2": lambda: fig2(results, lam, out),
+        "fig4": lambda: fig4(results, out),
+        "fig5": lambda: fig5(results, out),
+        "fig7": lambda: fig7(results, lam, out),
+        "fig8": lambda: fig8(results, lam, out),
+        "fig32": lambda: fig32(results, lam, out),
+        "fig35": lambda: fig35(results, out),
+        "fig36": lambda: fig36(results, lam, out),
+    }
+    written: list[Path] = []
+    for name in names:
+        written += makers[name]()
+        log.info("wrote %s.pdf and %s.png", out / name, out / name)
+    return written
+
+
+def cli(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m jsae figures",
+        description="Render the paper's figures (PDF + PNG) from evaluation.json / probes.json files. "
+        f"Figures: {', '.join(FIGURES)}.",
+    )
+    p.add_argument("--inputs", nargs="+", metavar="FILE",
+                   help="evaluation.json / probes.json files (npz siblings are read next to them); "
+                   "default: every such file under --eval-root")
+    p.add_argument("--eval-root", default="results/eval", help="where to look when --inputs is not given (default: results/eval)")
+    p.add_argument("--runs-root", default="results/runs", help="accepted for symmetry with the workflow; unused")
+    p.add_argument("--out-dir", default="results/figures", help="output directory (default: results/figures)")
+    p.add_argument("--only", nargs="+", choices=FIGURES, metavar="FIG", help=f"render only these ({', '.join(FIGURES)})")
+    p.add_argument("--jsae-lam", type=float, default=None,
+                   help="the λ shown as 'JSAE' against λ = 0 (default: the largest trained λ ≤ 1)")
+    p.add_argument("--log-file", default=None, help="also write logs here")
+    args = p.parse_args(argv)
+    setup_logging(log_file=args.log_file)
+    paths = args.inputs if args.inputs else find_results(args.eval_root)
+    results = load_results(paths)
+    render(args.only or FIGURES, results, args.out_dir, args.jsae_lam)
+    return 0

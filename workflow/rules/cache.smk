@@ -1,0 +1,31 @@
+# MLP inputs of (model, layer) cached once and shared by the whole lambda sweep.
+
+
+rule cache:
+    input:
+        corpus=lambda wc: f"{corpus_dir(corpus_for_split(wc.split))}/corpus.json",
+        model=lambda wc: model_marker(wc.model),
+    output:
+        h5="results/cache/{model}/L{layer}/{split}.h5",
+    params:
+        spec=lambda wc: model_spec(wc.model),
+        corpus=lambda wc, input: Path(input.corpus).parent,
+        tokens=cache_tokens,
+        context=config["cache"]["context_length"],
+        dtype=config["cache"]["dtype"],
+        batch=config["cache"]["batch_size"],
+        seed=config["seed"],
+        device=config["device"],
+    log:
+        "results/logs/cache/{model}_L{layer}_{split}.log",
+    threads: 1
+    resources:
+        gpu=GPU,
+        mem_mb=4000,
+    conda:
+        "../../envs/jsae.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} python -m jsae cache --model {params.spec} --layer {wildcards.layer} "
+        "--corpus {params.corpus} --split {wildcards.split} --n-tokens {params.tokens} "
+        "--context-length {params.context} --out {output.h5} --dtype {params.dtype} "
+        "--batch-size {params.batch} --seed {params.seed} --device {params.device} 2> {log}"

@@ -1,0 +1,68 @@
+# Corpus -> tiny-neox pretraining -> random re-initialisation control.
+
+
+rule corpus:
+    output:
+        meta="results/corpus/{corpus}/corpus.json",
+        train="results/corpus/{corpus}/train.jsonl",
+        validation="results/corpus/{corpus}/validation.jsonl",
+    params:
+        args=corpus_args,
+        out=lambda wc, output: Path(output.meta).parent,
+        seed=config["seed"],
+    log:
+        "results/logs/corpus/{corpus}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        "../../envs/jsae.yaml"
+    shell:
+        "python -m jsae corpus {params.args} --out {params.out} --seed {params.seed} 2> {log}"
+
+
+rule pretrain:
+    input:
+        corpus=f"{corpus_dir(config['train_corpus'])}/corpus.json",
+    output:
+        marker="results/models/{model}/pretrain.json",
+    params:
+        corpus=lambda wc, input: Path(input.corpus).parent,
+        out=lambda wc, output: Path(output.marker).parent,
+        arch=lambda wc: (
+            "--hidden {hidden} --layers {layers} --vocab-size {vocab_size} "
+            "--context-length {context_length} --minutes {minutes}"
+        ).format(**MODELS[wc.model]["pretrain"]),
+        seed=config["seed"],
+        device=config["device"],
+    log:
+        "results/logs/pretrain/{model}.log",
+    threads: 4
+    resources:
+        gpu=GPU,
+        mem_mb=3000,
+    conda:
+        "../../envs/jsae.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} python -m jsae pretrain --corpus {params.corpus} --out {params.out} {params.arch} "
+        "--seed {params.seed} --device {params.device} 2> {log}"
+
+
+rule reinit:
+    input:
+        model=lambda wc: model_marker(wc.model),
+    output:
+        marker="results/models/{model}-reinit/reinit.json",
+    params:
+        spec=lambda wc: model_spec(wc.model),
+        out=lambda wc, output: Path(output.marker).parent,
+        seed=config["reinit"]["seed"],
+    log:
+        "results/logs/reinit/{model}.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/jsae.yaml"
+    shell:
+        "python -m jsae reinit --model {params.spec} --out {params.out} --seed {params.seed} 2> {log}"
