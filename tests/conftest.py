@@ -9,9 +9,18 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Test tensors are tiny: one intra-op thread is as fast on an idle machine and several times faster
+# on a shared one (OpenMP threads waiting on each other).
+torch.set_num_threads(1)
 
 from builders import ALL_MLPS, build_hf_mlp  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Keep every test at one thread, even if the code under test changed it."""
+    yield
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(params=ALL_MLPS)

@@ -13,7 +13,7 @@ import jsae.cache as cache_mod
 from jsae.cache import REQUIRED_ATTRS, ActivationCache, build_cache
 from jsae.hooks import mlp_module
 from jsae.models import load_model
-from test_models import no_network, one_thread, tiny_corpus, tiny_models, tiny_tokenizer  # noqa: F401  (fixtures)
+from test_models import no_network, tiny_corpus, tiny_models, tiny_tokenizer  # noqa: F401  (fixtures)
 
 CTX = 24
 N = 500  # rows: 22 contexts of 23 rows, the last one partly used

@@ -40,13 +40,6 @@ CONTRACT_KEYS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def tiny_lm(seed: int = 0) -> nn.Module:
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM

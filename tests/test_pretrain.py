@@ -12,7 +12,7 @@ from jsae.hooks import mlp_module
 from jsae.mlp import mlp_from_module
 from jsae.models import load_model
 from jsae.pretrain import PretrainConfig, pretrain, save_tokenizer, train_tokenizer
-from test_models import no_network, one_thread, tiny_corpus  # noqa: F401  (fixtures)
+from test_models import no_network, tiny_corpus  # noqa: F401  (fixtures)
 
 TINY = dict(hidden=32, layers=2, heads=2, vocab_size=300, context_length=32, batch_size=8, lr=1e-2, warmup_steps=5,
             eval_every_s=1e9, eval_contexts=8, device="cpu")

@@ -25,14 +25,6 @@ from jsae.probes import (
 from jsae.sae import TopKSAE
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny ops on a loaded 2-core machine are much faster without intra-op threads."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _grid(hi: float = 5.0, n: int = 100) -> torch.Tensor:
     return torch.linspace(0, hi, n, dtype=torch.float64)

@@ -23,13 +23,6 @@ from jsae.tracking import (
 from jsae.train import InMemorySource, TrainConfig, run_training
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:

@@ -28,14 +28,6 @@ from jsae.train import (
 D = 12  # width of the tiny MLPs in builders.py
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine is shared; one intra-op thread is several times faster than two under load.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def mlp():
