@@ -412,8 +412,9 @@ def fig8(results: Sequence[PairResult], jsae_lam: float, out_dir: Path) -> list[
         ax.set_xticklabels(["traditional (λ = 0)", f"JSAE (λ = {jsae_lam:g})"])
         ax.set_ylabel("sampled functions f_s,(i,j) (%)")
         ax.set_ylim(0, 100)
+        ax.set_xlim(-0.5, 2.2)  # room on the right so the legend never covers a bar's label
         ax.set_title("(b) shape of the scalar functions")
-        ax.legend(frameon=False, loc="lower right", fontsize=7)
+        ax.legend(frameon=False, loc="center right", fontsize=7)
         ax = row[2]
         jac, delta = np.abs(curves.get("jac", np.zeros(0))), np.abs(curves.get("delta", np.zeros(0)))
         split = curves.get("split", np.zeros(len(jac), dtype=int))
