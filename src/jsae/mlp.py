@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jsae.validation import check_features
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
@@ -261,7 +260,3 @@ def mlp_from_module(module: nn.Module) -> MLP:
             Wo, bo = _weight(getattr(module, fc_out), conv1d=conv1d)
             return PlainMLP(Wi, bi, Wo, bo, activation_from(getattr(module, act_name)))
     raise TypeError(f"unsupported MLP module type {type(module).__name__}; expected one of: {SUPPORTED}")
-
-
-def check_mlp_input(mlp: MLP, x: Tensor) -> None:
-    check_features(x, mlp.d_in, "x")

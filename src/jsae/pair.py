@@ -69,11 +69,15 @@ class JSAEPair(nn.Module):
         self.jacobian_impl = jacobian_impl
         self.chunk_elements = DEFAULT_CHUNK_ELEMENTS
 
-    def mlp_terms(self, x: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
-        """y = MLP(x) and the Jacobian's diagonal factors at x; constants for the SAEs' training."""
+    def mlp_terms(self, x: Tensor, *, with_terms: bool = True) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """y = MLP(x) and (unless ``with_terms=False``) the Jacobian's diagonal factors at x.
+
+        Both are constants for the SAEs' training (the MLP is frozen, x is data).
+        """
         dtype = self.sae_in.W_enc.dtype
+        x = x.to(self.mlp.W_out.dtype)
         with torch.no_grad():
-            y, terms = self.mlp.jacobian_terms(x.to(self.mlp.W_out.dtype))
+            y, terms = self.mlp.jacobian_terms(x) if with_terms else (self.mlp(x), [])
         return y.to(dtype), [(W, d.to(dtype)) for W, d in terms]
 
     def forward(self, x: Tensor, *, with_jacobian: bool = True) -> PairOutput:
@@ -84,7 +88,7 @@ class JSAEPair(nn.Module):
         """``jacobian``: None, ``"value"`` (differentiable J) or ``"l1"`` (eq. 5's term, fused, + J)."""
         check_features(x, self.sae_in.d_in, "x")
         x = x.reshape(-1, self.sae_in.d_in)
-        y, terms = self.mlp_terms(x)
+        y, terms = self.mlp_terms(x, with_terms=jacobian is not None)
         in_vals, in_idx = self.sae_in.encode(x)
         out_vals, out_idx = self.sae_out.encode(y)
         # An output latent the ReLU switched off has zero value and zero derivative: its row of J is 0.
