@@ -220,7 +220,9 @@ def _threshold_shares(r: PairResult | None, thresholds: Sequence[float], prefix:
     return np.array([metric(r, f"{prefix}{t:g}") for t in thresholds]) * 100.0
 
 
-def _grouped_bars(ax, thresholds: Sequence[float], series: list[tuple[str, np.ndarray, str]]) -> None:
+def _grouped_bars(
+    ax, thresholds: Sequence[float], series: list[tuple[str, np.ndarray, str]], *, percent_axis: bool = True
+) -> None:
     x = np.arange(len(thresholds))
     width = 0.8 / max(len(series), 1)
     for i, (label, values, color) in enumerate(series):
@@ -233,6 +235,11 @@ def _grouped_bars(ax, thresholds: Sequence[float], series: list[tuple[str, np.nd
     ax.set_xticks(x)
     ax.set_xticklabels([f"{t:g}" for t in thresholds])
     ax.set_xlabel("threshold τ on |J|")
+    top = max((float(np.nanmax(v)) for _, v, _ in series if np.isfinite(v).any()), default=0.0)
+    if percent_axis and top > 0:  # headroom above the bars for a legend placed at the top
+        ax.set_ylim(0, top * (1.15 + 0.1 * len(series)))
+        if top <= 100:  # shares in %: no ticks above 100
+            ax.set_yticks([t for t in ax.get_yticks() if 0 <= t <= 100])
 
 
 def _need(pairs: dict[str, PairResult | None], figure: str) -> None:
@@ -260,7 +267,7 @@ def fig2(results: Sequence[PairResult], jsae_lam: float, out_dir: Path) -> list[
         ])
         ax.set_ylabel("active Jacobian elements with |J| > τ (% of k²)")
         ax.set_title(_site_title(site))
-        ax.legend(frameon=False)
+        ax.legend(frameon=False, loc="upper center", ncol=2, fontsize=8)
     fig.suptitle("Fig. 2 — large Jacobian elements: JSAEs vs traditional SAEs", fontweight="bold")
     return _save(fig, out_dir, "fig2")
 
@@ -357,7 +364,7 @@ def fig7(results: Sequence[PairResult], jsae_lam: float, out_dir: Path) -> list[
                                        for lab, r, c in zip(labels, picks.values(), colors)])
         ax.set_ylabel("active Jacobian elements with |J| > τ (% of k²)")
         ax.set_title(_site_title(site))
-        ax.legend(frameon=False, fontsize=7)
+        ax.legend(frameon=False, fontsize=7, loc="upper center", ncol=2)
     fig.suptitle("Fig. 7 — Jacobian sparsity: trained LM vs randomly re-initialised LM", fontweight="bold")
     return _save(fig, out_dir, "fig7")
 
@@ -526,7 +533,7 @@ def fig36(results: Sequence[PairResult], jsae_lam: float, out_dir: Path) -> list
         _grouped_bars(row[0], THRESHOLDS, [
             ("traditional SAEs (λ = 0)", global_shares(base), COLORS["traditional"]),
             (f"JSAEs (λ = {jsae_lam:g})", global_shares(jsae), COLORS["jsae"]),
-        ])
+        ], percent_axis=False)
         row[0].set_yscale("log")
         row[0].set_ylabel("mean |J| > τ (% of n_out · n_in)")
         row[0].set_title(f"(a) global shares — {_site_title(site)}")
