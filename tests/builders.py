@@ -38,3 +38,25 @@ def build_hf_mlp(name: str, seed: int = 0) -> torch.nn.Module:
 PLAIN_MLPS = ["neox-gelu", "neox-gelu-tanh", "neox-silu", "neox-relu", "gpt2-gelu-new"]
 GATED_MLPS = ["llama-silu", "gemma3-gelu-tanh", "phi3-fused"]
 ALL_MLPS = PLAIN_MLPS + GATED_MLPS
+
+
+def build_tiny_saved_lm(root, *, validation_fraction: float) -> None:
+    """A corpus of random words (``root/corpus``) and a tiny GPT-NeoX with its BPE tokenizer saved
+    with ``save_pretrained`` (``root/model``): the real loading path, with no downloads."""
+    from transformers import GPTNeoXForCausalLM
+
+    from jsae.corpus import build_corpus
+    from jsae.pretrain import PretrainConfig, tiny_neox_config, train_tokenizer
+
+    words = "the of and to in is was that for on with as by at from light water earth day night said king".split()
+    g = torch.Generator().manual_seed(0)
+    for i in range(12):
+        idx = torch.randint(0, len(words), (300,), generator=g).tolist()
+        (root / f"doc{i}.txt").write_text(" ".join(words[j] for j in idx) + ".\n")
+    build_corpus(root / "corpus", source="files", globs=[str(root / "doc*.txt")], validation_fraction=validation_fraction)
+    tokenizer = train_tokenizer(root / "corpus", vocab_size=300)
+    torch.manual_seed(0)
+    cfg = PretrainConfig(hidden=16, layers=2, heads=2, vocab_size=300, context_length=16)
+    model = GPTNeoXForCausalLM(tiny_neox_config(cfg, tokenizer)).eval()
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")

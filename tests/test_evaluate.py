@@ -312,26 +312,12 @@ def test_evaluation_dataclass_defaults():
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory):
     """A tiny GPT-NeoX saved with save_pretrained, its corpus, train/validation caches and a trained pair."""
-    from transformers import GPTNeoXForCausalLM
-
+    from builders import build_tiny_saved_lm
     from jsae.cache import build_cache
-    from jsae.corpus import build_corpus
-    from jsae.pretrain import PretrainConfig, tiny_neox_config, train_tokenizer
     from jsae.train import TrainConfig, train_from_files
 
     root = tmp_path_factory.mktemp("e2e")
-    words = "the of and to in is was that for on with as by at from light water earth day night said king".split()
-    g = torch.Generator().manual_seed(0)
-    for i in range(12):
-        idx = torch.randint(0, len(words), (300,), generator=g).tolist()
-        (root / f"doc{i}.txt").write_text(" ".join(words[j] for j in idx) + ".\n")
-    build_corpus(root / "corpus", source="files", globs=[str(root / "doc*.txt")], validation_fraction=0.3)
-    tokenizer = train_tokenizer(root / "corpus", vocab_size=300)
-    torch.manual_seed(0)
-    cfg = PretrainConfig(hidden=16, layers=2, heads=2, vocab_size=300, context_length=16)
-    model = GPTNeoXForCausalLM(tiny_neox_config(cfg, tokenizer)).eval()
-    model.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
+    build_tiny_saved_lm(root, validation_fraction=0.3)
     for split, n in (("train", 450), ("validation", 300)):
         build_cache(str(root / "model"), 1, root / "corpus", split, n, 16, root / f"{split}.h5", device="cpu",
                     progress=False, batch_size=8)

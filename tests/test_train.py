@@ -284,25 +284,11 @@ def test_prefetcher_keeps_order_and_surfaces_reader_errors() -> None:
 @pytest.fixture(scope="module")
 def real_cache(tmp_path_factory):
     """A tiny GPT-NeoX saved with save_pretrained, a corpus and its layer-1 cache (no downloads)."""
-    from transformers import GPTNeoXForCausalLM
-
+    from builders import build_tiny_saved_lm
     from jsae.cache import build_cache
-    from jsae.corpus import build_corpus
-    from jsae.pretrain import PretrainConfig, tiny_neox_config, train_tokenizer
 
     root = tmp_path_factory.mktemp("real")
-    words = "the of and to in is was that for on with as by at from light water earth day night said king".split()
-    g = torch.Generator().manual_seed(0)
-    for i in range(12):
-        idx = torch.randint(0, len(words), (300,), generator=g).tolist()
-        (root / f"doc{i}.txt").write_text(" ".join(words[j] for j in idx) + ".\n")
-    build_corpus(root / "corpus", source="files", globs=[str(root / "doc*.txt")], validation_fraction=0.2)
-    tokenizer = train_tokenizer(root / "corpus", vocab_size=300)
-    torch.manual_seed(0)
-    cfg = PretrainConfig(hidden=16, layers=2, heads=2, vocab_size=300, context_length=16)
-    model = GPTNeoXForCausalLM(tiny_neox_config(cfg, tokenizer)).eval()
-    model.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
+    build_tiny_saved_lm(root, validation_fraction=0.2)
     build_cache(str(root / "model"), 1, root / "corpus", "train", 600, 16, root / "train.h5", device="cpu",
                 progress=False, batch_size=8)
     return root
