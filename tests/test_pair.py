@@ -106,3 +106,65 @@ def test_loss_parts_jacobian_equals_pair_jacobian():
     J, _, _ = pair.jacobian(x)
     assert (parts["out_vals"] == 0).any()
     torch.testing.assert_close(parts["jacobian"], J.detach(), rtol=0, atol=0)
+
+
+class _ScaledModule(torch.nn.Module):
+    """The MLP as the SAEs see it under activation scales: ``x~ -> c_y * f(x~ / c_x)``."""
+
+    def __init__(self, module: torch.nn.Module, in_scale: float, out_scale: float) -> None:
+        super().__init__()
+        self.module, self.in_scale, self.out_scale = module, in_scale, out_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out_scale * self.module(x / self.in_scale)
+
+
+@pytest.mark.parametrize("name", ["neox-gelu", "llama-silu"])
+def test_scaled_pair_equals_saes_on_scaled_activations(name):
+    """With scales, loss and gradients equal the dense oracle run on c_x x around c_y f(. / c_x)."""
+    module = build_hf_mlp(name)
+    x = torch.randn(5, D, dtype=torch.float64) * 4.0
+    c_in, c_out = 0.37, 2.9
+    pair = make_pair(module)
+    pair.set_activation_scales(c_in, c_out)
+    loss, parts = pair.loss(x, jacobian_coef=0.7)
+    loss.backward()
+    ref_pair = make_pair(module)
+    ref = naive_pair_loss(ref_pair, _ScaledModule(module, c_in, c_out), c_in * x, 0.7)
+    ref.backward()
+    torch.testing.assert_close(loss, ref, rtol=1e-10, atol=1e-12)
+    for n, p in ref_pair.named_parameters():
+        torch.testing.assert_close(dict(pair.named_parameters())[n].grad, p.grad, rtol=1e-8, atol=1e-11, msg=n)
+
+
+@pytest.mark.parametrize("impl", ["active", "authors"])
+def test_folding_the_scales_keeps_latents_jacobian_and_reconstructions(impl):
+    module = build_hf_mlp("neox-gelu")
+    x = torch.randn(6, D, dtype=torch.float64) * 3.0
+    pair = make_pair(module)
+    pair.jacobian_impl = impl
+    pair.set_activation_scales(1.8, 0.21)
+    with torch.no_grad():
+        before = pair(x)
+        l1_before = pair.loss(x, 1.0)[1]["jac"]
+        pair.fold_activation_scales_()
+        after = pair(x)
+        l1_after = pair.loss(x, 1.0)[1]["jac"]
+    assert (pair.input_scale, pair.output_scale) == (1.0, 1.0)
+    assert torch.equal(before.in_idx, after.in_idx) and torch.equal(before.out_idx, after.out_idx)
+    for field in ("in_vals", "out_vals", "jacobian", "x_hat", "y_hat"):
+        torch.testing.assert_close(getattr(after, field), getattr(before, field), rtol=1e-10, atol=1e-12, msg=field)
+    torch.testing.assert_close(l1_after, l1_before, rtol=1e-10, atol=0)
+    # The scale really changes J: the unscaled pair differs by out_scale / in_scale.
+    plain = make_pair(module)
+    with torch.no_grad():
+        assert not torch.allclose(plain(x).jacobian, before.jacobian)
+
+
+def test_bad_activation_scales_are_refused():
+    pair = make_pair(build_hf_mlp("neox-gelu"))
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="input_scale=.*expected a positive finite number"):
+            pair.set_activation_scales(bad, 1.0)
+    with pytest.raises(ValueError, match="scale=.*expected a positive finite number"):
+        pair.sae_in.fold_input_scale_(0.0)

@@ -88,6 +88,43 @@ def test_loss_decreases_and_outputs_are_complete(tmp_path: Path, mlp, source) ->
         torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(sae.n_latents))
 
 
+def test_expected_norm_scales_are_estimated_recorded_and_folded_into_the_export(tmp_path: Path, mlp, source) -> None:
+    """Training in normalised units; the exported SAEs act on raw activations with the same latents."""
+    from jsae.train import NORM_ESTIMATE_TOKENS, build_pair, estimate_activation_scales
+
+    cfg = small_config(n_tokens=32 * 30, normalize_activations="expected_norm")
+    c_in, c_out = estimate_activation_scales(mlp, source, cfg)
+    # brute force over the same tokens: the first NORM_ESTIMATE_TOKENS of the data order
+    x = torch.cat(list(itertools.islice(source.batches(cfg.batch_size, seed=cfg.seed), NORM_ESTIMATE_TOKENS // 32)))
+    with torch.no_grad():
+        y = mlp(x)
+    assert c_in * x.norm(dim=1).mean() == pytest.approx(D**0.5, rel=1e-5)
+    assert c_out * y.norm(dim=1).mean() == pytest.approx(D**0.5, rel=1e-5)
+    assert abs(c_out / c_in - 1) > 0.1  # the test MLP changes the scale, so folding is really exercised
+
+    rec = train(mlp, source, tmp_path / "run", cfg)
+    assert rec["activation_scales"] == pytest.approx({"in": c_in, "out": c_out})
+    assert rec["params"]["normalize_activations"] == "expected_norm"
+    exported = load_pair(tmp_path / "run", mlp)
+    assert (exported.input_scale, exported.output_scale) == (1.0, 1.0)
+    # The same weights before folding (rebuilt from the exported ones) give the same latents, J, x_hat.
+    scaled = build_pair(mlp, cfg)
+    scaled.load_state_dict(exported.state_dict())
+    with torch.no_grad():
+        scaled.sae_in.fold_input_scale_(1 / c_in)
+        scaled.sae_out.fold_input_scale_(1 / c_out)
+    scaled.set_activation_scales(c_in, c_out)
+    for sae in (scaled.sae_in, scaled.sae_out):  # trained in normalised units: unit-norm decoders there
+        torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(sae.n_latents))
+    with torch.no_grad():
+        a, b = exported(x[:64]), scaled(x[:64])
+    assert torch.equal(a.in_idx, b.in_idx) and torch.equal(a.out_idx, b.out_idx)
+    for field in ("jacobian", "x_hat", "y_hat"):
+        torch.testing.assert_close(getattr(a, field), getattr(b, field), rtol=1e-4, atol=1e-5, msg=field)
+    ev_in = 1 - ((a.x_hat - x[:64]) ** 2).sum() / ((x[:64] - x[:64].mean(0)) ** 2).sum()
+    assert ev_in > 0.3  # raw-space reconstructions are right (a missing fold would be off by c_in)
+
+
 def test_logged_lr_and_lambda_follow_the_schedules(tmp_path: Path, mlp, source) -> None:
     cfg = small_config(n_tokens=32 * 40, lr_warmup_frac=0.1, lam_warmup_frac=0.25, lam=2.0)
     train(mlp, source, tmp_path / "run", cfg, log_every=2)
@@ -176,6 +213,7 @@ def test_finished_run_is_skipped_and_never_silently_overwritten(tmp_path: Path, 
         ({"lr": -1.0}, r"lr=-1.0 is invalid"),
         ({"lr_warmup_frac": 0.9, "lr_decay_frac": 0.2}, r"lr_warmup_frac \+ lr_decay_frac = 1.1 > 1"),
         ({"grad_clip": 0.0}, r"grad_clip=0.0 is invalid"),
+        ({"normalize_activations": "layer_norm"}, r"normalize_activations='layer_norm' is invalid; expected one of none, "),
     ],
 )
 def test_bad_config_is_a_one_line_error_before_training(tmp_path: Path, mlp, source, overrides, match) -> None:

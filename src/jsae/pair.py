@@ -6,6 +6,7 @@ SAE's top-k and the activation derivatives in the Jacobian are all taken at x, n
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,14 @@ EVALUATION_POINT = "true_mlp_input"
 #: ``active``: products for batch-active latents + chunked gather-contract (ours, the default);
 #: ``authors``: the paper code's formulation (plain MLPs only), kept as the benchmark baseline.
 JACOBIAN_IMPLS = ("active", "authors")
+
+#: How activations are scaled before the SAEs see them (recorded in every run's params).
+#: ``none``: raw activations, the paper's setup. ``expected_norm``: x and y are each multiplied by
+#: one constant so that their mean L2 norm is sqrt(d) (Gao et al., 2024; SAELens'
+#: ``expected_average_only_in``). Without it eq. 5 weighs its terms by the MLP's gain: an MLP whose
+#: output is 8x larger than its input (tiny-neox) makes MSE(y) dwarf MSE(x) and inflates J by 8x,
+#: so one lambda means different things on different models.
+ACTIVATION_NORMALIZATIONS = ("none", "expected_norm")
 
 
 @dataclass
@@ -42,6 +51,16 @@ class PairOutput:
 def mse(target: Tensor, recon: Tensor) -> Tensor:
     """MSE averaged over tokens and features (eq. 5's MSE terms, as the paper's code scales them)."""
     return F.mse_loss(recon, target.to(recon.dtype))
+
+
+def expected_norm_scale(norms: Tensor, d: int) -> float:
+    """``sqrt(d) / mean_t ||a_t||`` from per-token L2 norms: the scale giving mean norm sqrt(d)."""
+    if norms.dim() != 1 or norms.shape[0] < 1:
+        raise ValueError(f"norms have shape {tuple(norms.shape)}; expected a non-empty [tokens] tensor")
+    mean_norm = float(norms.double().mean())
+    if not math.isfinite(mean_norm) or mean_norm <= 0:
+        raise ValueError(f"activations have mean L2 norm {mean_norm!r}; expected a positive finite number")
+    return math.sqrt(d) / mean_norm
 
 
 def jacobian_l1(J: Tensor) -> Tensor:
@@ -68,6 +87,26 @@ class JSAEPair(nn.Module):
         self.sae_in, self.sae_out, self.mlp = sae_in, sae_out, mlp
         self.jacobian_impl = jacobian_impl
         self.chunk_elements = DEFAULT_CHUNK_ELEMENTS
+        # The SAEs see input_scale * x and output_scale * y (see ACTIVATION_NORMALIZATIONS); every
+        # PairOutput field except the latents and J is in raw activation units.
+        self.input_scale = 1.0
+        self.output_scale = 1.0
+
+    def set_activation_scales(self, input_scale: float, output_scale: float) -> None:
+        """The SAEs will see ``input_scale * x`` and ``output_scale * y`` (training in normalised units)."""
+        for name, value in (("input_scale", input_scale), ("output_scale", output_scale)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name}={value!r} is invalid; expected a positive finite number")
+        self.input_scale, self.output_scale = float(input_scale), float(output_scale)
+
+    def fold_activation_scales_(self) -> None:
+        """Fold the scales into the SAEs' weights (then both are 1): identical latents, J and outputs.
+
+        Exported SAEs therefore act on raw activations, as SAELens and our evaluation expect.
+        """
+        self.sae_in.fold_input_scale_(self.input_scale)
+        self.sae_out.fold_input_scale_(self.output_scale)
+        self.input_scale = self.output_scale = 1.0
 
     def mlp_terms(self, x: Tensor, *, with_terms: bool = True) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
         """y = MLP(x) and (unless ``with_terms=False``) the Jacobian's diagonal factors at x.
@@ -89,22 +128,27 @@ class JSAEPair(nn.Module):
         check_features(x, self.sae_in.d_in, "x")
         x = x.reshape(-1, self.sae_in.d_in)
         y, terms = self.mlp_terms(x, with_terms=jacobian is not None)
-        in_vals, in_idx = self.sae_in.encode(x)
-        out_vals, out_idx = self.sae_out.encode(y)
+        in_scale, out_scale = self.input_scale, self.output_scale
+        in_vals, in_idx = self.sae_in.encode(x * in_scale if in_scale != 1.0 else x)
+        out_vals, out_idx = self.sae_out.encode(y * out_scale if out_scale != 1.0 else y)
         # An output latent the ReLU switched off has zero value and zero derivative: its row of J is 0.
+        # The chain rule through the two scales multiplies J by out_scale / in_scale.
         out_active = (out_vals > 0).to(in_vals.dtype)
+        row_factor = out_active * (out_scale / in_scale)
         J = l1 = None
         if jacobian == "l1" and self.jacobian_impl == "active":
-            weight = out_active / (out_active.shape[0] * self.sae_out.k * self.sae_in.k)
+            weight = row_factor / (out_active.shape[0] * self.sae_out.k * self.sae_in.k)
             l1, J = active_jacobian_l1(*self._jacobian_args(terms, out_idx, in_idx), weight, chunk_elements=self.chunk_elements)
-            J = J * out_active.unsqueeze(-1)
+            J = J * row_factor.unsqueeze(-1)
         elif jacobian is not None:
-            J = self._jacobian_value(terms, out_idx, in_idx) * out_active.unsqueeze(-1)
+            J = self._jacobian_value(terms, out_idx, in_idx) * row_factor.unsqueeze(-1)
             l1 = jacobian_l1(J) if jacobian == "l1" else None
+        x_hat = self.sae_in.decode(in_vals, in_idx)
+        y_hat = self.sae_out.decode(out_vals, out_idx)
         out = PairOutput(
-            x_hat=self.sae_in.decode(in_vals, in_idx),
+            x_hat=x_hat / in_scale if in_scale != 1.0 else x_hat,
             y=y,
-            y_hat=self.sae_out.decode(out_vals, out_idx),
+            y_hat=y_hat / out_scale if out_scale != 1.0 else y_hat,
             in_vals=in_vals,
             in_idx=in_idx,
             out_vals=out_vals,
@@ -138,14 +182,16 @@ class JSAEPair(nn.Module):
         ``parts`` holds detached values: scalars ``mse_in``, ``mse_out``, ``jac`` (the L1 term
         before lambda), ``loss``, and the tensors of :class:`PairOutput` under their own names
         (``jacobian``, ``in_idx``, ``out_idx``, ...) for metrics such as dead latents.
+        With activation scales set, the MSEs are in the SAEs' scaled units.
         """
         coef = float(jacobian_coef)
         if not coef >= 0 or coef == float("inf"):
             raise ValueError(f"jacobian_coef={jacobian_coef!r} is invalid; expected a finite number >= 0")
         out, jac = self._run(x, "l1" if coef > 0 else None)
         x = x.reshape(-1, self.sae_in.d_in)
-        mse_in = mse(x, out.x_hat)
-        mse_out = mse(out.y, out.y_hat)
+        # In the SAEs' (scaled) units: MSE(c x, c x_hat) = c^2 MSE(x, x_hat).
+        mse_in = mse(x, out.x_hat) * self.input_scale**2
+        mse_out = mse(out.y, out.y_hat) * self.output_scale**2
         total = mse_in + mse_out
         if jac is None:
             jac = torch.zeros((), dtype=total.dtype, device=total.device)

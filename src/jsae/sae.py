@@ -139,6 +139,20 @@ class TopKSAE(nn.Module):
         return self.decode(*self.encode(x))
 
     @torch.no_grad()
+    def fold_input_scale_(self, scale: float) -> None:
+        """Make an SAE trained on ``scale * x`` act on raw ``x``: same latents, raw-space reconstruction.
+
+        ``W_enc *= scale`` (so ``W_enc x = W_enc_old (scale x)``), ``W_dec, b_dec /= scale``. Decoder
+        rows are then of norm ``1 / scale``; do not call :meth:`normalize_decoder_` afterwards.
+        """
+        scale = float(scale)
+        if not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"scale={scale!r} is invalid; expected a positive finite number")
+        self.W_enc.mul_(scale)
+        self.W_dec.div_(scale)
+        self.b_dec.div_(scale)
+
+    @torch.no_grad()
     def normalize_decoder_(self) -> None:
         """Scale decoder rows to unit norm (appendix D: at init and after every step)."""
         self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(torch.finfo(self.W_dec.dtype).tiny))

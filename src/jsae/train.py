@@ -56,7 +56,7 @@ from jsae.devices import autocast_dtype, resolve_device
 from jsae.io import atomic_dir, atomic_path, read_json, setup_logging, write_json
 from jsae.metrics import frac_above, threshold_key
 from jsae.mlp import MLP, mlp_from_module
-from jsae.pair import EVALUATION_POINT, JSAEPair, jacobian_l1
+from jsae.pair import ACTIVATION_NORMALIZATIONS, EVALUATION_POINT, JSAEPair, expected_norm_scale, jacobian_l1
 from jsae.sae import TopKSAE
 from jsae.schedules import lambda_at, lr_at
 from jsae.validation import check_k
@@ -70,6 +70,8 @@ METRICS_FILENAME = "metrics.jsonl"
 JAC_THRESHOLD = 0.01
 #: The scalar loss parts of ``JSAEPair.loss`` averaged over each log window.
 SCALAR_PARTS = ("loss", "mse_in", "mse_out", "jac")
+#: Tokens read from the start of the data order to estimate the activation scales (expected_norm).
+NORM_ESTIMATE_TOKENS = 65536
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
 
@@ -105,6 +107,7 @@ class TrainConfig:
     seed: int = 0
     dead_window_tokens: int = 10_000_000
     dtype: str = "float32"
+    normalize_activations: str = "none"
 
     @property
     def n_steps(self) -> int:
@@ -153,6 +156,11 @@ class TrainConfig:
             raise ValueError(f"seed={self.seed!r} is invalid; expected a non-negative integer")
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype={self.dtype!r} is invalid; expected one of {', '.join(_DTYPES)}")
+        if self.normalize_activations not in ACTIVATION_NORMALIZATIONS:
+            raise ValueError(
+                f"normalize_activations={self.normalize_activations!r} is invalid; "
+                f"expected one of {', '.join(ACTIVATION_NORMALIZATIONS)}"
+            )
 
     def dims(self, d_in: int, d_out: int) -> dict[str, int]:
         """Resolved sizes: ``n_latents_in/out``, ``k_in/out`` (checked: 1 <= k <= latents)."""
@@ -715,6 +723,28 @@ def build_pair(mlp: MLP | torch.nn.Module, config: TrainConfig, *, device: torch
     return JSAEPair(sae_in, sae_out, mlp).to(device)
 
 
+@torch.no_grad()
+def estimate_activation_scales(
+    mlp: MLP, source: BatchSource, config: TrainConfig, *, device: torch.device | str = "cpu",
+    n_tokens: int = NORM_ESTIMATE_TOKENS,
+) -> tuple[float, float]:
+    """``(input_scale, output_scale)`` giving x and y = MLP(x) mean L2 norm sqrt(d) (``expected_norm``).
+
+    Estimated on the first ``n_tokens`` of the training order, so a resumed run gets the same scales.
+    """
+    x_norms: list[Tensor] = []
+    y_norms: list[Tensor] = []
+    seen = 0
+    for batch in source.batches(min(config.batch_size, n_tokens), seed=config.seed):
+        x = batch.to(device=device, dtype=mlp.W_out.dtype)
+        x_norms.append(x.double().norm(dim=1).cpu())
+        y_norms.append(mlp(x).double().norm(dim=1).cpu())
+        seen += x.shape[0]
+        if seen >= n_tokens:
+            break
+    return expected_norm_scale(torch.cat(x_norms), mlp.d_in), expected_norm_scale(torch.cat(y_norms), mlp.d_out)
+
+
 def run_training(
     mlp: MLP | torch.nn.Module,
     source: BatchSource,
@@ -771,6 +801,11 @@ def run_training(
 
     dev = resolve_device(device)
     pair = build_pair(mlp, config, device=dev)
+    scales = {"in": 1.0, "out": 1.0}
+    if config.normalize_activations == "expected_norm":
+        scales["in"], scales["out"] = estimate_activation_scales(pair.mlp, source, config, device=dev)
+        pair.set_activation_scales(scales["in"], scales["out"])
+        log.info("activation scales (expected_norm): input x%.4g, output x%.4g", scales["in"], scales["out"])
     name = model_name or Path(str(model).rstrip("/")).name or str(model)
     fingerprint = {"identity": identity, "cache": attrs}
     work = work_dir_for(out_dir)
@@ -785,6 +820,7 @@ def run_training(
         **dataclasses.asdict(config), **dims, "n_steps": config.n_steps, "model": model, "model_name": name,
         "layer": layer, "control": control, "evaluation_point": EVALUATION_POINT, "d_in": mlp.d_in,
         "d_mlp": mlp.d_hidden, "mlp_kind": mlp.kind, "device": str(dev), "jsae_version": __version__,
+        "input_scale": scales["in"], "output_scale": scales["out"],
         "cache": {k: v for k, v in attrs.items() if isinstance(v, (str, int, float, bool))},
     }
     tags = {"model": name, "layer": layer, "lambda": config.lam, "k": config.k, "expansion": config.expansion,
@@ -826,6 +862,7 @@ def run_training(
         "identity": identity,
         "params": params,
         "evaluation_point": EVALUATION_POINT,
+        "activation_scales": scales,
         "cache": attrs,
         "jsae_version": __version__,
         "torch_version": torch.__version__,
@@ -845,6 +882,8 @@ def run_training(
     metadata = {"model_name": model, "hook_layer": layer, "control": control, "lam": config.lam,
                 "context_size": attrs.get("context_length"), "jsae_version": __version__,
                 "evaluation_point": EVALUATION_POINT}
+    # Exported SAEs act on raw activations: the scales go into their weights (latents and J unchanged).
+    pair.fold_activation_scales_()
     with atomic_dir(out_dir) as tmp:
         save_pair(pair, tmp, hook_name=hook, metadata=metadata)
         with atomic_path(tmp / METRICS_FILENAME) as mtmp:
@@ -983,6 +1022,9 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm to this value (default: off)")
     h.add_argument("--dead-window", type=int, default=d.dead_window_tokens, help="tokens without firing that make a latent dead")
     h.add_argument("--seed", type=int, default=d.seed, help="seed of the SAE init and the data order")
+    h.add_argument("--normalize-activations", default=d.normalize_activations, choices=ACTIVATION_NORMALIZATIONS,
+                   help="none = raw activations (the paper); expected_norm = scale x and MLP(x) to mean L2 norm "
+                   "sqrt(d) so lambda means the same on every model")
     r = p.add_argument_group("running")
     r.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | mps (bf16 autocast on CUDA)")
     r.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
@@ -1002,7 +1044,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         expansion=None if args.n_latents is not None else args.expansion, n_latents=args.n_latents,
         k_out=args.k_out, n_latents_out=args.n_latents_out, lr=args.lr, lr_warmup_frac=args.lr_warmup,
         lr_decay_frac=args.lr_decay, lam_warmup_frac=args.lam_warmup, grad_clip=args.grad_clip,
-        seed=args.seed, dead_window_tokens=args.dead_window,
+        seed=args.seed, dead_window_tokens=args.dead_window, normalize_activations=args.normalize_activations,
     )
 
 

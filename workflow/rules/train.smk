@@ -36,6 +36,7 @@ rule train:
         lr=config["train"]["lr"],
         checkpoint=config["train"]["checkpoint_every"],
         log_every=config["train"]["log_every"],
+        normalize=config["train"]["normalize_activations"],
         seed=config["seed"],
         device=config["device"],
         mlflow=mlflow_args(),
@@ -52,6 +53,7 @@ rule train:
         "--layer {wildcards.layer} --cache {input.cache} --out {params.out} --lam {wildcards.lam} "
         "--expansion {params.expansion} --k {params.k} --tokens {params.tokens} --batch-size {params.batch} "
         "--lr {params.lr} --seed {params.seed} --device {params.device} --control {wildcards.control} "
-        "--checkpoint-every {params.checkpoint} --log-every {params.log_every} {params.mlflow} "
+        "--checkpoint-every {params.checkpoint} --log-every {params.log_every} "
+        "--normalize-activations {params.normalize} {params.mlflow} "
         # Snakemake decides when a pair is (re)trained; --force lets it replace a stale run directory
         "--model-name {wildcards.model} --force 2> {log}"
