@@ -16,6 +16,7 @@ from jsae.metrics import (
     abs_histogram,
     check_thresholds,
     dead_and_rare,
+    effective_share,
     explained_variance,
     explained_variance_legacy,
     firing_counts,
@@ -147,6 +148,23 @@ def test_lp_norms_brute_force():
         assert float(n[t, 3]) == pytest.approx(max(v), rel=1e-9)
 
 
+def test_effective_share_brute_force_and_extremes():
+    g = torch.Generator().manual_seed(6)
+    J = torch.randn(4, 3, 5, generator=g)
+    J[1] = 0.0  # all-zero J: share 0
+    J[2] = 0.0
+    J[2, 1, 3] = -7.0  # one element holds everything: 1 / k^2
+    J[3] = 0.25  # all equal: 1
+    e = effective_share(J)
+    for t in (0,):
+        v = [abs(float(a)) for a in J[t].reshape(-1)]
+        assert float(e[t]) == pytest.approx(sum(v) ** 2 / (len(v) * sum(a * a for a in v)), rel=1e-12)
+    assert float(e[1]) == 0.0
+    assert float(e[2]) == pytest.approx(1 / 15, rel=1e-12)
+    assert float(e[3]) == pytest.approx(1.0, rel=1e-12)
+    torch.testing.assert_close(effective_share(J * 1e-3), e)  # scale-free: shrinking J changes nothing
+
+
 def test_histogram_overflow_is_explicit_and_nothing_dropped():
     edges = histogram_edges(1.0, 4)  # [0, .25, .5, .75, 1]
     vals = torch.tensor([0.0, 0.1, -0.3, 0.25, 0.74, 0.75, 1.0, 1.0001, -7.0, 3.0])
@@ -183,6 +201,7 @@ def test_jacobian_accumulator_matches_concatenation():
     for key, i in (("jac/l1", 0), ("jac/l2", 1), ("jac/l4", 2), ("jac/linf", 3)):
         assert m[key] == pytest.approx(float(norms[i]), rel=1e-12)
     assert m["jac/mean_abs"] == pytest.approx(float(J.abs().double().mean()), rel=1e-9)
+    assert m["jac/effective_share"] == pytest.approx(float(effective_share(J).mean()), rel=1e-12)
     assert int(a["hist_overflow"]) == 1 and a["hist_counts"].sum() == J.numel() - 1
 
 

@@ -36,6 +36,7 @@ log = logging.getLogger("jsae.figures")
 FIGURES = ("fig2", "fig4", "fig5", "fig7", "fig8", "fig32", "fig35", "fig36")
 THRESHOLDS = (0.005, 0.01, 0.015, 0.02, 0.04)
 SPARSITY_KEY = "jac/frac_above_0.01"  # the paper's sparsity measure in figs. 4, 5, 29
+EFFECTIVE_KEY = "jac/effective_share"  # scale-free companion (jsae.metrics.effective_share)
 _PATH_PATTERN = re.compile(r"(?P<model>[^/]+)/L(?P<layer>\d+)/(?P<control>trained|reinit)/lam(?P<lam>[^/]+)/[^/]+$")
 
 COLORS = {"traditional": "#1f77b4", "jsae": "#d62728", "reinit_traditional": "#9ecae1", "reinit_jsae": "#fcae91"}
@@ -302,8 +303,11 @@ def fig4(results: Sequence[PairResult], out_dir: Path) -> list[Path]:
             ax.set_ylabel(ylabel)
         ax = axes.flat[5]
         y = [metric(r, SPARSITY_KEY) * 100 for r in rs]
-        ax.plot(x, y, ls, marker="o", color="black", label=f"Jacobian{tag}")
-        ax.set_ylabel("active |J| > 0.01 (% of k²)")
+        ax.plot(x, y, ls, marker="o", color="black", label=f"|J| > 0.01{tag}")
+        y = [metric(r, EFFECTIVE_KEY) * 100 for r in rs]
+        if not all(math.isnan(v) for v in y):
+            ax.plot(x, y, ls, marker="s", color="0.55", label=f"effective share, scale-free{tag}")
+        ax.set_ylabel("Jacobian elements (% of k²)")
     for ax in axes.flat:
         _lam_axis(ax, lams)
     axes.flat[0].legend(frameon=False, fontsize=7)

@@ -29,6 +29,8 @@ DEFAULT_THRESHOLDS: tuple[float, ...] = (0.005, 0.01, 0.015, 0.02, 0.04)
 LP_NORMS: tuple[float, ...] = (1.0, 2.0, 4.0, math.inf)
 #: A latent firing fewer than this many times per token is "rare" (appendix E: < once per 1M tokens).
 RARE_RATE = 1e-6
+#: Metric name of :func:`effective_share` averaged over tokens.
+EFFECTIVE_SHARE_KEY = "jac/effective_share"
 #: Default |J| histogram: 1500 linear bins on [0, 1.5] plus an explicit overflow bin (fig. 32, 34).
 DEFAULT_HIST_MAX = 1.5
 DEFAULT_HIST_BINS = 1500
@@ -223,6 +225,18 @@ def lp_norms(J: Tensor, ps: Sequence[float] = LP_NORMS) -> Tensor:
     return torch.stack([torch.linalg.vector_norm(a, ord=p, dim=1) for p in ps], dim=1)
 
 
+def effective_share(J: Tensor) -> Tensor:
+    """Per-token ``(sum |J|)^2 / (k_out k_in sum J^2)``, ``[T]``: a scale-free sparsity in (0, 1].
+
+    The share of the k x k elements that effectively carry J (a participation ratio): 1 when all
+    |J| are equal, 1 / k^2 when one element holds everything; 0 for an all-zero J. Unlike the
+    shares above a threshold (fig. 2) it does not fall when J merely shrinks (appendix F.1).
+    """
+    a = J.detach().double().flatten(1)
+    l1, sq = a.abs().sum(dim=1), a.pow(2).sum(dim=1)
+    return torch.where(sq > 0, l1.pow(2) / (a.shape[1] * sq.clamp_min(torch.finfo(torch.float64).tiny)), torch.zeros_like(l1))
+
+
 def lp_key(p: float) -> str:
     return "jac/linf" if math.isinf(p) else f"jac/l{p:g}"
 
@@ -284,6 +298,7 @@ class JacobianAccumulator:
         self.norm_sum = torch.zeros(len(self.ps), dtype=torch.float64)
         self.norm_sumsq = torch.zeros(len(self.ps), dtype=torch.float64)
         self.abs_sum = 0.0
+        self.effective_sum = 0.0
         self.counts = np.zeros(len(self.edges) - 1, dtype=np.int64)
         self.overflow = 0
         self.max_abs = 0.0
@@ -301,6 +316,7 @@ class JacobianAccumulator:
         norms = lp_norms(J, self.ps).cpu()
         self.norm_sum += norms.sum(0)
         self.norm_sumsq += norms.pow(2).sum(0)
+        self.effective_sum += float(effective_share(J).sum())
         a = J.abs()
         self.abs_sum += float(a.double().sum())
         self.max_abs = max(self.max_abs, float(a.max()))
@@ -314,6 +330,7 @@ class JacobianAccumulator:
         out = {threshold_key(t): float(v) / self.n_tokens for t, v in zip(self.thresholds, self.frac_sum)}
         for p, s in zip(self.ps, self.norm_sum):
             out[lp_key(p)] = float(s) / self.n_tokens
+        out[EFFECTIVE_SHARE_KEY] = self.effective_sum / self.n_tokens
         out["jac/mean_abs"] = self.abs_sum / self.n_elements
         out["jac/max_abs"] = self.max_abs
         out["jac/hist_overflow_frac"] = self.overflow / self.n_elements

@@ -130,6 +130,13 @@ def paper_claims(results: Sequence[PairResult], jsae_lam: float | None = None) -
                 f"{_fmt(on, True)} on the line, {_fmt(metric(jsae, 'probe/cluster_frac'), True)} cluster, "
                 f"{_fmt(metric(jsae, 'probe/outlier_frac'), True)} outliers",
                 "on the line ≥ 90%", _holds(on >= 0.9, on), on, "on_line_frac"))
+        e0, e1 = metric(base, "jac/effective_share"), metric(jsae, "jac/effective_share")
+        if not (math.isnan(e0) or math.isnan(e1)):
+            claims.append(Claim(
+                name, f"J's mass concentrates on fewer elements, scale-free (effective share, λ=0 → λ={lam:g})",
+                "implied by figs. 30–31 (normalised Jacobians) and appendix F.1; no number in the paper",
+                f"{_fmt(e0, True)} → {_fmt(e1, True)} of k²", "JSAE < λ=0", _holds(e1 < e0, e0, e1),
+                e1 / e0 if e0 > 0 else float("nan"), "effective_share_ratio"))
         l1 = metric(jsae, "jac/l1") / metric(base, "jac/l1")
         linf = metric(jsae, "jac/linf") / metric(base, "jac/linf")
         claims.append(Claim(
