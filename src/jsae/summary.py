@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from jsae.figures import PairResult, ce_score_mean, default_jsae_lam, load_results, metric, pick_pair, sites_of
+from jsae.figures import EFFECTIVE_KEY, PairResult, ce_score_mean, default_jsae_lam, load_results, metric, pick_pair, sites_of
 from jsae.io import atomic_path, setup_logging, write_json
 
 log = logging.getLogger("jsae.summary")
@@ -130,7 +130,7 @@ def paper_claims(results: Sequence[PairResult], jsae_lam: float | None = None) -
                 f"{_fmt(on, True)} on the line, {_fmt(metric(jsae, 'probe/cluster_frac'), True)} cluster, "
                 f"{_fmt(metric(jsae, 'probe/outlier_frac'), True)} outliers",
                 "on the line ≥ 90%", _holds(on >= 0.9, on), on, "on_line_frac"))
-        e0, e1 = metric(base, "jac/effective_share"), metric(jsae, "jac/effective_share")
+        e0, e1 = metric(base, EFFECTIVE_KEY), metric(jsae, EFFECTIVE_KEY)
         if not (math.isnan(e0) or math.isnan(e1)):
             claims.append(Claim(
                 name, f"J's mass concentrates on fewer elements, scale-free (effective share, λ=0 → λ={lam:g})",
