@@ -56,6 +56,13 @@ def test_time_budget_stops_training(tiny_corpus, tmp_path):  # noqa: F811
     assert result["stopped_by"] == "time_budget" and result["train_seconds"] < 10
 
 
+def test_time_cap_on_a_step_budget_is_a_warning(tiny_corpus, tmp_path, caplog):  # noqa: F811
+    with caplog.at_level("WARNING", logger="jsae.pretrain"):
+        result = pretrain(tiny_corpus, tmp_path / "m", PretrainConfig(**TINY, max_steps=10**6, minutes=0.02, seed=1))
+    assert result["stopped_by"] == "time_budget"
+    assert any("cap stopped pretraining" in r.getMessage() and "max_steps=1000000" in r.getMessage() for r in caplog.records)
+
+
 @pytest.mark.parametrize("change,match", [
     ({"hidden": 30}, "hidden=30 with heads=2"),
     ({"minutes": 0}, "minutes=0"),

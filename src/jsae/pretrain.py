@@ -224,6 +224,9 @@ def pretrain(corpus_dir: str | os.PathLike[str], out: str | os.PathLike[str], cf
         write_json(Path(tmp) / "pretrain.json", result)
     log.info("tiny-neox: %d steps, %d tokens in %.0fs (%.0f tok/s); validation loss %.3f nats/token (unigram %.3f) -> %s",
              step, tokens, train_seconds, result["tokens_per_second"], final, baseline, out)
+    if cfg.max_steps is not None and stopped_by == "time_budget":
+        log.warning("the %g-minute cap stopped pretraining at step %d of max_steps=%d: this model depends on the "
+                    "machine's speed (raise minutes for the reproducible one)", cfg.minutes, step, cfg.max_steps)
     return result
 
 

@@ -32,6 +32,7 @@ rule pretrain:
         arch=lambda wc: (
             "--hidden {hidden} --layers {layers} --vocab-size {vocab_size} "
             "--context-length {context_length} --minutes {minutes}"
+            + (" --max-steps {max_steps}" if MODELS[wc.model]["pretrain"].get("max_steps") else "")
         ).format(**MODELS[wc.model]["pretrain"]),
         seed=config["seed"],
         device=config["device"],
