@@ -1,6 +1,6 @@
 """Read throughput of the activation cache's shuffled batch stream, against baselines in the same run.
 
-Writes a synthetic cache with the real file layout (``jsae.cache`` datasets and attrs, no model needed),
+Writes a synthetic cache with the real file layout (``jsae.data.cache`` datasets and attrs, no model needed),
 then measures tokens/s for
 
 * ``in-RAM randperm`` — baseline: the whole x as a float32 tensor, a random permutation indexed per batch
@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 import torch
 
-from jsae.cache import _STORAGE, FIRST_POSITION, ActivationCache, _chunk_rows, _to_storage
+from jsae.data.cache import _STORAGE, FIRST_POSITION, ActivationCache, _chunk_rows, _to_storage
 
 
 def write_synthetic_cache(path: Path, n_tokens: int, d_model: int, dtype: str, context_length: int = 128) -> None:

@@ -1,8 +1,8 @@
 """Batched linearity probes vs the straightforward per-sample loop, in the same run.
 
-The loop (``jsae.probes.probe_loop``) does what the authors' ``linear.py`` does per sample: one
+The loop (``jsae.eval.probes.probe_loop``) does what the authors' ``linear.py`` does per sample: one
 forward of the 100 sweep points through MLP -> output encoder and a CPU ``lstsq`` + ``.item()``
-classification. The batched path (``jsae.probes.probe_batch``) sweeps many samples per forward and
+classification. The batched path (``jsae.eval.probes.probe_batch``) sweeps many samples per forward and
 classifies them with closed-form masked least squares; samples sharing (token, input latent j) share
 one sweep (with the default sampling, every active output latent of a sampled (token, j)). Both probe the same samples; the script
 checks that their labels agree and prints samples/s and the ratio (goal: >= 50x).
@@ -21,9 +21,9 @@ from transformers import GPTNeoXConfig
 from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXMLP
 
 from jsae.devices import resolve_device
-from jsae.pair import JSAEPair
-from jsae.probes import probe_batch, probe_loop, sample_probes
-from jsae.sae import TopKSAE
+from jsae.nn.pair import JSAEPair
+from jsae.eval.probes import probe_batch, probe_loop, sample_probes
+from jsae.nn.sae import TopKSAE
 
 
 def sync(device: torch.device) -> None:

@@ -28,7 +28,7 @@ import torch
 
 from jsae import JSAEPair, TopKSAE
 from jsae.devices import resolve_device
-from jsae.mlp import PlainMLP, activation_from
+from jsae.nn.mlp import PlainMLP, activation_from
 
 VARIANTS = ("one_sae", "two_saes", "pair", "pair_authors")
 

@@ -1,10 +1,10 @@
 """End-to-end training throughput (tokens/s) from a real HDF5 activation cache, same run, four ways.
 
 For each size (the default study's tiny-neox and Pythia-70m's d 512, d_mlp 2048, expansion 32,
-k 32) it builds a real cache with ``jsae.cache.build_cache`` from a randomly initialised GPT-NeoX of
+k 32) it builds a real cache with ``jsae.data.cache.build_cache`` from a randomly initialised GPT-NeoX of
 those widths (so reading, shuffling and prefetching are the real code paths), then times
 
-* ``trainer``: :class:`jsae.train.Trainer` end to end (cache reader, schedules, Adam, decoder renorm,
+* ``trainer``: :class:`jsae.train.run.Trainer` end to end (cache reader, schedules, Adam, decoder renorm,
   dead-latent tracking, metric logging), for the JSAE pair (lam = 1) and the lam = 0 pair;
 * ``bare``: the same optimisation step on batches already in memory (no reader, no bookkeeping),
   the baseline the trainer's overhead is measured against. Trainer and baseline steps alternate
@@ -38,7 +38,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import torch  # noqa: E402
 
 from jsae.devices import resolve_device  # noqa: E402
-from jsae.train import Trainer, TrainConfig, build_pair  # noqa: E402
+from jsae.train.run import Trainer, TrainConfig, build_pair  # noqa: E402
 
 # name: (d_model, d_mlp, expansion, k, default batch size on CPU, default timed steps on CPU)
 SIZES = {
@@ -56,9 +56,9 @@ def make_cache(root: Path, d: int, d_mlp: int, n_tokens: int) -> tuple[str, Path
     """A saved random GPT-NeoX of the given widths and the layer-0 cache of ``n_tokens`` tokens."""
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    from jsae.cache import build_cache
-    from jsae.corpus import build_corpus
-    from jsae.pretrain import train_tokenizer
+    from jsae.data.cache import build_cache
+    from jsae.data.corpus import build_corpus
+    from jsae.data.pretrain import train_tokenizer
 
     words = "the of and to in is was that for on with as by at from light water earth day night said king".split()
     g = torch.Generator().manual_seed(0)
@@ -105,10 +105,10 @@ class BareSteps:
 
 
 def bench_size(name: str, args, device: torch.device, root: Path) -> list[dict]:
-    from jsae.cache import ActivationCache
-    from jsae.hooks import mlp_module
-    from jsae.mlp import mlp_from_module
-    from jsae.models import load_model
+    from jsae.data.cache import ActivationCache
+    from jsae.data.hooks import mlp_module
+    from jsae.nn.mlp import mlp_from_module
+    from jsae.data.models import load_model
 
     d, d_mlp, expansion, k, batch_default, steps_default = SIZES[name]
     B = args.batch_size or batch_default
@@ -166,8 +166,8 @@ def bench_sae_lens(args, device: torch.device) -> dict | None:
     except ImportError as exc:
         print(f"[sae-lens] skipped: {exc}")
         return None
-    from jsae.pair import mse
-    from jsae.sae import TopKSAE
+    from jsae.nn.pair import mse
+    from jsae.nn.sae import TopKSAE
 
     d, _, expansion, k, B, _ = SIZES["pythia-70m"]
     B = args.batch_size or B

@@ -45,8 +45,8 @@ def build_tiny_saved_lm(root, *, validation_fraction: float) -> None:
     with ``save_pretrained`` (``root/model``): the real loading path, with no downloads."""
     from transformers import GPTNeoXForCausalLM
 
-    from jsae.corpus import build_corpus
-    from jsae.pretrain import PretrainConfig, tiny_neox_config, train_tokenizer
+    from jsae.data.corpus import build_corpus
+    from jsae.data.pretrain import PretrainConfig, tiny_neox_config, train_tokenizer
 
     words = "the of and to in is was that for on with as by at from light water earth day night said king".split()
     g = torch.Generator().manual_seed(0)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-import jsae.cache as cache_mod
-from jsae.cache import REQUIRED_ATTRS, ActivationCache, build_cache
-from jsae.hooks import mlp_module
-from jsae.models import load_model
+import jsae.data.cache as cache_mod
+from jsae.data.cache import REQUIRED_ATTRS, ActivationCache, build_cache
+from jsae.data.hooks import mlp_module
+from jsae.data.models import load_model
 from test_models import no_network, tiny_corpus, tiny_models, tiny_tokenizer  # noqa: F401  (fixtures)
 
 CTX = 24
@@ -32,7 +32,7 @@ def cache32(neox, tiny_corpus, tmp_path_factory):  # noqa: F811
 
 
 def test_attrs_and_row_metadata(cache32, neox, tiny_corpus):  # noqa: F811
-    from jsae.corpus import corpus_info
+    from jsae.data.corpus import corpus_info
 
     with ActivationCache.open(cache32) as c:
         assert set(REQUIRED_ATTRS) <= set(c.attrs)
@@ -182,8 +182,8 @@ def test_bad_batches_arguments(cache32, kwargs, match):
 
 
 def test_the_mlp_input_seen_by_hooks_equals_the_cache(cache32, neox):  # noqa: F811
-    """The cache and later stages share jsae.hooks: re-capturing a cached context gives the cached rows."""
-    from jsae.hooks import capture_mlp_input
+    """The cache and later stages share jsae.data.hooks: re-capturing a cached context gives the cached rows."""
+    from jsae.data.hooks import capture_mlp_input
 
     model, _ = load_model(neox)
     with ActivationCache.open(cache32) as c:
@@ -232,7 +232,7 @@ def test_missing_or_empty_corpus(neox, tmp_path):  # noqa: F811
 def test_unsupported_mlp_type_is_refused(neox, tiny_corpus, tmp_path, monkeypatch):  # noqa: F811
     model, tok = load_model(neox)
     model.gpt_neox.layers[1].mlp = torch.nn.Sequential(torch.nn.Linear(32, 32))
-    monkeypatch.setattr("jsae.models.load_model", lambda *a, **k: (model, tok))
+    monkeypatch.setattr("jsae.data.models.load_model", lambda *a, **k: (model, tok))
     with pytest.raises(TypeError, match="unsupported MLP module type Sequential"):
         build_cache(neox, 1, tiny_corpus, "train", N, CTX, tmp_path / "c.h5", device="cpu", progress=False)
 

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from jsae import corpus as corpus_mod
-from jsae.corpus import (build_corpus, corpus_info, make_contexts, read_documents, split_documents, stdlib_docstrings,
+from jsae.data import corpus as corpus_mod
+from jsae.data.corpus import (build_corpus, corpus_info, make_contexts, read_documents, split_documents, stdlib_docstrings,
                          tokenize_split)
 from test_models import no_network, tiny_corpus, tiny_tokenizer  # noqa: F401  (fixtures)
 
@@ -121,7 +121,7 @@ def test_cli(tmp_path, no_network):  # noqa: F811
 def test_hf_preset_fails_fast_without_network(tmp_path, monkeypatch, no_network):  # noqa: F811
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr("jsae.models._hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr("jsae.data.models._hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(OSError, match="'monology/pile-uncopyrighted' is not available offline"):
         build_corpus(tmp_path / "c", source="hf", dataset="pile")
     assert not (tmp_path / "c").exists()

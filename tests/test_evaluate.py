@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from jsae.evaluate import (
+from jsae.eval.evaluate import (
     Evaluation,
     activation_metrics,
     check_pair_matches,
@@ -24,10 +24,10 @@ from jsae.evaluate import (
     splice_scores,
     write_evaluation,
 )
-from jsae.hooks import capture_mlp_input, decoder_layers, mlp_module
-from jsae.metrics import dead_and_rare, explained_variance, firing_counts, frac_above, lp_norms, mean_cosine_similarity
-from jsae.pair import JSAEPair
-from jsae.sae import TopKSAE
+from jsae.data.hooks import capture_mlp_input, decoder_layers, mlp_module
+from jsae.eval.metrics import dead_and_rare, explained_variance, firing_counts, frac_above, lp_norms, mean_cosine_similarity
+from jsae.nn.pair import JSAEPair
+from jsae.nn.sae import TopKSAE
 
 D, LAYER, VOCAB, CTX = 16, 1, 50, 12
 
@@ -306,15 +306,15 @@ def test_evaluation_dataclass_defaults():
     assert ev.arrays == {} and ev.settings == {}
 
 
-# -- end to end: a saved tiny model, real caches (jsae.cache), a trained pair (jsae.train), the CLIs ----------
+# -- end to end: a saved tiny model, real caches (jsae.data.cache), a trained pair (jsae.train.run), the CLIs ----------
 
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory):
     """A tiny GPT-NeoX saved with save_pretrained, its corpus, train/validation caches and a trained pair."""
     from builders import build_tiny_saved_lm
-    from jsae.cache import build_cache
-    from jsae.train import TrainConfig, train_from_files
+    from jsae.data.cache import build_cache
+    from jsae.train.run import TrainConfig, train_from_files
 
     root = tmp_path_factory.mktemp("e2e")
     build_tiny_saved_lm(root, validation_fraction=0.3)
@@ -328,9 +328,9 @@ def real_run(tmp_path_factory):
 
 
 def test_cli_end_to_end(tmp_path, real_run):
-    from jsae.evaluate import cli as evaluate_cli
-    from jsae.probes import cli as probes_cli
-    from jsae.tables import cli as tables_cli
+    from jsae.eval.evaluate import cli as evaluate_cli
+    from jsae.eval.probes import cli as probes_cli
+    from jsae.eval.tables import cli as tables_cli
 
     common = ["--model", str(real_run / "model"), "--layer", "1", "--run", str(real_run / "run"),
               "--cache", str(real_run / "validation.h5"), "--device", "cpu", "--no-progress"]
@@ -351,7 +351,7 @@ def test_cli_end_to_end(tmp_path, real_run):
 
 
 def test_cli_refuses_mismatched_inputs(tmp_path, real_run, capfd):
-    from jsae.evaluate import cli as evaluate_cli
+    from jsae.eval.evaluate import cli as evaluate_cli
 
     base = ["--model", str(real_run / "model"), "--run", str(real_run / "run"), "--device", "cpu", "--no-progress",
             "--out", str(tmp_path / "e.json")]

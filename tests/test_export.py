@@ -19,9 +19,9 @@ from jsae.export import (
     save_pair,
     save_sae,
 )
-from jsae.mlp import mlp_from_module
-from jsae.pair import JSAEPair
-from jsae.sae import TopKSAE
+from jsae.nn.mlp import mlp_from_module
+from jsae.nn.pair import JSAEPair
+from jsae.nn.sae import TopKSAE
 
 HAS_SAE_LENS = importlib.util.find_spec("sae_lens") is not None
 

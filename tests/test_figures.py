@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jsae import figures
+from jsae.report import figures
 
 LAMS = (0.0, 0.1, 0.3, 1.0, 3.0)
 REINIT_LAMS = (0.0, 1.0)

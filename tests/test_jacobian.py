@@ -113,7 +113,7 @@ def test_chunking_and_batch_restriction_do_not_change_values_or_grads(name):
 
 @pytest.mark.parametrize("name", ["neox-gelu", "gemma3-gelu-tanh"])
 def test_fused_l1_equals_autograd_of_generic_path(name):
-    from jsae.jacobian import active_jacobian, active_jacobian_l1
+    from jsae.nn.jacobian import active_jacobian, active_jacobian_l1
 
     module = build_hf_mlp(name)
     pair = make_pair(module)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from jsae.metrics import (
+from jsae.eval.metrics import (
     DEFAULT_THRESHOLDS,
     GlobalJacobianAccumulator,
     JacobianAccumulator,

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from jsae import mlp_from_module
-from jsae.mlp import activation_from
+from jsae.nn.mlp import activation_from
 from builders import D, H
 
 

@@ -1,7 +1,7 @@
 """Model loading (local dirs, hub ids offline, smollm2), the MLP-input hook against a real forward, re-init control.
 
 Tiny GPT-NeoX, GPT-2 and Llama models are built from configs and saved with save_pretrained (plus a BPE
-tokenizer trained on a few Bible chapters) in tmp dirs, then loaded back through jsae.models.load_model:
+tokenizer trained on a few Bible chapters) in tmp dirs, then loaded back through jsae.data.models.load_model:
 the same from_pretrained path Pythia goes through.
 """
 
@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from jsae.cache import ActivationCache, build_cache
-from jsae.corpus import build_corpus
-from jsae.hooks import mlp_module
-from jsae.mlp import mlp_from_module
-from jsae.models import load_model, max_context_length, reinit_model, resolve_spec, save_reinit
-from jsae.pretrain import train_tokenizer
+from jsae.data.cache import ActivationCache, build_cache
+from jsae.data.corpus import build_corpus
+from jsae.data.hooks import mlp_module
+from jsae.nn.mlp import mlp_from_module
+from jsae.data.models import load_model, max_context_length, reinit_model, resolve_spec, save_reinit
+from jsae.data.pretrain import train_tokenizer
 
 FAMILIES = ("neox", "gpt2", "llama")
 CTX = 24
@@ -158,7 +158,7 @@ def test_hub_id_fails_fast_offline(monkeypatch, no_network):
 def test_hub_id_without_network_fails_fast(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr("jsae.models._hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr("jsae.data.models._hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(FileNotFoundError, match="hub is unreachable"):
         resolve_spec("EleutherAI/pythia-410m-deduped")
 

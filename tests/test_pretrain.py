@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from jsae import pretrain as pretrain_mod
-from jsae.hooks import mlp_module
-from jsae.mlp import mlp_from_module
-from jsae.models import load_model
-from jsae.pretrain import PretrainConfig, pretrain, save_tokenizer, train_tokenizer
+from jsae.data import pretrain as pretrain_mod
+from jsae.data.hooks import mlp_module
+from jsae.nn.mlp import mlp_from_module
+from jsae.data.models import load_model
+from jsae.data.pretrain import PretrainConfig, pretrain, save_tokenizer, train_tokenizer
 from test_models import no_network, tiny_corpus  # noqa: F401  (fixtures)
 
 TINY = dict(hidden=32, layers=2, heads=2, vocab_size=300, context_length=32, batch_size=8, lr=1e-2, warmup_steps=5,
@@ -57,7 +57,7 @@ def test_time_budget_stops_training(tiny_corpus, tmp_path):  # noqa: F811
 
 
 def test_time_cap_on_a_step_budget_is_a_warning(tiny_corpus, tmp_path, caplog):  # noqa: F811
-    with caplog.at_level("WARNING", logger="jsae.pretrain"):
+    with caplog.at_level("WARNING", logger="jsae.data.pretrain"):
         result = pretrain(tiny_corpus, tmp_path / "m", PretrainConfig(**TINY, max_steps=10**6, minutes=0.02, seed=1))
     assert result["stopped_by"] == "time_budget"
     assert any("cap stopped pretraining" in r.getMessage() and "max_steps=1000000" in r.getMessage() for r in caplog.records)

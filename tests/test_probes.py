@@ -8,8 +8,8 @@ import pytest
 import torch
 from builders import build_hf_mlp
 
-from jsae.pair import JSAEPair
-from jsae.probes import (
+from jsae.nn.pair import JSAEPair
+from jsae.eval.probes import (
     FD_STEP,
     classify_curves,
     classify_line_split,
@@ -22,7 +22,7 @@ from jsae.probes import (
     second_derivative_stats,
     sweep_grid,
 )
-from jsae.sae import TopKSAE
+from jsae.nn.sae import TopKSAE
 
 
 
@@ -174,7 +174,7 @@ def test_run_probes_metrics_and_curves():
 
 
 def _rebuild(pair, batches, arrays, idx):
-    from jsae.probes import ProbeSamples
+    from jsae.eval.probes import ProbeSamples
 
     x = torch.cat(batches)
     rows = torch.as_tensor(arrays["token_row"][idx])
@@ -197,7 +197,7 @@ def test_run_probes_empty_evaluation_set():
 
 
 def test_random_blocks_cover_rows_once_and_rows_are_recorded():
-    from jsae.probes import random_blocks
+    from jsae.eval.probes import random_blocks
 
     class Cache:
         n_tokens = 300

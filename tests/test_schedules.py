@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jsae.schedules import lambda_at, lr_at, n_phase_steps
+from jsae.train.schedules import lambda_at, lr_at, n_phase_steps
 
 LR = 5e-4
 

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from test_figures import LAMS, REINIT_LAMS, synthetic_metrics, synthetic_probes, write_synthetic_study
 
-from jsae import summary
-from jsae.figures import load_results
+from jsae.report import summary
+from jsae.report.figures import load_results
 
 
 def test_pair_table_has_one_row_per_pair_and_every_scalar(tmp_path):

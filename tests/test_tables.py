@@ -7,8 +7,8 @@ import pytest
 import torch
 from test_evaluate import FakeCache, contexts, random_pair, tiny_lm
 
-from jsae.evaluate import cache_rows
-from jsae.tables import (
+from jsae.eval.evaluate import cache_rows
+from jsae.eval.tables import (
     LatentTable,
     TablesReport,
     distinct_windows,

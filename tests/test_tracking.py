@@ -10,7 +10,7 @@ import torch
 
 from builders import build_hf_mlp
 from jsae.export import read_run
-from jsae.mlp import mlp_from_module
+from jsae.nn.mlp import mlp_from_module
 from jsae.tracking import (
     Tracker,
     default_artifact_root,
@@ -20,7 +20,7 @@ from jsae.tracking import (
     sqlite_path,
     upload_run,
 )
-from jsae.train import InMemorySource, TrainConfig, run_training
+from jsae.train.run import InMemorySource, TrainConfig, run_training
 
 
 

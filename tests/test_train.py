@@ -11,10 +11,10 @@ import torch
 
 from builders import build_hf_mlp
 from jsae.export import load_pair, read_run
-from jsae.mlp import mlp_from_module
-from jsae.pair import EVALUATION_POINT
-from jsae.schedules import lambda_at, lr_at
-from jsae.train import (
+from jsae.nn.mlp import mlp_from_module
+from jsae.nn.pair import EVALUATION_POINT
+from jsae.train.schedules import lambda_at, lr_at
+from jsae.train.run import (
     DeadLatentTracker,
     InMemorySource,
     Prefetcher,
@@ -90,7 +90,7 @@ def test_loss_decreases_and_outputs_are_complete(tmp_path: Path, mlp, source) ->
 
 def test_expected_norm_scales_are_estimated_recorded_and_folded_into_the_export(tmp_path: Path, mlp, source) -> None:
     """Training in normalised units; the exported SAEs act on raw activations with the same latents."""
-    from jsae.train import NORM_ESTIMATE_TOKENS, build_pair, estimate_activation_scales
+    from jsae.train.run import NORM_ESTIMATE_TOKENS, build_pair, estimate_activation_scales
 
     cfg = small_config(n_tokens=32 * 30, normalize_activations="expected_norm")
     c_in, c_out = estimate_activation_scales(mlp, source, cfg)
@@ -293,8 +293,8 @@ def test_dead_latent_tracker_matches_brute_force() -> None:
             last = max((s for s, f in enumerate(fired_batches) if j in f), default=None)
             since = seen if last is None else (t - last) * B
             assert bool(tracker.dead_mask()[j]) == (since >= min(window, seen)), (t, j)
-    # firing as jsae.metrics defines it (used by `evaluate`): the last batch's fired set agrees
-    from jsae.metrics import firing_counts
+    # firing as jsae.eval.metrics defines it (used by `evaluate`): the last batch's fired set agrees
+    from jsae.eval.metrics import firing_counts
 
     assert {int(i) for i in torch.nonzero(firing_counts(vals, idx, n)).flatten()} == fired_batches[-1]
     state = tracker.state_dict()
@@ -316,14 +316,14 @@ def test_prefetcher_keeps_order_and_surfaces_reader_errors() -> None:
     reader.close()
 
 
-# -- from a real activation cache (jsae.cache) and a real saved model, through the CLI --------------
+# -- from a real activation cache (jsae.data.cache) and a real saved model, through the CLI --------------
 
 
 @pytest.fixture(scope="module")
 def real_cache(tmp_path_factory):
     """A tiny GPT-NeoX saved with save_pretrained, a corpus and its layer-1 cache (no downloads)."""
     from builders import build_tiny_saved_lm
-    from jsae.cache import build_cache
+    from jsae.data.cache import build_cache
 
     root = tmp_path_factory.mktemp("real")
     build_tiny_saved_lm(root, validation_fraction=0.2)
@@ -333,10 +333,10 @@ def real_cache(tmp_path_factory):
 
 
 def test_cli_trains_from_a_real_cache(tmp_path: Path, real_cache: Path) -> None:
-    from jsae.cache import ActivationCache
-    from jsae.evaluate import check_pair_matches
-    from jsae.hooks import mlp_module
-    from jsae.models import load_model
+    from jsae.data.cache import ActivationCache
+    from jsae.eval.evaluate import check_pair_matches
+    from jsae.data.hooks import mlp_module
+    from jsae.data.models import load_model
 
     model_dir, cache = str(real_cache / "model"), str(real_cache / "train.h5")
     args = ["--model", model_dir, "--layer", "1", "--cache", cache, "--lam", "1", "--expansion", "4", "--k", "4",
@@ -359,9 +359,9 @@ def test_cli_trains_from_a_real_cache(tmp_path: Path, real_cache: Path) -> None:
 
 
 def test_kill_and_resume_from_a_real_cache_is_exact(tmp_path: Path, real_cache: Path) -> None:
-    from jsae.models import load_model
-    from jsae.hooks import mlp_module
-    from jsae.train import train_from_files
+    from jsae.data.models import load_model
+    from jsae.data.hooks import mlp_module
+    from jsae.train.run import train_from_files
 
     model_dir, cache = str(real_cache / "model"), real_cache / "train.h5"
     cfg = TrainConfig(lam=1.0, n_tokens=32 * 30, batch_size=32, k=4, expansion=4, lr=3e-3)  # > 1 pass over 600 rows
@@ -390,7 +390,7 @@ import sys, time, torch
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 torch.set_num_threads(1)
 from test_train import small_config, source_tensor, train_mlp
-from jsae.train import InMemorySource, run_training
+from jsae.train.run import InMemorySource, run_training
 src = InMemorySource(source_tensor(), attrs={dict(source.attrs)!r})
 run_training(train_mlp(), src, small_config(), sys.argv[1], model="tiny", layer=0, progress=False, log_every=4,
              checkpoint_every=5, on_step=lambda s: time.sleep(0.3))
@@ -432,7 +432,7 @@ def test_diverging_loss_stops_with_a_clear_error(tmp_path: Path, mlp, source) ->
 
 def test_bf16_autocast_path_runs(mlp, source) -> None:
     """The CUDA recipe (fp32 weights, bf16 autocast) exercised on the CPU: dtypes flow through every metric."""
-    from jsae.train import Trainer, build_pair
+    from jsae.train.run import Trainer, build_pair
 
     cfg = small_config(n_tokens=32 * 8)
     pair = build_pair(mlp, cfg)

@@ -1,9 +1,9 @@
 """jsae: Jacobian sparse autoencoders (Farnik et al., ICML 2025) as a reproducible pipeline."""
 
-from jsae.jacobian import active_jacobian, jacobian_authors_formulation
-from jsae.mlp import MLP, GatedMLP, PlainMLP, mlp_from_module
-from jsae.pair import EVALUATION_POINT, JSAEPair, PairOutput, jacobian_l1, mse
-from jsae.sae import TopKSAE
+from jsae.nn.jacobian import active_jacobian, jacobian_authors_formulation
+from jsae.nn.mlp import MLP, GatedMLP, PlainMLP, mlp_from_module
+from jsae.nn.pair import EVALUATION_POINT, JSAEPair, PairOutput, jacobian_l1, mse
+from jsae.nn.sae import TopKSAE
 
 __version__ = "0.1.0"
 

@@ -13,17 +13,17 @@ import sys
 
 # command -> "module:function"; each function takes argv (list[str]) and returns an exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "corpus": ("jsae.corpus:cli", "build the default corpus (documents, split, sha256)"),
-    "tokenizer": ("jsae.pretrain:cli_tokenizer", "train the byte-level BPE tokenizer on a corpus"),
-    "pretrain": ("jsae.pretrain:cli", "pretrain the embedded tiny-neox model"),
-    "reinit": ("jsae.models:cli_reinit", "save a randomly re-initialised copy of a model"),
-    "cache": ("jsae.cache:cli", "cache MLP inputs of (model, layer) to HDF5"),
-    "train": ("jsae.train:cli", "train one JSAE pair from a cache"),
-    "evaluate": ("jsae.evaluate:cli", "evaluate a trained pair (reconstruction, CE/KL, Jacobian stats)"),
-    "probes": ("jsae.probes:cli", "linearity probes of f_s (appendix B)"),
-    "tables": ("jsae.tables:cli", "qualitative tables: top output latents and their inputs"),
-    "figures": ("jsae.figures:cli", "render the paper's figures from evaluation outputs"),
-    "summary": ("jsae.summary:cli", "one row per pair and the paper-claims table"),
+    "corpus": ("jsae.data.corpus:cli", "build the default corpus (documents, split, sha256)"),
+    "tokenizer": ("jsae.data.pretrain:cli_tokenizer", "train the byte-level BPE tokenizer on a corpus"),
+    "pretrain": ("jsae.data.pretrain:cli", "pretrain the embedded tiny-neox model"),
+    "reinit": ("jsae.data.models:cli_reinit", "save a randomly re-initialised copy of a model"),
+    "cache": ("jsae.data.cache:cli", "cache MLP inputs of (model, layer) to HDF5"),
+    "train": ("jsae.train.run:cli", "train one JSAE pair from a cache"),
+    "evaluate": ("jsae.eval.evaluate:cli", "evaluate a trained pair (reconstruction, CE/KL, Jacobian stats)"),
+    "probes": ("jsae.eval.probes:cli", "linearity probes of f_s (appendix B)"),
+    "tables": ("jsae.eval.tables:cli", "qualitative tables: top output latents and their inputs"),
+    "figures": ("jsae.report.figures:cli", "render the paper's figures from evaluation outputs"),
+    "summary": ("jsae.report.summary:cli", "one row per pair and the paper-claims table"),
 }
 
 

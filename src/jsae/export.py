@@ -1,7 +1,7 @@
 """Save and load trained pairs in SAELens's on-disk format (``sae-lens`` 6.x, ``SAE.load_from_disk``).
 
 A run directory holds ``sae_in/`` and ``sae_out/``, each with ``cfg.json`` and
-``sae_weights.safetensors``, plus ``run.json`` (written by :mod:`jsae.train`).
+``sae_weights.safetensors``, plus ``run.json`` (written by :mod:`jsae.train.run`).
 
 SAELens's layout differs from ours in one place: it stores ``W_enc`` as ``[d_in, d_sae]`` (its
 encoder is ``x @ W_enc``), the transpose of our ``[n_latents, d_in]``. ``W_dec [d_sae, d_in]``,
@@ -21,9 +21,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from jsae.io import atomic_dir, read_json, write_json
-from jsae.mlp import MLP
-from jsae.pair import JSAEPair
-from jsae.sae import TopKSAE
+from jsae.nn.mlp import MLP
+from jsae.nn.pair import JSAEPair
+from jsae.nn.sae import TopKSAE
 
 log = logging.getLogger("jsae.export")
 

@@ -1,7 +1,7 @@
 """Qualitative tables of the computations a JSAE pair finds (paper section 5.2, appendix C).
 
 1. Over the evaluation tokens, accumulate the sparse (output latent, input latent) statistics of the
-   non-zero |J| elements (:class:`jsae.metrics.GlobalJacobianAccumulator`).
+   non-zero |J| elements (:class:`jsae.eval.metrics.GlobalJacobianAccumulator`).
 2. Rank output latents by the mean of their non-zero |J| elements (appendix C), among latents active
    on at least ``min_active`` tokens (a latent seen once is not a finding); for each, its top input
    latents by mean non-zero |J_ij| with the count, mean and std of those values.
@@ -30,10 +30,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from jsae.io import atomic_path, setup_logging
-from jsae.metrics import GlobalJacobianAccumulator
-from jsae.pair import JSAEPair
+from jsae.eval.metrics import GlobalJacobianAccumulator
+from jsae.nn.pair import JSAEPair
 
-log = logging.getLogger("jsae.tables")
+log = logging.getLogger("jsae.eval.tables")
 
 WINDOW = 16  # tokens per example (appendix C)
 
@@ -265,7 +265,7 @@ def make_tables(
 ) -> TablesReport:
     """Everything the page shows, from a pair and a cache (``read``, ``n_tokens``, ``contexts()``,
     ``context_index``, ``position``, ``context_length``)."""
-    from jsae.evaluate import cache_rows
+    from jsae.eval.evaluate import cache_rows
 
     if isinstance(n_examples, bool) or not isinstance(n_examples, int) or n_examples < 1:
         raise ValueError(f"n_examples={n_examples!r} is invalid; expected a positive integer")
@@ -440,7 +440,7 @@ def token_decoder(tokenizer: Any) -> Callable[[int], str]:
 
 
 def cli(argv: list[str]) -> int:
-    from jsae.evaluate import add_common_arguments, run_cli
+    from jsae.eval.evaluate import add_common_arguments, run_cli
 
     p = argparse.ArgumentParser(
         prog="python -m jsae tables",
@@ -461,7 +461,7 @@ def cli(argv: list[str]) -> int:
 
 
 def _tables_cli(args: argparse.Namespace) -> int:
-    from jsae.evaluate import load_inputs, log_to_mlflow, mlflow_uri, pair_identity, run_field
+    from jsae.eval.evaluate import load_inputs, log_to_mlflow, mlflow_uri, pair_identity, run_field
 
     inputs = load_inputs(args.model, args.layer, args.run, args.cache, device=args.device)
     identity = pair_identity(inputs.run, inputs.pair)

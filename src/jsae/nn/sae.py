@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jsae.validation import check_features, check_k
+from jsae.nn.validation import check_features, check_k
 
 
 class _TopKEncode(torch.autograd.Function):

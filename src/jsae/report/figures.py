@@ -30,14 +30,14 @@ from typing import Any
 import numpy as np
 
 from jsae.io import atomic_path, read_json, setup_logging
-from jsae.metrics import EFFECTIVE_SHARE_KEY
+from jsae.eval.metrics import EFFECTIVE_SHARE_KEY
 
-log = logging.getLogger("jsae.figures")
+log = logging.getLogger("jsae.report.figures")
 
 FIGURES = ("fig2", "fig4", "fig5", "fig7", "fig8", "fig32", "fig35", "fig36")
 THRESHOLDS = (0.005, 0.01, 0.015, 0.02, 0.04)
 SPARSITY_KEY = "jac/frac_above_0.01"  # the paper's sparsity measure in figs. 4, 5, 29
-EFFECTIVE_KEY = EFFECTIVE_SHARE_KEY  # scale-free companion (jsae.metrics.effective_share)
+EFFECTIVE_KEY = EFFECTIVE_SHARE_KEY  # scale-free companion (jsae.eval.metrics.effective_share)
 _PATH_PATTERN = re.compile(r"(?P<model>[^/]+)/L(?P<layer>\d+)/(?P<control>trained|reinit)/lam(?P<lam>[^/]+)/[^/]+$")
 
 COLORS = {"traditional": "#1f77b4", "jsae": "#d62728", "reinit_traditional": "#9ecae1", "reinit_jsae": "#fcae91"}

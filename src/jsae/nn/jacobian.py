@@ -174,8 +174,8 @@ def active_jacobian(
 
     ``W_enc_out [n_out, d_out]`` is the output SAE's encoder, ``W_out [d_out, d_hidden]`` the MLP's
     output weight, ``terms`` the MLP's ``[(W_m [d_hidden, d_in], d_m [T, d_hidden])]`` (see
-    :meth:`jsae.mlp.MLP.jacobian_terms`), ``W_dec_in [n_in, d_in]`` the input SAE's decoder.
-    This is the Jacobian of the pre-TopK output latents; :meth:`jsae.pair.JSAEPair.jacobian` zeroes
+    :meth:`jsae.nn.mlp.MLP.jacobian_terms`), ``W_dec_in [n_in, d_in]`` the input SAE's decoder.
+    This is the Jacobian of the pre-TopK output latents; :meth:`jsae.nn.pair.JSAEPair.jacobian` zeroes
     the rows of output latents that the ReLU switched off.
     """
     A, o, i, Bs, ds = _prepare(W_enc_out, W_out, terms, W_dec_in, out_idx, in_idx)

@@ -8,7 +8,7 @@ moves the MLP input along input latent j's decoder direction, the rest of the in
 output latent i. Choices (and why):
 
 * **Base point: the true MLP input x**, not the reconstruction x_hat. The Jacobian is evaluated at x
-  (``jsae.pair.EVALUATION_POINT``, appendix D.1), so the probe and J describe the same function at
+  (``jsae.nn.pair.EVALUATION_POINT``, appendix D.1), so the probe and J describe the same function at
   the same point, as in the authors' ``linear.py`` / ``ablation.py`` (survey 1.7).
 * **Output value: what the output SAE's TopK reports** (``output="topk"``, default): ``s_y,i`` is
   the ReLU'd pre-activation if latent i is among the k largest at that input, else exactly 0.
@@ -54,9 +54,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from jsae.io import setup_logging, write_json
-from jsae.pair import EVALUATION_POINT, JSAEPair
+from jsae.nn.pair import EVALUATION_POINT, JSAEPair
 
-log = logging.getLogger("jsae.probes")
+log = logging.getLogger("jsae.eval.probes")
 
 N_POINTS = 100  # sweep points per function (appendix B)
 LINEAR_TOL = 1e-2  # absolute max residual of the least-squares line (authors' linear.py)
@@ -483,7 +483,7 @@ def run_probes(
 def write_probes(out_json: str | Path, metrics: dict[str, float], arrays: dict[str, np.ndarray],
                  identity: dict[str, Any], settings: dict[str, Any]) -> Path:
     """``probes.json`` (metrics, pair identity, settings) and ``probe_curves.npz`` next to it."""
-    from jsae.evaluate import write_npz
+    from jsae.eval.evaluate import write_npz
 
     out_json = Path(out_json)
     npz = out_json.with_name("probe_curves.npz")
@@ -501,7 +501,7 @@ def probe_settings(**extra: Any) -> dict[str, Any]:
 
 
 def cli(argv: list[str]) -> int:
-    from jsae.evaluate import add_common_arguments, run_cli
+    from jsae.eval.evaluate import add_common_arguments, run_cli
 
     p = argparse.ArgumentParser(
         prog="python -m jsae probes",
@@ -527,7 +527,7 @@ def cli(argv: list[str]) -> int:
 
 
 def _probes_cli(args: argparse.Namespace) -> int:
-    from jsae.evaluate import load_inputs, log_to_mlflow, mlflow_uri, pair_identity, run_field
+    from jsae.eval.evaluate import load_inputs, log_to_mlflow, mlflow_uri, pair_identity, run_field
 
     if args.n_samples < 1:
         raise ValueError(f"--n-samples={args.n_samples} is invalid; expected a positive integer")

@@ -39,7 +39,7 @@ import numpy as np
 
 from jsae.io import atomic_dir, read_json, setup_logging
 
-log = logging.getLogger("jsae.corpus")
+log = logging.getLogger("jsae.data.corpus")
 
 SPLITS = ("train", "validation")
 SOURCES = ("default", "bible", "stdlib", "files", "hf")
@@ -164,7 +164,7 @@ def hf_documents(dataset: str, *, config: str | None = None, split: str = "train
     """Documents from a ``datasets`` dataset (hub name or local folder/builder such as ``json``)."""
     import datasets
 
-    from jsae.models import _hub_reachable, hub_offline
+    from jsae.data.models import _hub_reachable, hub_offline
 
     local = Path(dataset).exists() or dataset in _PACKAGED_BUILDERS
     if not local and not hub_offline() and not _hub_reachable():  # fail in seconds, not after minutes of retries

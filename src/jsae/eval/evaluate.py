@@ -31,9 +31,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from jsae.hooks import mlp_module, replace_mlp_input, replace_mlp_output
+from jsae.data.hooks import mlp_module, replace_mlp_input, replace_mlp_output
 from jsae.io import atomic_path, setup_logging, write_json
-from jsae.metrics import (
+from jsae.eval.metrics import (
     DEFAULT_HIST_BINS,
     DEFAULT_HIST_MAX,
     DEFAULT_THRESHOLDS,
@@ -48,9 +48,9 @@ from jsae.metrics import (
     token_cross_entropy,
     token_kl,
 )
-from jsae.pair import EVALUATION_POINT, JSAEPair
+from jsae.nn.pair import EVALUATION_POINT, JSAEPair
 
-log = logging.getLogger("jsae.evaluate")
+log = logging.getLogger("jsae.eval.evaluate")
 
 #: Tokens for the CE / KL splice evaluation by default (appendix E: ~160K tokens, 10 x 8 x 2048).
 DEFAULT_CE_TOKENS = 160_000
@@ -341,7 +341,7 @@ def evaluate_pair(
 ) -> Evaluation:
     """Every appendix-E / F metric of ``pair`` on a validation cache (and the LM, for CE/KL).
 
-    ``cache`` is a :class:`jsae.cache.ActivationCache` (``read``, ``n_tokens``, ``contexts()``,
+    ``cache`` is a :class:`jsae.data.cache.ActivationCache` (``read``, ``n_tokens``, ``contexts()``,
     ``attrs``). Without ``model`` the CE/KL scores are skipped.
     """
     thresholds = check_thresholds(thresholds)
@@ -463,11 +463,11 @@ class Inputs:
 
 def load_inputs(model_spec: str, layer: int, run_dir: str, cache_path: str, *, device: str = "cpu") -> Inputs:
     """Load the model, the pair (from ``run_dir``) and the cache, failing fast on any mismatch."""
-    from jsae.cache import ActivationCache
+    from jsae.data.cache import ActivationCache
     from jsae.devices import resolve_device
     from jsae.export import load_pair, read_run
-    from jsae.mlp import mlp_from_module
-    from jsae.models import load_model
+    from jsae.nn.mlp import mlp_from_module
+    from jsae.data.models import load_model
 
     if not Path(run_dir).is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist; expected a trained pair (run.json, sae_in/, sae_out/)")

@@ -17,10 +17,10 @@ from typing import Any
 
 import pandas as pd
 
-from jsae.figures import EFFECTIVE_KEY, PairResult, ce_score_mean, default_jsae_lam, load_results, metric, pick_pair, sites_of
+from jsae.report.figures import EFFECTIVE_KEY, PairResult, ce_score_mean, default_jsae_lam, load_results, metric, pick_pair, sites_of
 from jsae.io import atomic_path, setup_logging, write_json
 
-log = logging.getLogger("jsae.summary")
+log = logging.getLogger("jsae.report.summary")
 
 ID_COLUMNS = ["model", "layer", "control", "lam", "k", "n_latents"]
 # shown first in the markdown table; the CSV has every scalar
@@ -258,7 +258,7 @@ def cli(argv: list[str]) -> int:
                                artifacts=args.artifacts, out_run=args.out_run)
         log.info("study run %s (%s) at %s: %s", record["run_id"], record["run_name"], args.mlflow_uri, record["status"])
         return 0
-    from jsae.figures import find_results
+    from jsae.report.figures import find_results
 
     results = load_results(args.inputs if args.inputs else find_results(args.eval_root))
     table, claims = write_summary(results, args.out_md, args.out_csv, args.jsae_lam)

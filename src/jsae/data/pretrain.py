@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from jsae.corpus import TokenStream, context_windows, corpus_info, iter_documents, make_contexts, tokenize_split
+from jsae.data.corpus import TokenStream, context_windows, corpus_info, iter_documents, make_contexts, tokenize_split
 from jsae.devices import resolve_device
 from jsae.io import atomic_dir, setup_logging, write_json
 
-log = logging.getLogger("jsae.pretrain")
+log = logging.getLogger("jsae.data.pretrain")
 
 SPECIAL_TOKEN = "<|endoftext|>"  # BOS, EOS, PAD and the document separator, as in GPT-2/Pythia
 

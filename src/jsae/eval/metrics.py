@@ -8,7 +8,7 @@ Conventions:
 
 * reconstruction: ``x`` / ``x_hat`` are ``[T, d]``; explained variance is a *ratio of sums* over the
   evaluation tokens (not the legacy mean of per-token ratios, which is kept as ``*_legacy``);
-* Jacobian: ``J`` is ``[T, k_out, k_in]`` as :meth:`jsae.pair.JSAEPair.jacobian` returns it (rows of
+* Jacobian: ``J`` is ``[T, k_out, k_in]`` as :meth:`jsae.nn.pair.JSAEPair.jacobian` returns it (rows of
   output latents the ReLU switched off are zero). Per-token shares use ``k_out * k_in`` (= k^2) as
   100%, as the paper's fig. 2 / 7 do.
 """

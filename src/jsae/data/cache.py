@@ -2,7 +2,7 @@
 
 Layout of ``FILE.h5``:
 
-* ``x`` ``[n_tokens, d_model]`` — the MLP input (what the MLP module receives, see :mod:`jsae.hooks`),
+* ``x`` ``[n_tokens, d_model]`` — the MLP input (what the MLP module receives, see :mod:`jsae.data.hooks`),
   float32, float16, or bfloat16 stored as its raw uint16 bits; chunked by rows (~1 MiB chunks).
   y = MLP(x) is recomputed from x when needed, never cached.
 * ``token_ids``, ``context_index``, ``position``, ``document`` ``[n_tokens]`` — for each row, its token,
@@ -41,14 +41,14 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from jsae.corpus import SPLITS, context_windows, corpus_info, make_contexts, tokenize_split
+from jsae.data.corpus import SPLITS, context_windows, corpus_info, make_contexts, tokenize_split
 from jsae.devices import resolve_device
-from jsae.hooks import capture_mlp_input, check_layer, mlp_module
+from jsae.data.hooks import capture_mlp_input, check_layer, mlp_module
 from jsae.io import setup_logging
-from jsae.mlp import mlp_from_module
-from jsae.pretrain import set_threads
+from jsae.nn.mlp import mlp_from_module
+from jsae.data.pretrain import set_threads
 
-log = logging.getLogger("jsae.cache")
+log = logging.getLogger("jsae.data.cache")
 
 DTYPES = ("float32", "float16", "bfloat16")
 _STORAGE = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}  # bf16 kept as raw bits
@@ -112,7 +112,7 @@ def build_cache(model: str, layer: int, corpus: str | os.PathLike[str], split: s
     ``n_tokens`` rows come from ``ceil(n_tokens / (context_length - 1))`` non-overlapping contexts drawn
     (with ``seed``) from the split; each context is BOS + ``context_length - 1`` tokens.
     """
-    from jsae.models import load_model, max_context_length
+    from jsae.data.models import load_model, max_context_length
 
     # Cheap checks first, then the model (still no heavy compute), then tokenisation and the forwards.
     if split not in SPLITS:

@@ -8,8 +8,8 @@ baseline (two TopK SAEs, the Jacobian is then not computed for the loss).
 
 Layers:
 
-* :class:`Trainer` trains a :class:`~jsae.pair.JSAEPair` in place from any :class:`BatchSource`
-  (the HDF5 :class:`~jsae.cache.ActivationCache`, or :class:`InMemorySource` in tests/benchmarks),
+* :class:`Trainer` trains a :class:`~jsae.nn.pair.JSAEPair` in place from any :class:`BatchSource`
+  (the HDF5 :class:`~jsae.data.cache.ActivationCache`, or :class:`InMemorySource` in tests/benchmarks),
   checkpointing atomically every N steps into a work directory and resuming from it exactly.
 * :func:`run_training` adds the run directory (SAELens export + ``run.json``, written to a temp dir
   and renamed), the finished-run / bad-input checks and MLflow tracking.
@@ -18,7 +18,7 @@ Layers:
 Metrics, every ``log_every`` steps (MLflow step = optimiser step; also ``metrics.jsonl``): ``loss``,
 ``in/mse``, ``out/mse`` and ``jac/l1_train`` (the loss's Jacobian term, 0 when lambda is 0) averaged
 over the steps since the last log; ``jac/l1`` and ``jac/frac_above_0.01`` (share of the k_out x k_in
-active |J| above 0.01, as :func:`jsae.metrics.frac_above`) on the logged step's batch, computed for
+active |J| above 0.01, as :func:`jsae.eval.metrics.frac_above`) on the logged step's batch, computed for
 lam = 0 too; ``lambda``, ``lr``; ``tokens_per_s``, ``reader_wait_fraction``; ``in/dead_fraction``,
 ``out/dead_fraction`` and ``*_count`` (:class:`DeadLatentTracker`).
 
@@ -54,14 +54,14 @@ from torch import Tensor
 
 from jsae.devices import autocast_dtype, resolve_device
 from jsae.io import atomic_dir, atomic_path, read_json, setup_logging, write_json
-from jsae.metrics import frac_above, threshold_key
-from jsae.mlp import MLP, mlp_from_module
-from jsae.pair import ACTIVATION_NORMALIZATIONS, EVALUATION_POINT, JSAEPair, expected_norm_scale, jacobian_l1
-from jsae.sae import TopKSAE
-from jsae.schedules import lambda_at, lr_at
-from jsae.validation import check_k
+from jsae.eval.metrics import frac_above, threshold_key
+from jsae.nn.mlp import MLP, mlp_from_module
+from jsae.nn.pair import ACTIVATION_NORMALIZATIONS, EVALUATION_POINT, JSAEPair, expected_norm_scale, jacobian_l1
+from jsae.nn.sae import TopKSAE
+from jsae.train.schedules import lambda_at, lr_at
+from jsae.nn.validation import check_k
 
-log = logging.getLogger("jsae.train")
+log = logging.getLogger("jsae.train.run")
 
 CONTROLS = ("trained", "reinit")
 CHECKPOINT_FORMAT = 1
@@ -195,7 +195,7 @@ def _check_positive_int(name: str, value: object) -> None:
 
 @runtime_checkable
 class BatchSource(Protocol):
-    """What training needs from a cache (``jsae.cache.ActivationCache`` satisfies it)."""
+    """What training needs from a cache (``jsae.data.cache.ActivationCache`` satisfies it)."""
 
     d_model: int
     attrs: Mapping[str, Any]
@@ -309,7 +309,7 @@ class Prefetcher:
 
 class DeadLatentTracker:
     """Tokens since each latent last fired (in the top-k with a positive value, as
-    :func:`jsae.metrics.firing_counts` defines firing; computed here without a host sync).
+    :func:`jsae.eval.metrics.firing_counts` defines firing; computed here without a host sync).
 
     A latent is dead when it has not fired within the last ``window`` tokens, where the window is
     ``min(window_tokens, tokens seen)`` so short runs report latents never fired so far (the
@@ -957,9 +957,9 @@ def train_from_files(
         return done
     if not Path(cache_path).is_file():
         raise FileNotFoundError(f"cache {cache_path} does not exist; expected an HDF5 activation cache (python -m jsae cache)")
-    from jsae.cache import ActivationCache, hook_name
-    from jsae.hooks import mlp_module
-    from jsae.models import load_model
+    from jsae.data.cache import ActivationCache, hook_name
+    from jsae.data.hooks import mlp_module
+    from jsae.data.models import load_model
 
     cache = ActivationCache.open(cache_path)
     check_cache_matches(cache.attrs, model=model, layer=layer)
