@@ -5,6 +5,12 @@ from __future__ import annotations
 import torch
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+#: Every dtype the package names in configs, files and CLIs, by its name.
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: SAE weights while training (fp16 weights underflow Adam's updates).
+TRAIN_DTYPES = ("float32", "float64", "bfloat16")
+#: Storage of cached activations (float64 only doubles the file).
+CACHE_DTYPES = ("float32", "float16", "bfloat16")
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from jsae.devices import DTYPES
 from jsae.io import atomic_dir, read_json, write_json
 from jsae.nn.mlp import MLP
 from jsae.nn.pair import JSAEPair
@@ -37,8 +38,8 @@ SAE_LENS_TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec")
 #: role -> (suffix of its SAELens hook_name, hook_point recorded in metadata)
 SAE_ROLES = {"sae_in": ("input", "mlp_input"), "sae_out": ("output", "mlp_output")}
 
-_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float64: "float64"}
-_DTYPES = {v: k for k, v in _DTYPE_NAMES.items()}
+_DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+_DTYPES = DTYPES
 
 
 def to_sae_lens_state_dict(sae: TopKSAE) -> dict[str, torch.Tensor]:

@@ -42,6 +42,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from jsae.data.corpus import SPLITS, context_windows, corpus_info, make_contexts, tokenize_split
+from jsae.checks import check_positive_int
+from jsae.devices import CACHE_DTYPES as DTYPES
 from jsae.devices import resolve_device
 from jsae.data.hooks import capture_mlp_input, check_layer, mlp_module
 from jsae.io import setup_logging
@@ -50,7 +52,6 @@ from jsae.data.pretrain import set_threads
 
 log = logging.getLogger("jsae.data.cache")
 
-DTYPES = ("float32", "float16", "bfloat16")
 _STORAGE = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}  # bf16 kept as raw bits
 FIRST_POSITION = "excluded"
 REQUIRED_ATTRS = ("model", "layer", "hook", "corpus_sha256", "context_length", "dtype", "n_tokens", "d_model", "seed",
@@ -99,11 +100,6 @@ def hook_name(model: torch.nn.Module, layer: int) -> str:
     return f"layers.{layer}.mlp.input"
 
 
-def _check_positive_int(name: str, value: object, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r} is invalid; expected an integer >= {minimum}")
-
-
 def build_cache(model: str, layer: int, corpus: str | os.PathLike[str], split: str, n_tokens: int, context_length: int,
                 out: str | os.PathLike[str], *, dtype: str = "float32", batch_size: int = 16, seed: int = 0,
                 device: str = "auto", progress: bool = True) -> dict:
@@ -117,9 +113,9 @@ def build_cache(model: str, layer: int, corpus: str | os.PathLike[str], split: s
     # Cheap checks first, then the model (still no heavy compute), then tokenisation and the forwards.
     if split not in SPLITS:
         raise ValueError(f"split={split!r} is invalid; expected one of {', '.join(SPLITS)}")
-    _check_positive_int("n_tokens", n_tokens)
-    _check_positive_int("context_length", context_length, 2)
-    _check_positive_int("batch_size", batch_size)
+    check_positive_int("n_tokens", n_tokens)
+    check_positive_int("context_length", context_length, minimum=2)
+    check_positive_int("batch_size", batch_size)
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is invalid; expected one of {', '.join(DTYPES)}")
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -371,8 +367,8 @@ class ActivationCache:
         ``start_batch`` skips exactly that many batches without reading them (resuming training), and
         the next buffer is read in a background thread while the caller works on the current one.
         """
-        _check_positive_int("batch_size", batch_size)
-        _check_positive_int("buffer_rows", buffer_rows)
+        check_positive_int("batch_size", batch_size)
+        check_positive_int("buffer_rows", buffer_rows)
         if isinstance(start_batch, bool) or not isinstance(start_batch, int) or start_batch < 0:
             raise ValueError(f"start_batch={start_batch!r} is invalid; expected an integer >= 0")
         buffer_chunks = max(1, math.ceil(max(buffer_rows, batch_size) / self.chunk_rows))

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from jsae.checks import check_positive_int, same_model
 from jsae.data.hooks import mlp_module, replace_mlp_input, replace_mlp_output
 from jsae.io import atomic_path, setup_logging, write_json
 from jsae.eval.metrics import (
@@ -70,18 +71,6 @@ class Evaluation:
 # --------------------------------------------------------------------------------------------------
 
 
-def _same_model(a: object, b: object) -> bool:
-    """Model specs are equal as strings or as the same existing directory (relative vs absolute)."""
-    if a is None or b is None:
-        return True
-    sa, sb = str(a), str(b)
-    if sa == sb:
-        return True
-    if os.path.exists(sa) and os.path.exists(sb):
-        return os.path.realpath(sa) == os.path.realpath(sb)
-    return os.path.normpath(sa).rstrip("/") == os.path.normpath(sb).rstrip("/")
-
-
 def run_field(run: dict, name: str) -> Any:
     """A field of run.json, looked up at the top level, then under ``params``, ``pair`` and ``cache``."""
     if name in run:
@@ -108,10 +97,10 @@ def check_pair_matches(
     written, ``tokenizer`` / ``tokenizer_sha256``), and the width of the cached activations.
     """
     run_model, cache_model = run_field(run, "model"), cache_attrs.get("model")
-    if not _same_model(run_model, cache_model):
+    if not same_model(run_model, cache_model):
         raise ValueError(f"the pair was trained on model {run_model!r} but the cache holds model {cache_model!r}; "
                          "expected a cache of the same model")
-    if model_spec is not None and not _same_model(run_model, model_spec):
+    if model_spec is not None and not same_model(run_model, model_spec):
         raise ValueError(f"--model {model_spec!r} differs from the model the pair was trained on ({run_model!r}); "
                          "expected the same model")
     run_layer, cache_layer = run_field(run, "layer"), cache_attrs.get("layer")
@@ -144,13 +133,6 @@ def check_tokenizer(tokenizer: Any, cache_attrs: dict, contexts: np.ndarray) -> 
     if cached_bos is not None and bos is not None and int(cached_bos) != int(bos):
         raise ValueError(f"the cache's contexts start with token {cached_bos} but this tokenizer's BOS is {bos}; "
                          "expected the tokenizer the cache was built with")
-
-
-def check_positive_int(name: str, value: object, *, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} is invalid; expected a positive integer")
 
 
 # --------------------------------------------------------------------------------------------------

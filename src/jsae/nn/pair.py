@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from jsae.nn.jacobian import DEFAULT_CHUNK_ELEMENTS, active_jacobian, active_jacobian_l1, jacobian_authors_formulation
 from jsae.nn.mlp import MLP, mlp_from_module
 from jsae.nn.sae import TopKSAE
-from jsae.nn.validation import check_features
+from jsae.checks import check_features
 
 #: Where the Jacobian and the output SAE's input are evaluated; recorded in every run's params.
 EVALUATION_POINT = "true_mlp_input"

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jsae.nn.validation import check_features, check_k
+from jsae.checks import check_features, check_k
 
 
 class _TopKEncode(torch.autograd.Function):

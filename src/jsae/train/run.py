@@ -52,14 +52,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from jsae.devices import autocast_dtype, resolve_device
+from jsae.devices import DTYPES, TRAIN_DTYPES, autocast_dtype, resolve_device
 from jsae.io import atomic_dir, atomic_path, read_json, setup_logging, write_json
 from jsae.eval.metrics import frac_above, threshold_key
 from jsae.nn.mlp import MLP, mlp_from_module
 from jsae.nn.pair import ACTIVATION_NORMALIZATIONS, EVALUATION_POINT, JSAEPair, expected_norm_scale, jacobian_l1
 from jsae.nn.sae import TopKSAE
 from jsae.train.schedules import lambda_at, lr_at
-from jsae.nn.validation import check_k
+from jsae.checks import check_k, check_positive_int, same_model
 
 log = logging.getLogger("jsae.train.run")
 
@@ -72,7 +72,6 @@ JAC_THRESHOLD = 0.01
 SCALAR_PARTS = ("loss", "mse_in", "mse_out", "jac")
 #: Tokens read from the start of the data order to estimate the activation scales (expected_norm).
 NORM_ESTIMATE_TOKENS = 65536
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -119,7 +118,7 @@ class TrainConfig:
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
             raise ValueError(f"lam={lam!r} is invalid; expected a finite number >= 0 (0 trains the traditional-SAE baseline)")
         for name in ("n_tokens", "batch_size", "dead_window_tokens"):
-            _check_positive_int(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         if self.n_steps < 1:
             raise ValueError(
                 f"n_tokens={self.n_tokens} with batch_size={self.batch_size} gives zero training steps; "
@@ -128,7 +127,7 @@ class TrainConfig:
         for name in ("k", "n_latents", "k_out", "n_latents_out"):
             value = getattr(self, name)
             if value is not None or name == "k":
-                _check_positive_int(name, value)
+                check_positive_int(name, value)
         if self.n_latents is None:
             e = self.expansion
             if isinstance(e, bool) or not isinstance(e, (int, float)) or not math.isfinite(e) or e <= 0:
@@ -154,8 +153,8 @@ class TrainConfig:
             raise ValueError(f"grad_clip={gc!r} is invalid; expected a positive number or None (no clipping)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed={self.seed!r} is invalid; expected a non-negative integer")
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"dtype={self.dtype!r} is invalid; expected one of {', '.join(_DTYPES)}")
+        if self.dtype not in TRAIN_DTYPES:
+            raise ValueError(f"dtype={self.dtype!r} is invalid; expected one of {', '.join(TRAIN_DTYPES)}")
         if self.normalize_activations not in ACTIVATION_NORMALIZATIONS:
             raise ValueError(
                 f"normalize_activations={self.normalize_activations!r} is invalid; "
@@ -181,11 +180,6 @@ class TrainConfig:
                 "expected 1 <= k <= latents for each SAE"
             ) from None
         return {"n_latents_in": n_in, "n_latents_out": n_out, "k_in": k_in, "k_out": k_out}
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} is invalid; expected a positive integer")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -223,7 +217,7 @@ class InMemorySource:
         return torch.randperm(self.n_tokens, generator=g)
 
     def batches(self, batch_size: int, *, seed: int, start_batch: int = 0) -> Iterator[Tensor]:
-        _check_positive_int("batch_size", batch_size)
+        check_positive_int("batch_size", batch_size)
         n = self.n_tokens
         pos = start_batch * batch_size
         pass_index, offset = divmod(pos, n)
@@ -422,8 +416,8 @@ class Trainer:
         prefetch: int = 4,
     ) -> None:
         config.validate()
-        _check_positive_int("checkpoint_every", checkpoint_every)
-        _check_positive_int("log_every", log_every)
+        check_positive_int("checkpoint_every", checkpoint_every)
+        check_positive_int("log_every", log_every)
         if source.d_model != pair.sae_in.d_in:
             raise ValueError(
                 f"the cache holds activations of width {source.d_model}; expected the MLP input width {pair.sae_in.d_in}"
@@ -717,7 +711,7 @@ def build_pair(mlp: MLP | torch.nn.Module, config: TrainConfig, *, device: torch
     """Two freshly initialised TopK SAEs around ``mlp`` (seeds ``seed`` and ``seed + 1``)."""
     mlp = mlp_from_module(mlp)
     dims = config.dims(mlp.d_in, mlp.d_out)
-    dtype = _DTYPES[config.dtype]
+    dtype = DTYPES[config.dtype]
     sae_in = TopKSAE(mlp.d_in, dims["n_latents_in"], dims["k_in"], seed=config.seed, dtype=dtype)
     sae_out = TopKSAE(mlp.d_out, dims["n_latents_out"], dims["k_out"], seed=config.seed + 1, dtype=dtype)
     return JSAEPair(sae_in, sae_out, mlp).to(device)
@@ -909,16 +903,6 @@ def run_training(
 # --------------------------------------------------------------------------------------------------
 # From files (the CLI and the Snakemake rule)
 # --------------------------------------------------------------------------------------------------
-
-
-def same_model(a: object, b: object) -> bool:
-    """Model specs match as strings or as the same existing directory (relative vs absolute)."""
-    sa, sb = str(a), str(b)
-    if sa == sb:
-        return True
-    if os.path.exists(sa) and os.path.exists(sb):
-        return os.path.realpath(sa) == os.path.realpath(sb)
-    return os.path.normpath(sa) == os.path.normpath(sb)
 
 
 def check_cache_matches(attrs: Mapping[str, Any], *, model: str, layer: int) -> None:

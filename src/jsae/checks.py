@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor
 
@@ -23,3 +25,27 @@ def check_features(x: object, d: int, name: str = "x") -> None:
     if not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name} has {bad} non-finite values (NaN/inf); expected finite activations")
+
+
+def check_positive_int(name: str, value: object, *, minimum: int = 1, allow_none: bool = False) -> None:
+    """``value`` must be an integer >= ``minimum`` (None passes when ``allow_none``)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name}={value!r} is invalid; expected {expected}")
+
+
+def same_model(a: object, b: object) -> bool:
+    """Model specs name the same model: equal as strings, or the same directory (relative vs absolute).
+
+    ``None`` (not recorded) matches anything: older records carry no model.
+    """
+    if a is None or b is None:
+        return True
+    sa, sb = str(a), str(b)
+    if sa == sb:
+        return True
+    if os.path.exists(sa) and os.path.exists(sb):
+        return os.path.realpath(sa) == os.path.realpath(sb)
+    return os.path.normpath(sa).rstrip("/") == os.path.normpath(sb).rstrip("/")
