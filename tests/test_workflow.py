@@ -19,7 +19,7 @@ SNAKEFILE = REPO / "workflow" / "Snakefile"
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 SHIPPED = ["config.yaml", "smollm2.yaml", "pythia-70m.yaml", "pythia-410m.yaml"]
-MICRO = REPO / "tests" / "micro" / "config.yaml"
+MICRO = REPO / ".test" / "config" / "config.yaml"
 
 
 def snakemake(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
