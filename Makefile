@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q $(PIP_EXTRA) -e '.[test]'
 	touch $(STAMP)
 
+# profiles/default (the workflow profile) supplies `cores: all` and `resources: gpu=1`
 run: $(STAMP)
-	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/snakemake --cores all --resources gpu=1
+	$(VENV)/bin/snakemake
 
 test: $(STAMP)
 	$(PY) -m pytest -q

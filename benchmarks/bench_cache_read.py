@@ -12,7 +12,8 @@ then measures tokens/s for
 * ``batches + consumer`` — with a simulated training step of fixed cost per batch, to show whether the
   reader ever makes training wait (its time per batch is compared with the consumer alone).
 
-Usage: ``python benchmarks/bench_cache_read.py [--tokens 1000000] [--d-model 128] [--batch-size 4096] [--dtype float32]``.
+Usage: ``python benchmarks/bench_cache_read.py [--tokens 1000000] [--d-model 128] [--batch-size 4096]
+[--dtype float32]``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 
 from jsae.data.cache import _STORAGE, FIRST_POSITION, ActivationCache, _chunk_rows, _to_storage
+from jsae.devices import CACHE_DTYPES
 
 
 def write_synthetic_cache(path: Path, n_tokens: int, d_model: int, dtype: str, context_length: int = 128) -> None:
@@ -36,10 +38,12 @@ def write_synthetic_cache(path: Path, n_tokens: int, d_model: int, dtype: str, c
     rng = np.random.default_rng(0)
     storage = np.dtype(_STORAGE[dtype])
     with h5py.File(path, "w") as f:
-        x = f.create_dataset("x", shape=(n_tokens, d_model), dtype=storage, chunks=(_chunk_rows(d_model, storage.itemsize, n_tokens), d_model))
+        chunks = (_chunk_rows(d_model, storage.itemsize, n_tokens), d_model)
+        x = f.create_dataset("x", shape=(n_tokens, d_model), dtype=storage, chunks=chunks)
         step = 1 << 16
         for i in range(0, n_tokens, step):
-            x[i : i + step] = _to_storage(torch.from_numpy(rng.standard_normal((min(step, n_tokens - i), d_model), dtype=np.float32)), dtype)
+            block = rng.standard_normal((min(step, n_tokens - i), d_model), dtype=np.float32)
+            x[i : i + step] = _to_storage(torch.from_numpy(block), dtype)
         f["contexts"] = rng.integers(0, 4096, (n_ctx, context_length), dtype=np.int32)
         f["token_ids"] = f["contexts"][:, 1:].reshape(-1)[:n_tokens]
         f["context_index"] = np.repeat(np.arange(n_ctx, dtype=np.int32), body)[:n_tokens]
@@ -63,7 +67,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=1_000_000)
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=4096)
-    p.add_argument("--dtype", default="float32", choices=tuple(_STORAGE))
+    p.add_argument("--dtype", default="float32", choices=CACHE_DTYPES)
     p.add_argument("--batches", type=int, default=200, help="batches timed per reader")
     p.add_argument("--consumer-ms", type=float, default=20.0, help="simulated training step per batch")
     p.add_argument("--threads", type=int, default=1)
@@ -115,8 +119,8 @@ def main() -> None:
     print(f"{'reader':<30} {'tokens/s':>14} {'vs in-RAM':>10}")
     for name, r in results.items():
         print(f"{name:<30} {r:>14,.0f} {r / base:>9.2f}x")
-    print(f"with a {a.consumer_ms:g} ms/batch consumer: {with_consumer:,.0f} tokens/s vs consumer alone {alone:,.0f} tokens/s "
-          f"-> reader overhead {alone / with_consumer - 1:+.1%}")
+    print(f"with a {a.consumer_ms:g} ms/batch consumer: {with_consumer:,.0f} tokens/s "
+          f"vs consumer alone {alone:,.0f} tokens/s -> reader overhead {alone / with_consumer - 1:+.1%}")
 
 
 def _busy(seconds: float) -> None:

@@ -4,8 +4,8 @@ The loop (``jsae.eval.probes.probe_loop``) does what the authors' ``linear.py`` 
 forward of the 100 sweep points through MLP -> output encoder and a CPU ``lstsq`` + ``.item()``
 classification. The batched path (``jsae.eval.probes.probe_batch``) sweeps many samples per forward and
 classifies them with closed-form masked least squares; samples sharing (token, input latent j) share
-one sweep (with the default sampling, every active output latent of a sampled (token, j)). Both probe the same samples; the script
-checks that their labels agree and prints samples/s and the ratio (goal: >= 50x).
+one sweep (with the default sampling, every active output latent of a sampled (token, j)). Both probe the same
+samples; the script checks that their labels agree and prints samples/s and the ratio (goal: >= 50x).
 
     .venv/bin/python benchmarks/bench_probes.py [--d 128 --d-mlp 512 --n-latents 4096 --k 32]
         [--samples 4096 --loop-samples 256 --device cpu --threads N]
@@ -21,8 +21,8 @@ from transformers import GPTNeoXConfig
 from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXMLP
 
 from jsae.devices import resolve_device
-from jsae.nn.pair import JSAEPair
 from jsae.eval.probes import probe_batch, probe_loop, sample_probes
+from jsae.nn.pair import JSAEPair
 from jsae.nn.sae import TopKSAE
 
 
@@ -49,7 +49,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     torch.manual_seed(0)
-    module = GPTNeoXMLP(GPTNeoXConfig(hidden_size=args.d, intermediate_size=args.d_mlp, hidden_act="gelu", num_attention_heads=4))
+    config = GPTNeoXConfig(hidden_size=args.d, intermediate_size=args.d_mlp, hidden_act="gelu", num_attention_heads=4)
+    module = GPTNeoXMLP(config)
     sae_in = TopKSAE(args.d, args.n_latents, args.k, seed=1)
     sae_out = TopKSAE(args.d, args.n_latents, args.k, seed=2)
     pair = JSAEPair(sae_in, sae_out, module).to(device).eval()

@@ -7,7 +7,8 @@ expansion 32, k 32) at 2048 and 4096 tokens per batch.
 
 Timings are interleaved (a, b, c, d, a, b, ...) so machine load drifts hit every variant alike;
 the median of the repeats is reported. ``--clock process`` measures this process's CPU time
-instead of wall time: with ``--threads 1`` it is nearly immune to other load on a shared machine. Peak memory is measured in a fresh subprocess per variant
+instead of wall time: with ``--threads 1`` it is nearly immune to other load on a shared machine.
+Peak memory is measured in a fresh subprocess per variant
 (CPU: peak RSS above the process's RSS after set-up; CUDA: torch.cuda.max_memory_allocated).
 
     python benchmarks/bench_step.py                 # Pythia-70m sizes, CPU or CUDA (auto)
@@ -57,7 +58,7 @@ def build(variant: str, d: int, d_mlp: int, n: int, k: int, device: torch.device
     def step(x: torch.Tensor) -> None:
         opt.zero_grad(set_to_none=True)
         if variant.startswith("pair"):
-            loss, _ = pair.loss(x, jacobian_coef=1.0)
+            loss, _ = pair.loss(x, lam=1.0)
         else:
             with torch.no_grad():
                 y = mlp(x)
@@ -136,8 +137,10 @@ def measure_memory(args) -> dict[int, dict[str, float]]:
     for tokens in args.tokens:
         out[tokens] = {}
         for v in VARIANTS:
-            cmd = [sys.executable, __file__, "--child-variant", v, "--child-tokens", str(tokens), "--device", args.device,
-                   "--d", str(args.d), *(["--threads", str(args.threads)] if args.threads else []), "--d-mlp", str(args.d_mlp), "--expansion", str(args.expansion), "--k", str(args.k)]
+            cmd = [sys.executable, __file__, "--child-variant", v, "--child-tokens", str(tokens),
+                   "--device", args.device, "--d", str(args.d),
+                   *(["--threads", str(args.threads)] if args.threads else []),
+                   "--d-mlp", str(args.d_mlp), "--expansion", str(args.expansion), "--k", str(args.k)]
             res = subprocess.run(cmd, capture_output=True, text=True, check=True)
             out[tokens][v] = json.loads(res.stdout.strip().splitlines()[-1])["peak_bytes"] / 2**20
     return out
@@ -167,7 +170,8 @@ def main() -> None:
         return
     device = resolve_device(args.device)
     torch.manual_seed(0)
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    machine = f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     if device.type == "cuda":
         machine = f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
     print(f"device: {device} ({machine}); d={args.d} d_mlp={args.d_mlp} n={args.d * args.expansion} k={args.k}; "

@@ -4,7 +4,7 @@ For each size (the default study's tiny-neox and Pythia-70m's d 512, d_mlp 2048,
 k 32) it builds a real cache with ``jsae.data.cache.build_cache`` from a randomly initialised GPT-NeoX of
 those widths (so reading, shuffling and prefetching are the real code paths), then times
 
-* ``trainer``: :class:`jsae.train.run.Trainer` end to end (cache reader, schedules, Adam, decoder renorm,
+* ``trainer``: :class:`jsae.train.trainer.Trainer` end to end (cache reader, schedules, Adam, decoder renorm,
   dead-latent tracking, metric logging), for the JSAE pair (lam = 1) and the lam = 0 pair;
 * ``bare``: the same optimisation step on batches already in memory (no reader, no bookkeeping),
   the baseline the trainer's overhead is measured against. Trainer and baseline steps alternate
@@ -33,12 +33,11 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import torch  # noqa: E402
 
 from jsae.devices import resolve_device  # noqa: E402
-from jsae.train.run import Trainer, TrainConfig, build_pair  # noqa: E402
+from jsae.train import TrainConfig, Trainer, build_pair  # noqa: E402
 
 # name: (d_model, d_mlp, expansion, k, default batch size on CPU, default timed steps on CPU)
 SIZES = {
@@ -107,8 +106,8 @@ class BareSteps:
 def bench_size(name: str, args, device: torch.device, root: Path) -> list[dict]:
     from jsae.data.cache import ActivationCache
     from jsae.data.hooks import mlp_module
-    from jsae.nn.mlp import mlp_from_module
     from jsae.data.models import load_model
+    from jsae.nn.mlp import mlp_from_module
 
     d, d_mlp, expansion, k, batch_default, steps_default = SIZES[name]
     B = args.batch_size or batch_default
@@ -131,7 +130,7 @@ def bench_size(name: str, args, device: torch.device, root: Path) -> list[dict]:
         # load drifts on a shared machine hit both alike; medians of per-step times are reported.
         marks: list[tuple[float, float]] = []
 
-        def interleave(_step: int) -> None:
+        def interleave(_step: int, bare: BareSteps = bare, marks: list = marks) -> None:
             t_end = time.perf_counter()
             bare.step()
             marks.append((t_end, time.perf_counter()))

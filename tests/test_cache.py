@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_models import no_network, tiny_corpus, tiny_models, tiny_tokenizer  # noqa: F401  (fixtures)
 
 import jsae.data.cache as cache_mod
 from jsae.data.cache import REQUIRED_ATTRS, ActivationCache, build_cache
 from jsae.data.hooks import mlp_module
 from jsae.data.models import load_model
-from test_models import no_network, tiny_corpus, tiny_models, tiny_tokenizer  # noqa: F401  (fixtures)
 
 CTX = 24
 N = 500  # rows: 22 contexts of 23 rows, the last one partly used

@@ -7,11 +7,18 @@ import json
 
 import numpy as np
 import pytest
+from test_models import no_network, tiny_corpus, tiny_tokenizer  # noqa: F401  (fixtures)
 
 from jsae.data import corpus as corpus_mod
-from jsae.data.corpus import (build_corpus, corpus_info, make_contexts, read_documents, split_documents, stdlib_docstrings,
-                         tokenize_split)
-from test_models import no_network, tiny_corpus, tiny_tokenizer  # noqa: F401  (fixtures)
+from jsae.data.corpus import (
+    build_corpus,
+    corpus_info,
+    make_contexts,
+    read_documents,
+    split_documents,
+    stdlib_docstrings,
+    tokenize_split,
+)
 
 
 def test_default_corpus_is_offline_seeded_and_hashed(tmp_path, no_network):  # noqa: F811

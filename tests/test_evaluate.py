@@ -12,22 +12,20 @@ import pytest
 import torch
 from torch import nn
 
-from jsae.eval.evaluate import (
-    Evaluation,
-    activation_metrics,
-    check_pair_matches,
-    check_tokenizer,
-    check_tokenizer_covers,
-    evaluate_pair,
-    log_to_mlflow,
-    pair_identity,
-    splice_scores,
-    write_evaluation,
-)
 from jsae.data.hooks import capture_mlp_input, decoder_layers, mlp_module
-from jsae.eval.metrics import dead_and_rare, explained_variance, firing_counts, frac_above, lp_norms, mean_cosine_similarity
+from jsae.eval.evaluate import Evaluation, activation_metrics, evaluate_pair, splice_scores, write_evaluation
+from jsae.eval.inputs import check_pair_matches, check_tokenizer, check_tokenizer_covers, pair_identity
+from jsae.eval.metrics import (
+    dead_and_rare,
+    explained_variance,
+    firing_counts,
+    frac_above,
+    lp_norms,
+    mean_cosine_similarity,
+)
 from jsae.nn.pair import JSAEPair
 from jsae.nn.sae import TopKSAE
+from jsae.tracking import log_to_pair_run
 
 D, LAYER, VOCAB, CTX = 16, 1, 50, 12
 
@@ -285,7 +283,7 @@ def test_mlflow_logging_to_the_pairs_run(tmp_path):
     run_id = client.create_run(exp).info.run_id
     f = tmp_path / "evaluation.json"
     f.write_text("{}")
-    assert log_to_mlflow(uri, run_id, {"in/explained_variance": 0.9, "jac/frac_above_0.01": 0.1}, [f])
+    assert log_to_pair_run(uri, run_id, {"in/explained_variance": 0.9, "jac/frac_above_0.01": 0.1}, [f])
     logged = client.get_run(run_id).data.metrics
     assert logged["in/explained_variance"] == 0.9 and logged["jac/frac_above_0.01"] == 0.1
     assert [a.path for a in client.list_artifacts(run_id, "evaluation")] == ["evaluation/evaluation.json"]
@@ -294,11 +292,11 @@ def test_mlflow_logging_to_the_pairs_run(tmp_path):
 def test_mlflow_unreachable_or_off_only_warns():
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        assert not log_to_mlflow("http://127.0.0.1:9", "deadbeef", {"a": 1.0})
+        assert not log_to_pair_run("http://127.0.0.1:9", "deadbeef", {"a": 1.0})
         assert any("MLflow" in str(x.message) for x in w)
-    assert not log_to_mlflow(None, "run", {"a": 1.0})
+    assert not log_to_pair_run(None, "run", {"a": 1.0})
     with pytest.warns(UserWarning, match="mlflow_run_id"):
-        assert not log_to_mlflow("http://127.0.0.1:9", None, {"a": 1.0})
+        assert not log_to_pair_run("http://127.0.0.1:9", None, {"a": 1.0})
 
 
 def test_evaluation_dataclass_defaults():
@@ -313,6 +311,7 @@ def test_evaluation_dataclass_defaults():
 def real_run(tmp_path_factory):
     """A tiny GPT-NeoX saved with save_pretrained, its corpus, train/validation caches and a trained pair."""
     from builders import build_tiny_saved_lm
+
     from jsae.data.cache import build_cache
     from jsae.train.run import TrainConfig, train_from_files
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jsae.report import figures
+from jsae.report.results import default_jsae_lam, load_results, sites_of
 
 LAMS = (0.0, 0.1, 0.3, 1.0, 3.0)
 REINIT_LAMS = (0.0, 1.0)
@@ -89,18 +90,18 @@ def write_synthetic_study(root: Path, *, model: str = "tiny-neox", layers: tuple
 
 def test_load_results_merges_evaluation_and_probes(tmp_path):
     files = write_synthetic_study(tmp_path)
-    results = figures.load_results(files)
+    results = load_results(files)
     assert len(results) == len(LAMS) + len(REINIT_LAMS)
     r = next(r for r in results if r.control == "trained" and r.lam == 1.0)
     assert r.model == "tiny-neox" and r.layer == 2  # the model name comes from the path, not the spec
     assert r.metrics["jac/frac_above_0.01"] == pytest.approx(synthetic_metrics(1.0, "trained")["jac/frac_above_0.01"])
     assert r.probes["probe/linear_frac"] == pytest.approx(synthetic_probes(1.0)["probe/linear_frac"])
     assert r.stats()["hist_counts"].sum() > 0
-    assert figures.default_jsae_lam(results) == 1.0
+    assert default_jsae_lam(results) == 1.0
 
 
 def test_every_figure_renders_pdf_and_png(tmp_path):
-    results = figures.load_results(write_synthetic_study(tmp_path))
+    results = load_results(write_synthetic_study(tmp_path))
     written = figures.render(list(figures.FIGURES), results, tmp_path / "fig", jsae_lam=1.0)
     assert [p.name for p in written] == [f"{n}.{ext}" for n in figures.FIGURES for ext in ("pdf", "png")]
     for pdf, png in zip(written[::2], written[1::2]):
@@ -121,8 +122,8 @@ def captured_figures(monkeypatch):
 
 
 def test_two_sites_get_one_panel_each(tmp_path, captured_figures):
-    results = figures.load_results(write_synthetic_study(tmp_path, layers=(1, 3)))
-    assert figures.sites_of(results) == [("tiny-neox", 1), ("tiny-neox", 3)]
+    results = load_results(write_synthetic_study(tmp_path, layers=(1, 3)))
+    assert sites_of(results) == [("tiny-neox", 1), ("tiny-neox", 3)]
     figures.render(["fig2", "fig8", "fig36"], results, tmp_path, jsae_lam=0.3)
     assert [ax.get_title() for ax in captured_figures["fig2"].axes] == ["tiny-neox, layer 1", "tiny-neox, layer 3"]
     assert len(captured_figures["fig8"].axes) == 6  # a row of three panels per site
@@ -130,7 +131,7 @@ def test_two_sites_get_one_panel_each(tmp_path, captured_figures):
 
 
 def test_fig5_labels_every_lambda(tmp_path, captured_figures):
-    results = figures.load_results(write_synthetic_study(tmp_path))
+    results = load_results(write_synthetic_study(tmp_path))
     figures.fig5(results, tmp_path)
     ax = captured_figures["fig5"].axes[0]
     assert sorted(t.get_text() for t in ax.texts) == sorted(f"λ={lam:g}" for lam in LAMS)
@@ -143,7 +144,7 @@ def test_fig5_labels_every_lambda(tmp_path, captured_figures):
 
 
 def test_global_shares_fall_back_to_the_matrix(tmp_path):
-    results = figures.load_results(write_synthetic_study(tmp_path))
+    results = load_results(write_synthetic_study(tmp_path))
     r = next(r for r in results if r.lam == 0.0 and r.control == "trained")
     for key in [k for k in r.metrics if k.startswith("jac/global_frac_above_")]:
         del r.metrics[key]
@@ -153,20 +154,20 @@ def test_global_shares_fall_back_to_the_matrix(tmp_path):
 
 
 def test_missing_pair_is_a_clear_error(tmp_path):
-    results = figures.load_results(write_synthetic_study(tmp_path, reinit_lams=(0.0,)))
+    results = load_results(write_synthetic_study(tmp_path, reinit_lams=(0.0,)))
     with pytest.raises(ValueError, match=r"fig7 needs the re-init, λ = 1 pair"):
         figures.render(["fig7"], results, tmp_path / "fig", jsae_lam=1.0)
     with pytest.raises(ValueError, match="unknown figure 'fig99'"):
         figures.render(["fig99"], results, tmp_path / "fig")
     with pytest.raises(ValueError, match="fig8 needs probes.json"):
-        figures.render(["fig8"], figures.load_results(write_synthetic_study(tmp_path / "np", probes=False)), tmp_path)
+        figures.render(["fig8"], load_results(write_synthetic_study(tmp_path / "np", probes=False)), tmp_path)
 
 
 def test_bad_json_is_a_clear_error(tmp_path):
     bad = tmp_path / "evaluation.json"
     bad.write_text(json.dumps({"nothing": 1}))
     with pytest.raises(ValueError, match="has no 'metrics' object"):
-        figures.load_results([bad])
+        load_results([bad])
 
 
 def test_cli_writes_the_requested_figure_only(tmp_path):

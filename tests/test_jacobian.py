@@ -102,7 +102,7 @@ def test_chunking_and_batch_restriction_do_not_change_values_or_grads(name):
     for chunk_elements, n_tokens in [(1 << 22, 50), (1, 50), (100, 50)]:
         pair = make_pair(module)
         pair.chunk_elements = chunk_elements
-        loss, _ = pair.loss(x[:n_tokens], jacobian_coef=2.0)
+        loss, _ = pair.loss(x[:n_tokens], lam=2.0)
         loss.backward()
         results.append((pair(x).jacobian.detach(), [p.grad.clone() for p in pair.parameters()]))
     for J, grads in results[1:]:

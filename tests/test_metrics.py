@@ -128,6 +128,19 @@ def test_frac_above_each_threshold_separately(tau):
                                   0.04: "jac/frac_above_0.04"}[tau]
 
 
+def test_metric_keys_are_the_contract_strings():
+    """The key constants are spelled exactly as evaluation.json, summary.csv and MLflow carry them."""
+    from jsae.eval import metrics as m
+
+    assert (m.JAC_FRAC_KEY, m.EFFECTIVE_SHARE_KEY, m.JAC_L1_KEY, m.JAC_LINF_KEY) == (
+        "jac/frac_above_0.01", "jac/effective_share", "jac/l1", "jac/linf")
+    assert (m.IN_EV_KEY, m.OUT_EV_KEY, m.IN_CE_SCORE_KEY, m.OUT_CE_SCORE_KEY, m.CE_SCORE_MEAN_KEY) == (
+        "in/explained_variance", "out/explained_variance", "in/ce_loss_score", "out/ce_loss_score", "ce/score_mean")
+    assert (m.global_threshold_key(0.005), m.splice_key("kl", "recon_in"), m.probe_frac_key("on_line"),
+            m.N_TOKENS_KEY, m.lp_key(4.0)) == (
+        "jac/global_frac_above_0.005", "kl/recon_in", "probe/on_line_frac", "eval/n_tokens", "jac/l4")
+
+
 @pytest.mark.parametrize("bad", [[0.0], [-0.01], [float("nan")], [], [float("inf")], [True]])
 def test_thresholds_must_be_positive(bad):
     with pytest.raises(ValueError, match="threshold"):

@@ -6,7 +6,6 @@ sqlite store; the test then reads the rendered DOM of the experiment's runs page
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -58,8 +57,7 @@ def _render(url: str, profile: Path) -> str:
 
 @pytest.fixture
 def study_store(tmp_path):
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from jsae.tracking import Tracker, init_tracking_store
+    from jsae.tracking import Tracker, init_tracking_store  # also switches MLflow's telemetry off
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     init_tracking_store(uri)
@@ -80,11 +78,10 @@ def study_store(tmp_path):
 def mlflow_server(tmp_path, study_store):
     uri, exp_id, ids = study_store
     port = _free_port()
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
          "--port", str(port), "--workers", "1"],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"),
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"),
     )
     try:
         _wait_http(f"http://127.0.0.1:{port}/health", timeout=120)

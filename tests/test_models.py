@@ -18,9 +18,9 @@ import torch
 from jsae.data.cache import ActivationCache, build_cache
 from jsae.data.corpus import build_corpus
 from jsae.data.hooks import mlp_module
-from jsae.nn.mlp import mlp_from_module
 from jsae.data.models import load_model, max_context_length, reinit_model, resolve_spec, save_reinit
 from jsae.data.pretrain import train_tokenizer
+from jsae.nn.mlp import mlp_from_module
 
 FAMILIES = ("neox", "gpt2", "llama")
 CTX = 24

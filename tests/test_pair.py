@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from builders import D, build_hf_mlp
-from jsae import JSAEPair, TopKSAE
 from oracle import naive_pair_loss
 from test_jacobian import make_pair
+
+from jsae import JSAEPair, TopKSAE
 
 
 @pytest.mark.parametrize("name", ["neox-gelu", "gpt2-gelu-new", "llama-silu", "gemma3-gelu-tanh"])
@@ -17,7 +17,7 @@ def test_loss_and_gradients_match_dense_autograd(name, coef):
     module = build_hf_mlp(name)
     x = torch.randn(5, D, dtype=torch.float64)
     pair = make_pair(module)
-    loss, parts = pair.loss(x, jacobian_coef=coef)
+    loss, parts = pair.loss(x, lam=coef)
     loss.backward()
     ours = {n: p.grad.clone() for n, p in pair.named_parameters()}
 
@@ -25,12 +25,12 @@ def test_loss_and_gradients_match_dense_autograd(name, coef):
     ref = naive_pair_loss(ref_pair, module, x, coef)
     ref.backward()
     torch.testing.assert_close(loss, ref, rtol=1e-10, atol=1e-12)
-    assert float(parts["loss"]) == pytest.approx(float(ref.detach()), rel=1e-10)
-    assert float(parts["mse_in"] + parts["mse_out"] + coef * parts["jac"]) == pytest.approx(float(loss.detach()), rel=1e-12)
+    assert float(parts.loss) == pytest.approx(float(ref.detach()), rel=1e-10)
+    assert float(parts.mse_in + parts.mse_out + coef * parts.jac) == pytest.approx(float(loss.detach()), rel=1e-12)
     for n, p in ref_pair.named_parameters():
         torch.testing.assert_close(ours[n], p.grad, rtol=1e-8, atol=1e-11, msg=f"gradient of {n}")
     if coef > 0:
-        assert ours["sae_out.W_enc"].abs().sum() > 0 and float(parts["jac"]) > 0
+        assert ours["sae_out.W_enc"].abs().sum() > 0 and float(parts.jac) > 0
 
 
 def test_trainable_parameters_are_the_two_saes():
@@ -47,8 +47,8 @@ def test_lambda_zero_skips_the_jacobian():
     pair = make_pair(build_hf_mlp("neox-gelu"))
     out = pair(torch.randn(4, D, dtype=torch.float64), with_jacobian=False)
     assert out.jacobian is None
-    _, parts = pair.loss(torch.randn(4, D, dtype=torch.float64), jacobian_coef=0)
-    assert float(parts["jac"]) == 0.0
+    _, parts = pair.loss(torch.randn(4, D, dtype=torch.float64), lam=0)
+    assert float(parts.jac) == 0.0
 
 
 def test_normalize_decoders():
@@ -72,10 +72,10 @@ def test_bad_inputs():
     pair = make_pair(module)
     with pytest.raises(ValueError, match=r"x has shape \(4, 5\)"):
         pair.loss(torch.randn(4, 5, dtype=torch.float64))
-    with pytest.raises(ValueError, match="jacobian_coef=-1"):
-        pair.loss(torch.randn(4, D, dtype=torch.float64), jacobian_coef=-1)
-    with pytest.raises(ValueError, match="jacobian_coef=nan"):
-        pair.loss(torch.randn(4, D, dtype=torch.float64), jacobian_coef=float("nan"))
+    with pytest.raises(ValueError, match="lam=-1"):
+        pair.loss(torch.randn(4, D, dtype=torch.float64), lam=-1)
+    with pytest.raises(ValueError, match="lam=nan"):
+        pair.loss(torch.randn(4, D, dtype=torch.float64), lam=float("nan"))
     x = torch.randn(4, D, dtype=torch.float64)
     x[0, 0] = float("inf")
     with pytest.raises(ValueError, match="non-finite"):
@@ -94,7 +94,7 @@ def test_bf16_autocast_runs_and_stays_close(name):
     loss.backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in pair.parameters())
     assert float(loss.detach()) == pytest.approx(float(ref.detach()), rel=0.05)
-    assert torch.isfinite(parts["jac"])
+    assert torch.isfinite(parts.jac)
 
 
 def test_loss_parts_jacobian_equals_pair_jacobian():
@@ -104,8 +104,8 @@ def test_loss_parts_jacobian_equals_pair_jacobian():
     x = torch.randn(8, D, dtype=torch.float64)
     _, parts = pair.loss(x, 1.0)
     J, _, _ = pair.jacobian(x)
-    assert (parts["out_vals"] == 0).any()
-    torch.testing.assert_close(parts["jacobian"], J.detach(), rtol=0, atol=0)
+    assert (parts.out_vals == 0).any()
+    torch.testing.assert_close(parts.jacobian, J.detach(), rtol=0, atol=0)
 
 
 class _ScaledModule(torch.nn.Module):
@@ -127,7 +127,7 @@ def test_scaled_pair_equals_saes_on_scaled_activations(name):
     c_in, c_out = 0.37, 2.9
     pair = make_pair(module)
     pair.set_activation_scales(c_in, c_out)
-    loss, parts = pair.loss(x, jacobian_coef=0.7)
+    loss, parts = pair.loss(x, lam=0.7)
     loss.backward()
     ref_pair = make_pair(module)
     ref = naive_pair_loss(ref_pair, _ScaledModule(module, c_in, c_out), c_in * x, 0.7)
@@ -146,10 +146,10 @@ def test_folding_the_scales_keeps_latents_jacobian_and_reconstructions(impl):
     pair.set_activation_scales(1.8, 0.21)
     with torch.no_grad():
         before = pair(x)
-        l1_before = pair.loss(x, 1.0)[1]["jac"]
+        l1_before = pair.loss(x, 1.0)[1].jac
         pair.fold_activation_scales_()
         after = pair(x)
-        l1_after = pair.loss(x, 1.0)[1]["jac"]
+        l1_after = pair.loss(x, 1.0)[1].jac
     assert (pair.input_scale, pair.output_scale) == (1.0, 1.0)
     assert torch.equal(before.in_idx, after.in_idx) and torch.equal(before.out_idx, after.out_idx)
     for field in ("in_vals", "out_vals", "jacobian", "x_hat", "y_hat"):

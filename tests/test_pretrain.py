@@ -6,13 +6,13 @@ import json
 
 import pytest
 import torch
+from test_models import no_network, tiny_corpus  # noqa: F401  (fixtures)
 
 from jsae.data import pretrain as pretrain_mod
 from jsae.data.hooks import mlp_module
-from jsae.nn.mlp import mlp_from_module
 from jsae.data.models import load_model
 from jsae.data.pretrain import PretrainConfig, pretrain, save_tokenizer, train_tokenizer
-from test_models import no_network, tiny_corpus  # noqa: F401  (fixtures)
+from jsae.nn.mlp import mlp_from_module
 
 TINY = dict(hidden=32, layers=2, heads=2, vocab_size=300, context_length=32, batch_size=8, lr=1e-2, warmup_steps=5,
             eval_every_s=1e9, eval_contexts=8, device="cpu")

@@ -8,7 +8,6 @@ import pytest
 import torch
 from builders import build_hf_mlp
 
-from jsae.nn.pair import JSAEPair
 from jsae.eval.probes import (
     FD_STEP,
     classify_curves,
@@ -22,8 +21,8 @@ from jsae.eval.probes import (
     second_derivative_stats,
     sweep_grid,
 )
+from jsae.nn.pair import JSAEPair
 from jsae.nn.sae import TopKSAE
-
 
 
 def _grid(hi: float = 5.0, n: int = 100) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jsae.train.schedules import lambda_at, lr_at, n_phase_steps
+from jsae.train.schedules import lam_at, lr_at, n_phase_steps
 
 LR = 5e-4
 
@@ -33,7 +33,7 @@ def test_lr_values_at_steps(step: int, expected: float) -> None:
 )
 def test_lambda_warmup_values_at_steps(step: int, expected: float) -> None:
     # 5% of 1000 steps = 50 warm-up steps; lambda = 2
-    assert lambda_at(step, 1000, lam=2.0) == pytest.approx(expected, rel=1e-12)
+    assert lam_at(step, 1000, lam=2.0) == pytest.approx(expected, rel=1e-12)
 
 
 def test_lr_schedule_shape() -> None:
@@ -48,8 +48,8 @@ def test_lr_schedule_shape() -> None:
 
 
 def test_zero_lambda_and_no_warmup() -> None:
-    assert all(lambda_at(s, 100, lam=0.0) == 0.0 for s in range(100))
-    assert lambda_at(0, 100, lam=1.5, warmup_frac=0.0) == 1.5
+    assert all(lam_at(s, 100, lam=0.0) == 0.0 for s in range(100))
+    assert lam_at(0, 100, lam=1.5, warmup_frac=0.0) == 1.5
     assert lr_at(0, 100, lr=1.0, warmup_frac=0.0, decay_frac=0.0) == 1.0
     assert lr_at(99, 100, lr=1.0, warmup_frac=0.0, decay_frac=0.0) == 1.0
 

@@ -7,7 +7,7 @@ import pytest
 from test_figures import LAMS, REINIT_LAMS, synthetic_metrics, synthetic_probes, write_synthetic_study
 
 from jsae.report import summary
-from jsae.report.figures import load_results
+from jsae.report.results import load_results
 
 
 def test_pair_table_has_one_row_per_pair_and_every_scalar(tmp_path):
@@ -79,11 +79,12 @@ def test_study_run_is_logged_with_artifacts(tmp_path, monkeypatch):
     fig.parent.mkdir()
     fig.write_bytes(b"\x89PNG\r\n\x1a\n")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    from jsae.tracking import init_tracking_store
+    from jsae.tracking import init_tracking_store, log_study_run
 
     init_tracking_store(uri)
-    record = summary.log_study_run(uri, "synthetic-study", summary_csv=csv, artifacts=[fig, md],
-                                   out_run=tmp_path / "study_run.json")
+    n_pairs, metrics = summary.study_metrics(csv)
+    record = log_study_run(uri, "synthetic-study", metrics=metrics, n_pairs=n_pairs, artifacts=[fig, md],
+                           out_run=tmp_path / "study_run.json")
     assert record["status"] == "ok" and record["run_id"]
     from mlflow.tracking import MlflowClient
 

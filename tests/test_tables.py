@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_evaluate import FakeCache, contexts, random_pair, tiny_lm
 
-from jsae.eval.evaluate import cache_rows
+from jsae.eval.inputs import cache_rows
 from jsae.eval.tables import (
     LatentTable,
     TablesReport,
@@ -20,7 +20,6 @@ from jsae.eval.tables import (
     top_activating_rows,
     write_tables,
 )
-
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from builders import build_hf_mlp
+
 from jsae.export import read_run
 from jsae.nn.mlp import mlp_from_module
 from jsae.tracking import (
@@ -20,8 +20,9 @@ from jsae.tracking import (
     sqlite_path,
     upload_run,
 )
-from jsae.train.run import InMemorySource, TrainConfig, run_training
-
+from jsae.train.config import TrainConfig
+from jsae.train.run import run_training
+from jsae.train.sources import InMemorySource
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +69,8 @@ def test_run_contents_read_back_with_mlflow_client(tmp_path: Path, store: str, m
     assert run.info.run_id == rec["mlflow_run_id"] == read_run(tmp_path / "run")["mlflow_run_id"]
     assert run.info.run_name == "tiny/L1/trained/lam0.5" and run.info.status == "FINISHED"
     tags = run.data.tags
-    assert {k: tags[k] for k in ("model", "layer", "lambda", "k", "expansion", "control")} == {
-        "model": "tiny", "layer": "1", "lambda": "0.5", "k": "3", "expansion": "4", "control": "trained"}
+    assert {k: tags[k] for k in ("model", "layer", "lam", "k", "expansion", "control")} == {
+        "model": "tiny", "layer": "1", "lam": "0.5", "k": "3", "expansion": "4", "control": "trained"}
     params = run.data.params
     assert params["lr"] == "0.003" and params["lam_warmup_frac"] == "0.05" and params["n_steps"] == "12"
     assert params["evaluation_point"] == "true_mlp_input" and params["model"] == "results/models/tiny"
@@ -78,7 +79,7 @@ def test_run_contents_read_back_with_mlflow_client(tmp_path: Path, store: str, m
     assert sorted(m.step for m in loss) == [4, 8, 12, 12]  # logged every 4 steps + the final summary
     local = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m.value for m in sorted(loss, key=lambda m: m.step)][:3] == pytest.approx([r["loss"] for r in local])
-    for key in ("in/mse", "out/mse", "jac/l1", "lambda", "lr", "tokens_per_s", "in/dead_fraction",
+    for key in ("in/mse", "out/mse", "jac/l1", "lam", "lr", "tokens_per_s", "in/dead_fraction",
                 "out/dead_fraction", "jac/frac_above_0.01"):
         assert client.get_metric_history(run.info.run_id, key), key
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -120,7 +121,7 @@ def test_unreachable_backend_does_not_stop_training(tmp_path: Path, store: str, 
     client = MlflowClient(tracking_uri=store)
     logged = client.get_run(run_id)
     assert logged.info.run_name == "tiny/L1/trained/lam0.5" and logged.info.status == "FINISHED"
-    assert logged.data.tags["lambda"] == "0.5" and logged.data.params["lr"] == "0.003"
+    assert logged.data.tags["lam"] == "0.5" and logged.data.params["lr"] == "0.003"
     assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == [4, 8, 12, 12]
     assert {"sae_in", "sae_out", "run.json", "metrics.jsonl"} <= {a.path for a in client.list_artifacts(run_id)}
     after = read_run(tmp_path / "run")

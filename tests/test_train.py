@@ -8,22 +8,22 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from builders import build_hf_mlp
+
 from jsae.export import load_pair, read_run
 from jsae.nn.mlp import mlp_from_module
 from jsae.nn.pair import EVALUATION_POINT
-from jsae.train.schedules import lambda_at, lr_at
-from jsae.train.run import (
+from jsae.train import (
     DeadLatentTracker,
     InMemorySource,
     Prefetcher,
     TrainConfig,
     check_cache_matches,
-    cli,
     run_training,
     work_dir_for,
 )
+from jsae.train.cli import cli
+from jsae.train.schedules import lam_at, lr_at
 
 D = 12  # width of the tiny MLPs in builders.py
 
@@ -77,7 +77,7 @@ def test_loss_decreases_and_outputs_are_complete(tmp_path: Path, mlp, source) ->
     assert run["cache"] == dict(source.attrs)
     assert run["params"]["lr"] == cfg.lr and run["params"]["n_steps"] == 60 and run["params"]["adam_beta2"] == 0.999
     assert run["jsae_version"] and run["timings"]["train_s"] > 0 and 0 <= run["timings"]["reader_wait_fraction"] < 1
-    for key in ("loss", "in/mse", "out/mse", "jac/l1", "jac/frac_above_0.01", "lambda", "lr", "tokens_per_s",
+    for key in ("loss", "in/mse", "out/mse", "jac/l1", "jac/frac_above_0.01", "lam", "lr", "tokens_per_s",
                 "in/dead_fraction", "out/dead_fraction"):
         assert key in run["metrics"], key
     assert not work_dir_for(tmp_path / "run").exists()  # checkpoints are removed once the run is complete
@@ -90,7 +90,7 @@ def test_loss_decreases_and_outputs_are_complete(tmp_path: Path, mlp, source) ->
 
 def test_expected_norm_scales_are_estimated_recorded_and_folded_into_the_export(tmp_path: Path, mlp, source) -> None:
     """Training in normalised units; the exported SAEs act on raw activations with the same latents."""
-    from jsae.train.run import NORM_ESTIMATE_TOKENS, build_pair, estimate_activation_scales
+    from jsae.train import NORM_ESTIMATE_TOKENS, build_pair, estimate_activation_scales
 
     cfg = small_config(n_tokens=32 * 30, normalize_activations="expected_norm")
     c_in, c_out = estimate_activation_scales(mlp, source, cfg)
@@ -132,8 +132,8 @@ def test_logged_lr_and_lambda_follow_the_schedules(tmp_path: Path, mlp, source) 
     for row in history:
         last = int(row["step"]) - 1  # the logged values are those of the window's last step
         assert row["lr"] == lr_at(last, 40, lr=cfg.lr, warmup_frac=0.1, decay_frac=0.2)
-        assert row["lambda"] == lambda_at(last, 40, lam=2.0, warmup_frac=0.25)
-    assert history[0]["lambda"] < 2.0 and history[-1]["lambda"] == 2.0 and history[0]["lr"] < cfg.lr
+        assert row["lam"] == lam_at(last, 40, lam=2.0, warmup_frac=0.25)
+    assert history[0]["lam"] < 2.0 and history[-1]["lam"] == 2.0 and history[0]["lr"] < cfg.lr
 
 
 def test_lambda_zero_trains_without_the_jacobian_term(tmp_path: Path, mlp, source) -> None:
@@ -191,7 +191,8 @@ def test_finished_run_is_skipped_and_never_silently_overwritten(tmp_path: Path, 
     steps: list[int] = []
     rec = train(mlp, source, out, on_step=steps.append)  # same arguments: skipped
     assert steps == [] and (out / "run.json").stat().st_mtime_ns == stamp and rec["lam"] == 1.0
-    with pytest.raises(ValueError, match=r"already holds a finished run with other settings \(lam: 1.0 != 0.5\)") as exc:
+    match = r"already holds a finished run with other settings \(lam: 1.0 != 0.5\)"
+    with pytest.raises(ValueError, match=match) as exc:
         train(mlp, source, out, small_config(lam=0.5))
     assert "\n" not in str(exc.value)
     rec = train(mlp, source, out, small_config(lam=0.5), force=True)  # --force: retrained and replaced
@@ -213,7 +214,8 @@ def test_finished_run_is_skipped_and_never_silently_overwritten(tmp_path: Path, 
         ({"lr": -1.0}, r"lr=-1.0 is invalid"),
         ({"lr_warmup_frac": 0.9, "lr_decay_frac": 0.2}, r"lr_warmup_frac \+ lr_decay_frac = 1.1 > 1"),
         ({"grad_clip": 0.0}, r"grad_clip=0.0 is invalid"),
-        ({"normalize_activations": "layer_norm"}, r"normalize_activations='layer_norm' is invalid; expected one of none, "),
+        ({"normalize_activations": "layer_norm"},
+         r"normalize_activations='layer_norm' is invalid; expected one of none, "),
     ],
 )
 def test_bad_config_is_a_one_line_error_before_training(tmp_path: Path, mlp, source, overrides, match) -> None:
@@ -249,7 +251,7 @@ def test_non_empty_out_dir_without_run_json_is_refused(tmp_path: Path, mlp, sour
 
 
 def test_cli_reports_bad_input_in_one_line(tmp_path: Path, capfd) -> None:
-    args = ["--model", "m", "--layer", "0", "--out", str(tmp_path / "run"), "--tokens", "100", "--batch-size", "10",
+    args = ["--model", "m", "--layer", "0", "--out", str(tmp_path / "run"), "--n-tokens", "100", "--batch-size", "10",
             "--mlflow-uri", "none"]
     assert cli([*args, "--cache", str(tmp_path / "missing.h5"), "--lam", "1"]) == 2
     err = capfd.readouterr().err
@@ -323,6 +325,7 @@ def test_prefetcher_keeps_order_and_surfaces_reader_errors() -> None:
 def real_cache(tmp_path_factory):
     """A tiny GPT-NeoX saved with save_pretrained, a corpus and its layer-1 cache (no downloads)."""
     from builders import build_tiny_saved_lm
+
     from jsae.data.cache import build_cache
 
     root = tmp_path_factory.mktemp("real")
@@ -334,13 +337,13 @@ def real_cache(tmp_path_factory):
 
 def test_cli_trains_from_a_real_cache(tmp_path: Path, real_cache: Path) -> None:
     from jsae.data.cache import ActivationCache
-    from jsae.eval.evaluate import check_pair_matches
     from jsae.data.hooks import mlp_module
     from jsae.data.models import load_model
+    from jsae.eval.inputs import check_pair_matches
 
     model_dir, cache = str(real_cache / "model"), str(real_cache / "train.h5")
     args = ["--model", model_dir, "--layer", "1", "--cache", cache, "--lam", "1", "--expansion", "4", "--k", "4",
-            "--tokens", "640", "--batch-size", "32", "--log-every", "5", "--checkpoint-every", "5",
+            "--n-tokens", "640", "--batch-size", "32", "--log-every", "5", "--checkpoint-every", "5",
             "--mlflow-uri", "none", "--device", "cpu", "--no-progress"]
     assert cli([*args, "--out", str(tmp_path / "run")]) == 0
     run = read_run(tmp_path / "run")
@@ -359,9 +362,9 @@ def test_cli_trains_from_a_real_cache(tmp_path: Path, real_cache: Path) -> None:
 
 
 def test_kill_and_resume_from_a_real_cache_is_exact(tmp_path: Path, real_cache: Path) -> None:
-    from jsae.data.models import load_model
     from jsae.data.hooks import mlp_module
-    from jsae.train.run import train_from_files
+    from jsae.data.models import load_model
+    from jsae.train import train_from_files
 
     model_dir, cache = str(real_cache / "model"), real_cache / "train.h5"
     cfg = TrainConfig(lam=1.0, n_tokens=32 * 30, batch_size=32, k=4, expansion=4, lr=3e-3)  # > 1 pass over 600 rows
@@ -390,7 +393,7 @@ import sys, time, torch
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 torch.set_num_threads(1)
 from test_train import small_config, source_tensor, train_mlp
-from jsae.train.run import InMemorySource, run_training
+from jsae.train import InMemorySource, run_training
 src = InMemorySource(source_tensor(), attrs={dict(source.attrs)!r})
 run_training(train_mlp(), src, small_config(), sys.argv[1], model="tiny", layer=0, progress=False, log_every=4,
              checkpoint_every=5, on_step=lambda s: time.sleep(0.3))
@@ -432,7 +435,7 @@ def test_diverging_loss_stops_with_a_clear_error(tmp_path: Path, mlp, source) ->
 
 def test_bf16_autocast_path_runs(mlp, source) -> None:
     """The CUDA recipe (fp32 weights, bf16 autocast) exercised on the CPU: dtypes flow through every metric."""
-    from jsae.train.run import Trainer, build_pair
+    from jsae.train import Trainer, build_pair
 
     cfg = small_config(n_tokens=32 * 8)
     pair = build_pair(mlp, cfg)

@@ -1,5 +1,6 @@
-"""The Snakemake workflow: dry runs of every shipped config, config validation, lint, SLURM profile,
-and (slow) the micro study run end to end by the real `snakemake` in a temporary directory."""
+"""The Snakemake workflow: a bare `snakemake -n` from the repository root, dry runs of every shipped
+config, the result layout against the package's loader, config validation, lint, SLURM profile, and
+(slow) the micro study run end to end by the real `snakemake` in a temporary directory."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-SNAKEFILE = REPO / "workflow" / "Snakefile"
+SNAKEFILE = REPO / "Snakefile"
+PATHS = REPO / "workflow" / "rules" / "paths.smk"
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 SHIPPED = ["config.yaml", "smollm2.yaml", "pythia-70m.yaml", "pythia-410m.yaml"]
@@ -23,7 +25,7 @@ MICRO = REPO / ".test" / "config" / "config.yaml"
 
 
 def snakemake(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.run([SNAKEMAKE, "-s", str(SNAKEFILE), *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -47,6 +49,73 @@ def job_counts(output: str) -> dict[str, int]:
 
 def load(name: str) -> dict:
     return yaml.safe_load((REPO / "config" / name).read_text())
+
+
+def layout() -> dict:
+    """The workflow's path patterns and the functions that fill them (paths.smk is plain Python)."""
+    namespace: dict = {}
+    exec(compile(PATHS.read_text(), str(PATHS), "exec"), namespace)
+    return namespace
+
+
+# --------------------------------------------------------------------------------------------------
+# A bare `snakemake` from the repository root, and the result layout
+# --------------------------------------------------------------------------------------------------
+
+
+def test_bare_snakemake_from_the_repository_root(tmp_path):
+    """`snakemake -n`, no options, no targets: Snakefile, workflow profile and default study are found.
+
+    The root's entries are linked into an empty directory, so results of an earlier `make run` in the
+    checkout cannot change the plan."""
+    for name in ("Snakefile", "workflow", "profiles", "config", "envs", "src"):
+        (tmp_path / name).symlink_to(REPO / name)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([SNAKEMAKE, "-n"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-3000:]
+    assert "workflow specific profile profiles/default" in res.stderr, res.stderr[-3000:]
+
+    # the default study, planned in full, at the paths of the workflow's layout
+    cfg = load("config.yaml")
+    paths = layout()
+    lams = {"trained": cfg["lambdas"]}
+    if cfg["reinit"]["enabled"]:
+        lams["reinit"] = cfg["reinit"].get("lambdas") or cfg["lambdas"]
+    pairs = [(m["name"], layer, control, lam) for m in cfg["models"] for layer in m["layers"]
+             for control in lams for lam in lams[control]]
+    counts = job_counts(res.stdout)
+    assert counts["all"] == 1 and counts["train"] == counts["evaluate"] == len(pairs), counts
+    for pair in pairs:
+        assert f"{paths['eval_dir'](*pair)}/evaluation.json" in res.stdout, pair
+        assert f"{paths['run_dir'](*pair)}/run.json" in res.stdout, pair
+
+    # the profile's `cores: all` reached the scheduler: pretrain asks for 4 threads and gets min(4, cores)
+    # (a dry run without cores plans every job with one thread and prints no `threads:` line)
+    from snakemake.utils import available_cpu_count
+
+    threads = min(4, available_cpu_count())
+    pretrain = re.search(r"^rule pretrain:\n((?: {4}.*\n)+)", res.stdout, re.M)
+    assert pretrain is not None, res.stdout[-3000:]
+    if threads > 1:
+        assert f"    threads: {threads}\n" in pretrain[1], pretrain[1]
+
+
+def test_result_layout_agrees_with_the_result_loader(tmp_path):
+    """Paths built from the workflow's patterns give the loader back model, layer, control and lambda."""
+    from jsae.report.results import find_results, load_results
+
+    paths = layout()
+    pairs = [("tiny-neox", 2, "trained", 0), ("tiny-neox", 2, "reinit", 0.3), ("pythia-70m", 3, "trained", 1e-05),
+             ("smollm2-135m", 15, "reinit", 10), ("a_b.c-d", 0, "trained", 2.5)]
+    expected = sorted((model, layer, control, float(lam)) for model, layer, control, lam in pairs)
+    for pair in pairs:
+        for directory in (paths["eval_dir"](*pair), paths["run_dir"](*pair)):
+            path = tmp_path / directory / "evaluation.json"
+            path.parent.mkdir(parents=True)
+            path.write_text('{"metrics": {"x": 1.0}}')  # no "pair" record: the identity comes from the path
+    for pattern in (paths["EVAL_DIR"], paths["RUN_DIR"]):
+        root = tmp_path / pattern.split("/{")[0]  # results/eval, results/runs
+        assert sorted(r.key for r in load_results(find_results(root))) == expected, pattern
 
 
 # --------------------------------------------------------------------------------------------------
@@ -81,7 +150,7 @@ def test_paper_configs_follow_the_paper():
     for name, layer, expansion, jsae_lam in (("pythia-70m.yaml", 3, 32, 1), ("pythia-410m.yaml", 15, 64, 0.5)):
         cfg = load(name)
         assert cfg["models"][0]["layers"] == [layer] and cfg["sae"] == {"k": 32, "expansion": expansion}
-        assert cfg["train"]["tokens"] == 300_000_000 and {0.5, 1} <= set(cfg["lambdas"]) and 0 in cfg["lambdas"]
+        assert cfg["train"]["n_tokens"] == 300_000_000 and {0.5, 1} <= set(cfg["lambdas"]) and 0 in cfg["lambdas"]
         assert cfg["figures"]["jsae_lam"] == jsae_lam
         assert cfg["corpora"][cfg["train_corpus"]]["dataset"] == "monology/pile-uncopyrighted"
         assert cfg["corpora"][cfg["eval_corpus"]]["dataset"] == "allenai/c4"
@@ -89,7 +158,8 @@ def test_paper_configs_follow_the_paper():
 
 def test_one_figure_builds_only_what_it_needs(tmp_path):
     # target first: a target after `--resources gpu=1` would be read as a second resource
-    res = snakemake("results/figures/fig5.pdf", "-n", "--configfile", str(REPO / "config" / "config.yaml"), cwd=tmp_path)
+    res = snakemake("results/figures/fig5.pdf", "-n", "--configfile", str(REPO / "config" / "config.yaml"),
+                    cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     counts = job_counts(res.stdout)
     lams = len(load("config.yaml")["lambdas"])
@@ -141,7 +211,7 @@ def test_schema_fills_defaults():
 
 @pytest.mark.parametrize("mutate, message", [
     (lambda c: c.update(lamdas=[0, 1]), "'lamdas' was unexpected"),
-    (lambda c: c.update(train={"tokens": 10, "learning_rate": 1}), "'learning_rate' was unexpected"),
+    (lambda c: c.update(train={"n_tokens": 10, "learning_rate": 1}), "'learning_rate' was unexpected"),
     (lambda c: c.update(lambdas=[0, -0.5]), "-0.5 is less than the minimum of 0"),
     (lambda c: c.pop("corpora"), "'corpora' is a required property"),
     (lambda c: c["corpora"].update(pile={"source": "hf"}), "'dataset' is a required property"),

@@ -2,7 +2,7 @@
 
 from jsae.nn.jacobian import active_jacobian, jacobian_authors_formulation
 from jsae.nn.mlp import MLP, GatedMLP, PlainMLP, mlp_from_module
-from jsae.nn.pair import EVALUATION_POINT, JSAEPair, PairOutput, jacobian_l1, mse
+from jsae.nn.pair import EVALUATION_POINT, JSAEPair, LossParts, PairOutput, jacobian_l1, mse
 from jsae.nn.sae import TopKSAE
 
 __version__ = "0.1.0"
@@ -12,6 +12,7 @@ __all__ = [
     "MLP",
     "GatedMLP",
     "JSAEPair",
+    "LossParts",
     "PairOutput",
     "PlainMLP",
     "TopKSAE",

@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("jsae.data.pretrain:cli", "pretrain the embedded tiny-neox model"),
     "reinit": ("jsae.data.models:cli_reinit", "save a randomly re-initialised copy of a model"),
     "cache": ("jsae.data.cache:cli", "cache MLP inputs of (model, layer) to HDF5"),
-    "train": ("jsae.train.run:cli", "train one JSAE pair from a cache"),
+    "train": ("jsae.train.cli:cli", "train one JSAE pair from a cache"),
     "evaluate": ("jsae.eval.evaluate:cli", "evaluate a trained pair (reconstruction, CE/KL, Jacobian stats)"),
     "probes": ("jsae.eval.probes:cli", "linearity probes of f_s (appendix B)"),
     "tables": ("jsae.eval.tables:cli", "qualitative tables: top output latents and their inputs"),

@@ -21,7 +21,9 @@ class HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
+        # Identity, not equality: a default of 0 (== False) is still worth showing.
+        shown = action.default is not None and action.default is not False and action.default is not argparse.SUPPRESS
+        if shown and "default" not in text:
             text += " (default: %(default)s)"
         return text
 

@@ -39,7 +39,6 @@ SAE_LENS_TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec")
 SAE_ROLES = {"sae_in": ("input", "mlp_input"), "sae_out": ("output", "mlp_output")}
 
 _DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
-_DTYPES = DTYPES
 
 
 def to_sae_lens_state_dict(sae: TopKSAE) -> dict[str, torch.Tensor]:
@@ -75,7 +74,8 @@ def sae_lens_config(sae: TopKSAE, *, hook_name: str, metadata: dict[str, Any] | 
     }
 
 
-def save_sae(sae: TopKSAE, path: str | os.PathLike[str], *, hook_name: str, metadata: dict[str, Any] | None = None) -> None:
+def save_sae(sae: TopKSAE, path: str | os.PathLike[str], *, hook_name: str,
+             metadata: dict[str, Any] | None = None) -> None:
     """Write one SAE as a SAELens directory (``cfg.json`` + ``sae_weights.safetensors``), atomically."""
     cfg = sae_lens_config(sae, hook_name=hook_name, metadata=metadata)
     with atomic_dir(path) as tmp:
@@ -96,8 +96,8 @@ def read_sae_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     for key in ("d_in", "d_sae", "k", "dtype"):
         if key not in cfg:
             raise ValueError(f"{p / SAE_CFG_FILENAME} lacks {key!r}; expected d_in, d_sae, k and dtype")
-    if cfg["dtype"] not in _DTYPES:
-        raise ValueError(f"{p / SAE_CFG_FILENAME} has dtype={cfg['dtype']!r}; expected one of {', '.join(_DTYPES)}")
+    if cfg["dtype"] not in DTYPES:
+        raise ValueError(f"{p / SAE_CFG_FILENAME} has dtype={cfg['dtype']!r}; expected one of {', '.join(DTYPES)}")
     return cfg
 
 
@@ -116,9 +116,10 @@ def load_sae(path: str | os.PathLike[str], *, device: torch.device | str = "cpu"
     for name, shape in expected.items():
         if tuple(state[name].shape) != shape:
             raise ValueError(f"{weights}: {name} has shape {tuple(state[name].shape)}; expected {shape} from cfg.json")
-    dtype = _DTYPES[cfg["dtype"]]
+    dtype = DTYPES[cfg["dtype"]]
     sae = TopKSAE(d_in, n, k, seed=0, dtype=dtype)
-    ours = {"W_enc": state["W_enc"].t().contiguous(), "b_enc": state["b_enc"], "W_dec": state["W_dec"], "b_dec": state["b_dec"]}
+    ours = {"W_enc": state["W_enc"].t().contiguous(), "b_enc": state["b_enc"], "W_dec": state["W_dec"],
+            "b_dec": state["b_dec"]}
     sae.load_state_dict({name: t.to(dtype) for name, t in ours.items()})
     return sae.to(device)
 
@@ -137,7 +138,8 @@ def save_pair(pair: JSAEPair, run_dir: str | os.PathLike[str], *, hook_name: str
         save_sae(sae, run_dir / role, hook_name=f"{hook_name}.{suffix}", metadata=meta)
 
 
-def load_pair(run_dir: str | os.PathLike[str], mlp: MLP | torch.nn.Module, *, device: torch.device | str = "cpu") -> JSAEPair:
+def load_pair(run_dir: str | os.PathLike[str], mlp: MLP | torch.nn.Module, *,
+              device: torch.device | str = "cpu") -> JSAEPair:
     """Rebuild the :class:`JSAEPair` saved in ``run_dir`` around ``mlp`` (identical tensors)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

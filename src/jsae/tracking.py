@@ -8,6 +8,10 @@
 * With a ``sqlite:`` store the artifacts go to ``mlruns/`` next to the database file.
 * If the backend is unreachable, :class:`Tracker` logs a warning and becomes a no-op; the run
   directory keeps every metric (``metrics.jsonl``) so nothing is lost.
+* Evaluation, probes and tables add their scalars and files to the pair's training run
+  (:func:`log_to_pair_run`); the summary records one study-level run (:func:`log_study_run`).
+
+This is the only module of the package that talks to MLflow.
 """
 
 from __future__ import annotations
@@ -17,9 +21,12 @@ import math
 import os
 import sys
 import time
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from jsae.io import read_json, write_json
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # An unreachable HTTP server must not stall a training job for minutes of retries.
@@ -125,7 +132,8 @@ class Tracker:
             )
         self.error = msg
 
-    def start(self, name: str, *, params: Mapping[str, Any], tags: Mapping[str, Any], run_id: str | None = None) -> str | None:
+    def start(self, name: str, *, params: Mapping[str, Any], tags: Mapping[str, Any],
+              run_id: str | None = None) -> str | None:
         """Start (or, with ``run_id``, resume) the run; returns its id, or None when tracking is off."""
         if self.error is not None:
             return None
@@ -178,7 +186,8 @@ class Tracker:
         if exp is not None:
             return exp.experiment_id
         try:
-            return self._client.create_experiment(self.experiment, artifact_location=default_artifact_root(self.uri or ""))
+            root = default_artifact_root(self.uri or "")
+            return self._client.create_experiment(self.experiment, artifact_location=root)
         except Exception:
             # Another job created it between our lookup and our create.
             exp = self._client.get_experiment_by_name(self.experiment)
@@ -193,7 +202,8 @@ class Tracker:
             from mlflow.entities import Metric
 
             now = int(time.time() * 1000)
-            batch = [Metric(k, float(v), now, int(step)) for k, v in metrics.items() if v is not None and math.isfinite(float(v))]
+            batch = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()
+                     if v is not None and math.isfinite(float(v))]
             self._client.log_batch(self.run_id, metrics=batch)
         except Exception as exc:
             self._fail(f"logging metrics at step {step}", exc)
@@ -233,8 +243,6 @@ def upload_run(run_dir: str | os.PathLike[str], uri: str, experiment: str | None
     """
     import json
 
-    from jsae.io import read_json, write_json
-
     run_dir = Path(run_dir)
     record = read_json(run_dir / "run.json")
     tracker = Tracker(uri, experiment or record.get("mlflow_experiment") or DEFAULT_EXPERIMENT)
@@ -242,9 +250,11 @@ def upload_run(run_dir: str | os.PathLike[str], uri: str, experiment: str | None
                     str(record["control"]))
     run_id = tracker.start(name, params=record.get("params", {}), tags=record.get("mlflow_tags", {}))
     if run_id is None:
-        raise ValueError(f"cannot log {run_dir} to MLflow at {uri} ({tracker.status}); expected a reachable tracking store")
+        raise ValueError(f"cannot log {run_dir} to MLflow at {uri} ({tracker.status}); "
+                         "expected a reachable tracking store")
     metrics_file = run_dir / "metrics.jsonl"
-    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()] if metrics_file.is_file() else []
+    lines = metrics_file.read_text().splitlines() if metrics_file.is_file() else []
+    rows = [json.loads(line) for line in lines if line.strip()]
     for row in rows:
         tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]))
     tracker.log_metrics(record.get("metrics", {}), step=int(record.get("n_steps", 0)))
@@ -253,14 +263,68 @@ def upload_run(run_dir: str | os.PathLike[str], uri: str, experiment: str | None
             tracker.log_artifacts(run_dir / sub, sub)
     if metrics_file.is_file():
         tracker.log_artifact(metrics_file)
-    record.update(mlflow_uri=uri, mlflow_experiment=tracker.experiment, mlflow_run_id=run_id, mlflow_status=tracker.status)
+    record.update(mlflow_uri=uri, mlflow_experiment=tracker.experiment, mlflow_run_id=run_id,
+                  mlflow_status=tracker.status)
     write_json(run_dir / "run.json", record)
     tracker.log_artifact(run_dir / "run.json")
     tracker.finish()
     if tracker.error is not None:
-        raise ValueError(f"logging {run_dir} to MLflow at {uri} failed part-way ({tracker.error}); expected a reachable store")
+        raise ValueError(f"logging {run_dir} to MLflow at {uri} failed part-way ({tracker.error}); "
+                         "expected a reachable store")
     log.info("logged %s to MLflow run %s (%s)", run_dir, run_id, name)
     return run_id
+
+
+def log_to_pair_run(
+    uri: str | None,
+    run_id: str | None,
+    metrics: Mapping[str, float],
+    artifacts: Iterable[str | os.PathLike[str]] = (),
+) -> bool:
+    """Log scalars (and files, under ``evaluation/``) to the pair's existing run; warn and return False if it cannot.
+
+    ``uri`` None or empty: tracking is off (no warning). ``run_id`` None: the pair was trained without
+    tracking, so there is no run to add to (a warning; the files are written regardless).
+    """
+    if not uri:
+        return False
+    if not run_id:
+        warnings.warn("no mlflow_run_id in run.json; the evaluation is written to files only", stacklevel=2)
+        return False
+    tracker = Tracker(uri)
+    if tracker.attach(run_id):
+        tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=0)
+        for path in artifacts:
+            tracker.log_artifact(path, "evaluation")
+    if tracker.error is not None:
+        warnings.warn(f"MLflow logging to {uri} (run {run_id}) failed: {tracker.error}; the files are written",
+                      stacklevel=2)
+        return False
+    return True
+
+
+def log_study_run(uri: str | None, experiment: str, *, metrics: Mapping[str, float], n_pairs: int,
+                  artifacts: Sequence[str | os.PathLike[str]], out_run: str | os.PathLike[str],
+                  name: str | None = None) -> dict[str, Any]:
+    """The study-level run: ``metrics`` at step 0, the files as artifacts (figures under ``figures/``).
+
+    Writes ``out_run`` (run id, name, experiment, URI, status, artifacts) and returns that record.
+    """
+    missing = [str(p) for p in artifacts if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"artifact {missing[0]} does not exist; expected the study's figures and summary files")
+    tracker = Tracker(uri or None, experiment)
+    run_name = name or f"study/{experiment}"
+    run_id = tracker.start(run_name, params={"study": experiment, "n_pairs": n_pairs, "kind": "study"},
+                           tags={"kind": "study", "study": experiment})
+    tracker.log_metrics(metrics, step=0)
+    for p in map(Path, artifacts):
+        tracker.log_artifact(p, "figures" if p.parent.name == "figures" else None)
+    tracker.finish()
+    record = {"run_id": run_id, "run_name": run_name, "experiment": experiment, "tracking_uri": uri,
+              "status": tracker.status, "artifacts": [str(p) for p in artifacts]}
+    write_json(out_run, record)
+    return record
 
 
 def main(argv: list[str] | None = None) -> int:

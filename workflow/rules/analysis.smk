@@ -5,8 +5,8 @@ rule evaluate:
     input:
         unpack(pair_inputs),
     output:
-        metrics="results/eval/{model}/L{layer}/{control}/lam{lam}/evaluation.json",
-        stats="results/eval/{model}/L{layer}/{control}/lam{lam}/jacobian_stats.npz",
+        metrics=f"{EVAL_DIR}/evaluation.json",
+        stats=f"{EVAL_DIR}/jacobian_stats.npz",
     params:
         spec=pair_spec,
         run=lambda wc, input: Path(input.run).parent,
@@ -15,7 +15,7 @@ rule evaluate:
         device=config["device"],
         mlflow=mlflow_args(with_experiment=False),
     log:
-        "results/logs/evaluate/{model}_L{layer}_{control}_lam{lam}.log",
+        log_file("evaluate", PAIR_LOG),
     threads: 1
     resources:
         gpu=GPU,
@@ -23,7 +23,7 @@ rule evaluate:
     conda:
         "../../envs/jsae.yaml"
     shell:
-        "MLFLOW_DISABLE_TELEMETRY=true OMP_NUM_THREADS={threads} python -m jsae evaluate --model {params.spec} "
+        "OMP_NUM_THREADS={threads} python -m jsae evaluate --model {params.spec} "
         "--layer {wildcards.layer} --run {params.run} --cache {input.cache} --out {output.metrics} "
         "--n-tokens {params.tokens} --ce-tokens {params.ce_tokens} --device {params.device} {params.mlflow} 2> {log}"
 
@@ -32,8 +32,8 @@ rule probes:
     input:
         unpack(pair_inputs),
     output:
-        metrics="results/eval/{model}/L{layer}/{control}/lam{lam}/probes.json",
-        curves="results/eval/{model}/L{layer}/{control}/lam{lam}/probe_curves.npz",
+        metrics=f"{EVAL_DIR}/probes.json",
+        curves=f"{EVAL_DIR}/probe_curves.npz",
     params:
         spec=pair_spec,
         run=lambda wc, input: Path(input.run).parent,
@@ -42,7 +42,7 @@ rule probes:
         device=config["device"],
         mlflow=mlflow_args(with_experiment=False),
     log:
-        "results/logs/probes/{model}_L{layer}_{control}_lam{lam}.log",
+        log_file("probes", PAIR_LOG),
     threads: 1
     resources:
         gpu=GPU,
@@ -50,7 +50,7 @@ rule probes:
     conda:
         "../../envs/jsae.yaml"
     shell:
-        "MLFLOW_DISABLE_TELEMETRY=true OMP_NUM_THREADS={threads} python -m jsae probes --model {params.spec} --layer {wildcards.layer} "
+        "OMP_NUM_THREADS={threads} python -m jsae probes --model {params.spec} --layer {wildcards.layer} "
         "--run {params.run} --cache {input.cache} --out {output.metrics} --n-samples {params.samples} "
         "--seed {params.seed} --device {params.device} {params.mlflow} 2> {log}"
 
@@ -60,12 +60,12 @@ rule tables:
         unpack(pair_inputs),
     output:
         html=report(
-            "results/eval/{model}/L{layer}/{control}/lam{lam}/tables.html",
+            f"{EVAL_DIR}/tables.html",
             caption="../report/tables.rst",
             category="Qualitative tables",
             labels={"model": "{model}", "layer": "{layer}", "control": "{control}", "lambda": "{lam}"},
         ),
-        md="results/eval/{model}/L{layer}/{control}/lam{lam}/tables.md",
+        md=f"{EVAL_DIR}/tables.md",
     params:
         spec=pair_spec,
         run=lambda wc, input: Path(input.run).parent,
@@ -74,7 +74,7 @@ rule tables:
         device=config["device"],
         mlflow=mlflow_args(with_experiment=False),
     log:
-        "results/logs/tables/{model}_L{layer}_{control}_lam{lam}.log",
+        log_file("tables", PAIR_LOG),
     threads: 1
     resources:
         gpu=GPU,
@@ -82,6 +82,6 @@ rule tables:
     conda:
         "../../envs/jsae.yaml"
     shell:
-        "MLFLOW_DISABLE_TELEMETRY=true OMP_NUM_THREADS={threads} python -m jsae tables --model {params.spec} "
+        "OMP_NUM_THREADS={threads} python -m jsae tables --model {params.spec} "
         "--layer {wildcards.layer} --run {params.run} --cache {input.cache} --out {output.html} "
         "--n-output-latents {params.n} --n-tokens {params.tokens} --device {params.device} {params.mlflow} 2> {log}"

@@ -6,7 +6,7 @@ rule cache:
         corpus=lambda wc: f"{corpus_dir(corpus_for_split(wc.split))}/corpus.json",
         model=lambda wc: model_marker(wc.model),
     output:
-        h5="results/cache/{model}/L{layer}/{split}.h5",
+        h5=CACHE,
     params:
         spec=lambda wc: model_spec(wc.model),
         corpus=lambda wc, input: Path(input.corpus).parent,
@@ -17,7 +17,7 @@ rule cache:
         seed=config["seed"],
         device=config["device"],
     log:
-        "results/logs/cache/{model}_L{layer}_{split}.log",
+        log_file("cache", "{model}_L{layer}_{split}"),
     threads: 1
     resources:
         gpu=GPU,

@@ -3,15 +3,15 @@
 
 rule corpus:
     output:
-        meta="results/corpus/{corpus}/corpus.json",
-        train="results/corpus/{corpus}/train.jsonl",
-        validation="results/corpus/{corpus}/validation.jsonl",
+        meta=f"{CORPUS_DIR}/corpus.json",
+        train=f"{CORPUS_DIR}/train.jsonl",
+        validation=f"{CORPUS_DIR}/validation.jsonl",
     params:
         args=corpus_args,
         out=lambda wc, output: Path(output.meta).parent,
         seed=config["seed"],
     log:
-        "results/logs/corpus/{corpus}.log",
+        log_file("corpus", "{corpus}"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -25,7 +25,7 @@ rule pretrain:
     input:
         corpus=f"{corpus_dir(config['train_corpus'])}/corpus.json",
     output:
-        marker="results/models/{model}/pretrain.json",
+        marker=PRETRAIN_MARKER,
     params:
         corpus=lambda wc, input: Path(input.corpus).parent,
         out=lambda wc, output: Path(output.marker).parent,
@@ -37,7 +37,7 @@ rule pretrain:
         seed=config["seed"],
         device=config["device"],
     log:
-        "results/logs/pretrain/{model}.log",
+        log_file("pretrain", "{model}"),
     threads: 4
     resources:
         gpu=GPU,
@@ -53,13 +53,13 @@ rule reinit:
     input:
         model=lambda wc: model_marker(wc.model),
     output:
-        marker="results/models/{model}-reinit/reinit.json",
+        marker=REINIT_MARKER,
     params:
         spec=lambda wc: model_spec(wc.model),
         out=lambda wc, output: Path(output.marker).parent,
         seed=config["reinit"]["seed"],
     log:
-        "results/logs/reinit/{model}.log",
+        log_file("reinit", "{model}"),
     threads: 1
     resources:
         mem_mb=4000,

@@ -41,14 +41,14 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from jsae.data.corpus import SPLITS, context_windows, corpus_info, make_contexts, tokenize_split
 from jsae.checks import check_positive_int
-from jsae.devices import CACHE_DTYPES as DTYPES
-from jsae.devices import resolve_device
+from jsae.cli import HelpFormatter
+from jsae.data.corpus import SPLITS, context_windows, corpus_info, make_contexts, tokenize_split
 from jsae.data.hooks import capture_mlp_input, check_layer, mlp_module
+from jsae.data.pretrain import set_threads
+from jsae.devices import CACHE_DTYPES, resolve_device
 from jsae.io import setup_logging
 from jsae.nn.mlp import mlp_from_module
-from jsae.data.pretrain import set_threads
 
 log = logging.getLogger("jsae.data.cache")
 
@@ -116,8 +116,8 @@ def build_cache(model: str, layer: int, corpus: str | os.PathLike[str], split: s
     check_positive_int("n_tokens", n_tokens)
     check_positive_int("context_length", context_length, minimum=2)
     check_positive_int("batch_size", batch_size)
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r} is invalid; expected one of {', '.join(DTYPES)}")
+    if dtype not in CACHE_DTYPES:
+        raise ValueError(f"dtype={dtype!r} is invalid; expected one of {', '.join(CACHE_DTYPES)}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed={seed!r} is invalid; expected an integer")
     info = corpus_info(corpus)
@@ -132,23 +132,27 @@ def build_cache(model: str, layer: int, corpus: str | os.PathLike[str], split: s
     mlp = mlp_from_module(mlp_module(lm, layer))  # TypeError here for an unsupported MLP type
     limit = max_context_length(lm)
     if limit is not None and context_length > limit:
-        raise ValueError(f"context_length={context_length} exceeds the model's maximum of {limit} positions; expected <= {limit}")
+        raise ValueError(f"context_length={context_length} exceeds the model's maximum of {limit} positions; "
+                         f"expected <= {limit}")
     if tokenizer is None:
         raise ValueError(f"model {model!r} has no tokenizer; expected a model directory with tokenizer files")
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if bos is None:
-        raise ValueError(f"the tokenizer of {model!r} has neither a BOS nor an EOS token; expected one to start contexts")
+        raise ValueError(f"the tokenizer of {model!r} has neither a BOS nor an EOS token; "
+                         "expected one to start contexts")
     n_vocab = lm.get_input_embeddings().weight.shape[0]
 
     stream = tokenize_split(tokenizer, corpus, split)
     if int(stream.ids.max()) >= n_vocab:
-        raise ValueError(f"the tokenizer produces id {int(stream.ids.max())} but {model!r} has {n_vocab} embeddings; expected the model's own tokenizer")
+        raise ValueError(f"the tokenizer produces id {int(stream.ids.max())} but {model!r} has {n_vocab} embeddings; "
+                         "expected the model's own tokenizer")
     body = context_length - 1
     n_ctx = math.ceil(n_tokens / body)
     available = context_windows(len(stream), context_length)
     if n_ctx > available:
-        raise ValueError(f"n_tokens={n_tokens} needs {n_ctx} contexts of length {context_length} but corpus split {split!r} "
-                         f"has {len(stream)} tokens ({available} contexts); expected n_tokens <= {available * body}")
+        raise ValueError(f"n_tokens={n_tokens} needs {n_ctx} contexts of length {context_length} but corpus split "
+                         f"{split!r} has {len(stream)} tokens ({available} contexts); "
+                         f"expected n_tokens <= {available * body}")
     windows = np.sort(np.random.default_rng(seed).choice(available, size=n_ctx, replace=False))
     contexts, ctx_docs = make_contexts(stream, windows, context_length, bos)
     d_model = mlp.d_in
@@ -167,8 +171,8 @@ def build_cache(model: str, layer: int, corpus: str | os.PathLike[str], split: s
             f = _create(partial, attrs, request, contexts, ctx_docs, n_tokens, d_model, dtype)
             done = 0
         x_ds = f["x"]
-        bar = tqdm(total=n_tokens, initial=min(n_tokens, done * body), unit="tok", unit_scale=True, desc=f"cache L{layer} {split}",
-                   disable=not progress, dynamic_ncols=True)
+        bar = tqdm(total=n_tokens, initial=min(n_tokens, done * body), unit="tok", unit_scale=True,
+                   desc=f"cache L{layer} {split}", disable=not progress, dynamic_ncols=True)
         t0, rows0 = time.perf_counter(), done * body
         for c0 in range(done, n_ctx, batch_size):
             c1 = min(n_ctx, c0 + batch_size)
@@ -187,8 +191,8 @@ def build_cache(model: str, layer: int, corpus: str | os.PathLike[str], split: s
         if f is not None:
             f.close()
     os.replace(partial, out)
-    log.info("cached %d tokens x %d dims of %s layer %d (%s, %s) at %.0f tokens/s -> %s", n_tokens, d_model, model, layer,
-             split, dtype, rate, out)
+    log.info("cached %d tokens x %d dims of %s layer %d (%s, %s) at %.0f tokens/s -> %s", n_tokens, d_model, model,
+             layer, split, dtype, rate, out)
     return attrs
 
 
@@ -215,7 +219,8 @@ def _create(partial: Path, attrs: dict, request: str, contexts: np.ndarray, ctx_
     partial.parent.mkdir(parents=True, exist_ok=True)
     f = h5py.File(partial, "w")
     storage = np.dtype(_STORAGE[dtype])
-    f.create_dataset("x", shape=(n_tokens, d_model), dtype=storage, chunks=(_chunk_rows(d_model, storage.itemsize, n_tokens), d_model))
+    chunks = (_chunk_rows(d_model, storage.itemsize, n_tokens), d_model)
+    f.create_dataset("x", shape=(n_tokens, d_model), dtype=storage, chunks=chunks)
     body = contexts.shape[1] - 1
     row_ctx = np.repeat(np.arange(len(contexts)), body)[:n_tokens]
     row_pos = np.tile(np.arange(1, body + 1), len(contexts))[:n_tokens]
@@ -259,21 +264,26 @@ class ActivationCache:
         """Open a cache; one-line errors for a missing, corrupt or incomplete file or an ``expect`` mismatch."""
         p = Path(path)
         if not p.is_file():
-            hint = " (an interrupted run left a .partial file: re-run `python -m jsae cache` to resume)" if _partial_path(p).exists() else ""
-            raise FileNotFoundError(f"activation cache {p} does not exist{hint}; expected the output of `python -m jsae cache`")
+            hint = (" (an interrupted run left a .partial file: re-run `python -m jsae cache` to resume)"
+                    if _partial_path(p).exists() else "")
+            raise FileNotFoundError(f"activation cache {p} does not exist{hint}; "
+                                    "expected the output of `python -m jsae cache`")
         try:
             f = h5py.File(p, "r")
         except OSError as e:
-            raise ValueError(f"activation cache {p} is not a readable HDF5 file ({str(e).splitlines()[0][:120]}); expected a complete cache (delete it and re-run)") from None
+            raise ValueError(f"activation cache {p} is not a readable HDF5 file ({str(e).splitlines()[0][:120]}); "
+                             "expected a complete cache (delete it and re-run)") from None
         missing = [k for k in REQUIRED_ATTRS if k not in f.attrs] + [d for d in _DATASETS if d not in f]
         if missing or not bool(f.attrs.get("complete", False)):
             f.close()
             what = f"lacks {', '.join(missing)}" if missing else "is marked incomplete"
-            raise ValueError(f"activation cache {p} {what}; expected a complete cache written by `python -m jsae cache`")
+            raise ValueError(f"activation cache {p} {what}; "
+                             "expected a complete cache written by `python -m jsae cache`")
         cache = cls(p, f)
         if cache._x.shape != (cache.n_tokens, cache.d_model):
             cache.close()
-            raise ValueError(f"activation cache {p} has x of shape {cache._x.shape}; expected ({cache.n_tokens}, {cache.d_model}) from its attrs")
+            raise ValueError(f"activation cache {p} has x of shape {cache._x.shape}; "
+                             f"expected ({cache.n_tokens}, {cache.d_model}) from its attrs")
         if expect:
             cache.check(expect)
         return cache
@@ -282,12 +292,15 @@ class ActivationCache:
         """``ValueError`` naming the first attribute that differs from ``expect`` (e.g. another model or layer)."""
         for key, want in expect.items():
             if key not in self.attrs:
-                raise ValueError(f"activation cache {self.path} has no attribute {key!r}; expected one of {', '.join(sorted(self.attrs))}")
+                raise ValueError(f"activation cache {self.path} has no attribute {key!r}; "
+                                 f"expected one of {', '.join(sorted(self.attrs))}")
             have = self.attrs[key]
-            same = (float(have) == float(want)) if isinstance(have, (int, float)) and isinstance(want, (int, float)) and not isinstance(want, bool) else str(have) == str(want)
+            numbers = isinstance(have, (int, float)) and isinstance(want, (int, float)) and not isinstance(want, bool)
+            same = float(have) == float(want) if numbers else str(have) == str(want)
             if not same:
                 self.close()
-                raise ValueError(f"activation cache {self.path} belongs to {key}={have!r}; expected {key}={want!r} (rebuild the cache or fix the paths)")
+                raise ValueError(f"activation cache {self.path} belongs to {key}={have!r}; "
+                                 f"expected {key}={want!r} (rebuild the cache or fix the paths)")
 
     def close(self) -> None:
         if self._file.id.valid:
@@ -303,7 +316,8 @@ class ActivationCache:
         return self.n_tokens
 
     def __repr__(self) -> str:
-        return f"ActivationCache({self.path}, model={self.attrs['model']!r}, layer={self.attrs['layer']}, n_tokens={self.n_tokens}, d_model={self.d_model}, dtype={self.dtype})"
+        return (f"ActivationCache({self.path}, model={self.attrs['model']!r}, layer={self.attrs['layer']}, "
+                f"n_tokens={self.n_tokens}, d_model={self.d_model}, dtype={self.dtype})")
 
     def _rows(self, start: int, stop: int) -> np.ndarray:
         return _from_storage(self._x[start:stop], self.dtype)
@@ -312,7 +326,8 @@ class ActivationCache:
         """Rows ``[start, stop)`` of x as a float32 tensor ``[rows, d_model]``."""
         stop = self.n_tokens if stop is None else stop
         if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start <= stop <= self.n_tokens):
-            raise ValueError(f"read({start!r}, {stop!r}) is out of range; expected 0 <= start <= stop <= n_tokens={self.n_tokens}")
+            raise ValueError(f"read({start!r}, {stop!r}) is out of range; "
+                             f"expected 0 <= start <= stop <= n_tokens={self.n_tokens}")
         return torch.from_numpy(np.ascontiguousarray(self._rows(start, stop)))
 
     def contexts(self) -> np.ndarray:
@@ -369,8 +384,7 @@ class ActivationCache:
         """
         check_positive_int("batch_size", batch_size)
         check_positive_int("buffer_rows", buffer_rows)
-        if isinstance(start_batch, bool) or not isinstance(start_batch, int) or start_batch < 0:
-            raise ValueError(f"start_batch={start_batch!r} is invalid; expected an integer >= 0")
+        check_positive_int("start_batch", start_batch, minimum=0)
         buffer_chunks = max(1, math.ceil(max(buffer_rows, batch_size) / self.chunk_rows))
         skip = start_batch * batch_size
         epoch, skip = divmod(skip, self.n_tokens)
@@ -389,7 +403,8 @@ class ActivationCache:
                     groups = self._groups(epoch, seed, buffer_chunks)
 
         plan = schedule()
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="jsae-cache") if prefetch else None
+        pool = (concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="jsae-cache")
+                if prefetch else None)
 
         def submit(item):
             return pool.submit(self._load_group, *item, seed) if pool else self._load_group(*item, seed)
@@ -420,6 +435,7 @@ class ActivationCache:
 
 def cli(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         prog="python -m jsae cache",
         description="Cache the MLP inputs x of (model, layer) over N tokens of a corpus split to HDF5 (with token ids, "
         "contexts and positions). Interrupted runs resume; only a complete file appears at --out.",
@@ -431,10 +447,10 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--n-tokens", type=int, required=True, help="rows to cache (BOS positions excluded)")
     p.add_argument("--context-length", type=int, required=True, help="tokens per context including the BOS")
     p.add_argument("--out", required=True, help="output FILE.h5")
-    p.add_argument("--dtype", choices=DTYPES, default="float32", help="storage dtype of x (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=16, help="contexts per forward (default: %(default)s)")
+    p.add_argument("--dtype", choices=CACHE_DTYPES, default="float32", help="storage dtype of x")
+    p.add_argument("--batch-size", type=int, default=16, help="contexts per forward")
     p.add_argument("--seed", type=int, default=0, help="which contexts are drawn from the split (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: $OMP_NUM_THREADS, else 1)")
     p.add_argument("--log-file", default=None, help="also write logs here")
     a = p.parse_args(argv)

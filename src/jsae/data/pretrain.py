@@ -23,7 +23,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from jsae.data.corpus import TokenStream, context_windows, corpus_info, iter_documents, make_contexts, tokenize_split
+from jsae.checks import check_positive_int
+from jsae.cli import HelpFormatter
+from jsae.data.corpus import (
+    TokenStream,
+    context_windows,
+    corpus_info,
+    iter_documents,
+    make_contexts,
+    tokenize_split,
+)
 from jsae.devices import resolve_device
 from jsae.io import atomic_dir, setup_logging, write_json
 
@@ -33,12 +42,11 @@ SPECIAL_TOKEN = "<|endoftext|>"  # BOS, EOS, PAD and the document separator, as 
 
 
 def train_tokenizer(corpus_dir: str | os.PathLike[str], *, vocab_size: int = 4096, min_frequency: int = 2):
-    """A byte-level BPE tokenizer (``tokenizers``) trained on the corpus' train split, as a ``PreTrainedTokenizerFast``."""
+    """A byte-level BPE tokenizer (``tokenizers``) trained on the corpus' train split (``PreTrainedTokenizerFast``)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 257 + 1:
-        raise ValueError(f"vocab_size={vocab_size!r} is invalid; expected an integer >= 258 (256 bytes + special token + merges)")
+    check_positive_int("vocab_size", vocab_size, minimum=256 + 1 + 1)  # 256 bytes, the special token, >= 1 merge
     info = corpus_info(corpus_dir)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -48,7 +56,8 @@ def train_tokenizer(corpus_dir: str | os.PathLike[str], *, vocab_size: int = 409
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
     t0 = time.perf_counter()
-    tok.train_from_iterator(iter_documents(corpus_dir, "train"), trainer=trainer, length=info["splits"]["train"]["documents"])
+    n_docs = info["splits"]["train"]["documents"]
+    tok.train_from_iterator(iter_documents(corpus_dir, "train"), trainer=trainer, length=n_docs)
     log.info("trained byte-level BPE tokenizer (vocab %d) in %.1fs", tok.get_vocab_size(), time.perf_counter() - t0)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=SPECIAL_TOKEN, eos_token=SPECIAL_TOKEN,
                                    pad_token=SPECIAL_TOKEN, unk_token=None, model_max_length=1 << 30)
@@ -79,18 +88,15 @@ class PretrainConfig:
     device: str = "auto"
 
     def validate(self) -> None:
-        for name in ("hidden", "layers", "heads", "vocab_size", "context_length", "batch_size", "eval_contexts"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}={v!r} is invalid; expected a positive integer")
+        for name in ("hidden", "layers", "heads", "vocab_size", "batch_size", "eval_contexts"):
+            check_positive_int(name, getattr(self, name))
+        check_positive_int("context_length", self.context_length, minimum=2)  # BOS + at least one token
+        check_positive_int("max_steps", self.max_steps, allow_none=True)
         if self.hidden % self.heads or (self.hidden // self.heads) % 4:
-            raise ValueError(f"hidden={self.hidden} with heads={self.heads} is invalid; expected hidden divisible by heads with head size a multiple of 4 (rotary)")
-        if self.context_length < 2:
-            raise ValueError(f"context_length={self.context_length} is invalid; expected >= 2 (BOS + at least one token)")
+            raise ValueError(f"hidden={self.hidden} with heads={self.heads} is invalid; "
+                             "expected hidden divisible by heads with head size a multiple of 4 (rotary)")
         if not (self.minutes > 0 and math.isfinite(self.minutes)):
             raise ValueError(f"minutes={self.minutes!r} is invalid; expected a positive time budget")
-        if self.max_steps is not None and (isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps < 1):
-            raise ValueError(f"max_steps={self.max_steps!r} is invalid; expected a positive integer or None")
         if not self.lr > 0:
             raise ValueError(f"lr={self.lr!r} is invalid; expected a positive learning rate")
 
@@ -103,8 +109,8 @@ def tiny_neox_config(cfg: PretrainConfig, tokenizer):
     return GPTNeoXConfig(
         vocab_size=len(tokenizer), hidden_size=cfg.hidden, num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
         intermediate_size=4 * cfg.hidden, max_position_embeddings=cfg.context_length, hidden_act="gelu",
-        use_parallel_residual=True, rotary_pct=0.25, tie_word_embeddings=False, attention_dropout=0.0, hidden_dropout=0.0,
-        bos_token_id=sid, eos_token_id=sid, pad_token_id=sid,
+        use_parallel_residual=True, rotary_pct=0.25, tie_word_embeddings=False, attention_dropout=0.0,
+        hidden_dropout=0.0, bos_token_id=sid, eos_token_id=sid, pad_token_id=sid,
     )
 
 
@@ -129,7 +135,8 @@ def evaluate_loss(model, contexts: torch.Tensor, batch_size: int = 32) -> float:
     for i in range(0, len(contexts), batch_size):
         ids = contexts[i : i + batch_size]
         logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum")
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                                                 reduction="sum")
         total, count = total + float(loss), count + ids[:, 1:].numel()
     model.train()
     return total / count
@@ -152,7 +159,8 @@ def pretrain(corpus_dir: str | os.PathLike[str], out: str | os.PathLike[str], cf
     train, val = tokenize_split(tokenizer, corpus_dir, "train"), tokenize_split(tokenizer, corpus_dir, "validation")
     n_train, n_val = context_windows(len(train), cfg.context_length), context_windows(len(val), cfg.context_length)
     if n_train < cfg.batch_size or n_val < 1:
-        raise ValueError(f"corpus {corpus_dir} gives {n_train} train / {n_val} validation contexts of length {cfg.context_length}; "
+        raise ValueError(f"corpus {corpus_dir} gives {n_train} train / {n_val} validation contexts of length "
+                         f"{cfg.context_length}; "
                          f"expected >= batch_size={cfg.batch_size} train and >= 1 validation context")
     bos = tokenizer.convert_tokens_to_ids(SPECIAL_TOKEN)
     rng = np.random.default_rng(cfg.seed)
@@ -166,15 +174,16 @@ def pretrain(corpus_dir: str | os.PathLike[str], out: str | os.PathLike[str], cf
     model = GPTNeoXForCausalLM(tiny_neox_config(cfg, tokenizer)).to(device).train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=cfg.lr, betas=(0.9, 0.95))
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
     budget_s = cfg.minutes * 60.0
     curve: list[dict] = []
     order = rng.permutation(n_train)
     cursor, step, tokens, epoch = 0, 0, 0, 0
     t0 = last_eval = time.perf_counter()
     total = cfg.max_steps if cfg.max_steps is not None else round(budget_s)
-    bar = tqdm(total=total, unit="step" if cfg.max_steps is not None else "s", desc="pretrain tiny-neox", dynamic_ncols=True)
+    bar = tqdm(total=total, unit="step" if cfg.max_steps is not None else "s", desc="pretrain tiny-neox",
+               dynamic_ncols=True)
     stopped_by = "max_steps"
     while True:
         elapsed = time.perf_counter() - t0
@@ -188,7 +197,8 @@ def pretrain(corpus_dir: str | os.PathLike[str], out: str | os.PathLike[str], cf
             group["lr"] = cfg.lr * _lr_factor(progress, step, cfg.warmup_steps)
         if cursor + cfg.batch_size > n_train:  # a new epoch: a fresh order of the windows
             order, cursor, epoch = rng.permutation(n_train), 0, epoch + 1
-        ids = torch.from_numpy(make_contexts(train, order[cursor : cursor + cfg.batch_size], cfg.context_length, bos)[0]).to(device)
+        window = order[cursor : cursor + cfg.batch_size]
+        ids = torch.from_numpy(make_contexts(train, window, cfg.context_length, bos)[0]).to(device)
         cursor += cfg.batch_size
         loss = model(input_ids=ids, labels=ids, use_cache=False).loss
         loss.backward()
@@ -199,17 +209,18 @@ def pretrain(corpus_dir: str | os.PathLike[str], out: str | os.PathLike[str], cf
         now = time.perf_counter()
         bar.update(1 if cfg.max_steps is not None else round(now - t0) - bar.n)
         if now - last_eval >= cfg.eval_every_s:
-            curve.append({"step": step, "tokens": tokens, "seconds": round(now - t0, 2), "train_loss": float(loss.detach()),
-                          "validation_loss": evaluate_loss(model, val_ctx)})
+            curve.append({"step": step, "tokens": tokens, "seconds": round(now - t0, 2),
+                          "train_loss": float(loss.detach()), "validation_loss": evaluate_loss(model, val_ctx)})
             bar.set_postfix(train=f"{float(loss.detach()):.3f}", val=f"{curve[-1]['validation_loss']:.3f}")
             last_eval = time.perf_counter()
     bar.close()
     train_seconds = time.perf_counter() - t0
     final = evaluate_loss(model, val_ctx)
-    curve.append({"step": step, "tokens": tokens, "seconds": round(train_seconds, 2), "train_loss": float(loss.detach()) if step else None,
-                  "validation_loss": final})
+    curve.append({"step": step, "tokens": tokens, "seconds": round(train_seconds, 2),
+                  "train_loss": float(loss.detach()) if step else None, "validation_loss": final})
     result = {
-        "config": asdict(cfg), "device": str(device), "steps": step, "tokens": tokens, "epochs": round(tokens / max(1, n_train * (cfg.context_length - 1)), 3),
+        "config": asdict(cfg), "device": str(device), "steps": step, "tokens": tokens,
+        "epochs": round(tokens / max(1, n_train * (cfg.context_length - 1)), 3),
         "stopped_by": stopped_by, "train_seconds": round(train_seconds, 2), "prepare_seconds": round(t_prep, 2),
         "tokens_per_second": round(tokens / max(train_seconds, 1e-9), 1), "final_validation_loss": final,
         "unigram_baseline_loss": baseline, "validation_tokens_evaluated": int(val_ctx[:, 1:].numel()),
@@ -222,8 +233,8 @@ def pretrain(corpus_dir: str | os.PathLike[str], out: str | os.PathLike[str], cf
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_json(Path(tmp) / "pretrain.json", result)
-    log.info("tiny-neox: %d steps, %d tokens in %.0fs (%.0f tok/s); validation loss %.3f nats/token (unigram %.3f) -> %s",
-             step, tokens, train_seconds, result["tokens_per_second"], final, baseline, out)
+    log.info("tiny-neox: %d steps, %d tokens in %.0fs (%.0f tok/s); validation loss %.3f nats/token "
+             "(unigram %.3f) -> %s", step, tokens, train_seconds, result["tokens_per_second"], final, baseline, out)
     if cfg.max_steps is not None and stopped_by == "time_budget":
         log.warning("the %g-minute cap stopped pretraining at step %d of max_steps=%d: this model depends on the "
                     "machine's speed (raise minutes for the reproducible one)", cfg.minutes, step, cfg.max_steps)
@@ -239,18 +250,20 @@ def set_threads(threads: int | None) -> int:
     if threads is None:
         env = os.environ.get("OMP_NUM_THREADS", "")
         threads = int(env) if env.isdigit() and int(env) > 0 else 1
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads={threads!r} is invalid; expected a positive integer")
+    check_positive_int("threads", threads)
     torch.set_num_threads(threads)
     return threads
 
 
 def cli_tokenizer(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m jsae tokenizer",
-                                description="Train a byte-level BPE tokenizer on a corpus' train split and save it (save_pretrained).")
+    p = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
+        prog="python -m jsae tokenizer",
+        description="Train a byte-level BPE tokenizer on a corpus' train split and save it (save_pretrained).",
+    )
     p.add_argument("--corpus", required=True, help="corpus directory (python -m jsae corpus)")
     p.add_argument("--out", required=True, help="output tokenizer directory")
-    p.add_argument("--vocab-size", type=int, default=4096, help="vocabulary size (default: %(default)s)")
+    p.add_argument("--vocab-size", type=int, default=4096, help="vocabulary size")
     p.add_argument("--log-file", default=None, help="also write logs here")
     a = p.parse_args(argv)
     setup_logging(log_file=a.log_file)
@@ -261,34 +274,36 @@ def cli_tokenizer(argv: list[str]) -> int:
 def cli(argv: list[str]) -> int:
     d = PretrainConfig()
     p = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         prog="python -m jsae pretrain",
-        description="Pretrain the embedded tiny-neox (Pythia architecture: GPT-NeoX, parallel residual, rotary, GELU MLP) "
-        "and its byte-level BPE tokenizer on a corpus, within a wall-clock budget. Writes a save_pretrained directory "
-        "with pretrain.json (loss curve, final validation loss, timings) as the completion marker.",
+        description="Pretrain the embedded tiny-neox (Pythia architecture: GPT-NeoX, parallel residual, rotary, "
+        "GELU MLP) and its byte-level BPE tokenizer on a corpus, within a wall-clock budget. Writes a save_pretrained "
+        "directory with pretrain.json (loss curve, final validation loss, timings) as the completion marker.",
     )
     p.add_argument("--corpus", required=True, help="corpus directory (python -m jsae corpus)")
     p.add_argument("--out", required=True, help="output model directory (e.g. results/models/tiny-neox)")
     p.add_argument("--tokenizer", default=None, help="reuse a tokenizer directory instead of training one")
-    p.add_argument("--hidden", type=int, default=d.hidden, help="model width (default: %(default)s)")
-    p.add_argument("--layers", type=int, default=d.layers, help="transformer blocks (default: %(default)s)")
-    p.add_argument("--heads", type=int, default=d.heads, help="attention heads (default: %(default)s)")
-    p.add_argument("--vocab-size", type=int, default=d.vocab_size, help="BPE vocabulary (default: %(default)s)")
-    p.add_argument("--context-length", type=int, default=d.context_length, help="tokens per context incl. BOS (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="contexts per step (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default: %(default)s)")
-    p.add_argument("--minutes", type=float, default=d.minutes, help="wall-clock training budget (default: %(default)s)")
+    p.add_argument("--hidden", type=int, default=d.hidden, help="model width")
+    p.add_argument("--layers", type=int, default=d.layers, help="transformer blocks")
+    p.add_argument("--heads", type=int, default=d.heads, help="attention heads")
+    p.add_argument("--vocab-size", type=int, default=d.vocab_size, help="BPE vocabulary")
+    p.add_argument("--context-length", type=int, default=d.context_length, help="tokens per context incl. BOS")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="contexts per step")
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
+    p.add_argument("--minutes", type=float, default=d.minutes, help="wall-clock training budget")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (bit-reproducible schedule)")
-    p.add_argument("--eval-every", type=float, default=d.eval_every_s, help="seconds between validation evaluations (default: %(default)s)")
+    p.add_argument("--eval-every", type=float, default=d.eval_every_s, help="seconds between validation evaluations")
     p.add_argument("--seed", type=int, default=d.seed, help="initialisation and data-order seed (default: %(default)s)")
-    p.add_argument("--device", default=d.device, help="auto, cpu, cuda or mps (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: $OMP_NUM_THREADS, else 1; small "
-                   "models on a shared machine run several times faster on 1 thread than on 2)")
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda or mps")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: $OMP_NUM_THREADS, else 1; small models on a shared machine run "
+                   "several times faster on 1 thread than on 2)")
     p.add_argument("--log-file", default=None, help="also write logs here")
     a = p.parse_args(argv)
     setup_logging(log_file=a.log_file)
     set_threads(a.threads)
-    cfg = PretrainConfig(hidden=a.hidden, layers=a.layers, heads=a.heads, vocab_size=a.vocab_size, context_length=a.context_length,
-                         batch_size=a.batch_size, lr=a.lr, minutes=a.minutes, max_steps=a.max_steps, eval_every_s=a.eval_every,
-                         seed=a.seed, device=a.device)
+    cfg = PretrainConfig(hidden=a.hidden, layers=a.layers, heads=a.heads, vocab_size=a.vocab_size,
+                         context_length=a.context_length, batch_size=a.batch_size, lr=a.lr, minutes=a.minutes,
+                         max_steps=a.max_steps, eval_every_s=a.eval_every, seed=a.seed, device=a.device)
     pretrain(a.corpus, a.out, cfg, tokenizer_dir=a.tokenizer)
     return 0

@@ -1,4 +1,4 @@
-"""Evaluate a trained JSAE pair on held-out tokens (paper appendix E, F; DESIGN "Metric definitions").
+"""Evaluate a trained JSAE pair on held-out tokens (paper appendix E, F; definitions in docs/metrics.md).
 
 Two passes, both bounded in memory:
 
@@ -10,18 +10,17 @@ Two passes, both bounded in memory:
    ``sae_out``) and with the same activation zero-ablated, giving the CE loss and KL scores.
 
 Outputs: ``evaluation.json`` (``metrics`` with the contract's keys, ``pair`` identity, settings) and
-``jacobian_stats.npz`` next to it; all scalars are also logged to the pair's MLflow run when asked.
+``jacobian_stats.npz`` next to it; all scalars are also logged to the pair's MLflow run when asked
+(:func:`jsae.tracking.log_to_pair_run`). Loading and the belong-together checks: :mod:`jsae.eval.inputs`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
-import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,25 +30,49 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from jsae.checks import check_positive_int, same_model
+from jsae.checks import check_positive_int
+from jsae.cli import tracking_uri
 from jsae.data.hooks import mlp_module, replace_mlp_input, replace_mlp_output
-from jsae.io import atomic_path, setup_logging, write_json
+from jsae.eval.inputs import (
+    cache_rows,
+    check_tokenizer_covers,
+    load_inputs,
+    pair_identity,
+    pair_parser,
+    run_field,
+    run_pair_command,
+    write_pair_outputs,
+)
 from jsae.eval.metrics import (
+    CE_TOKENS_KEY,
     DEFAULT_HIST_BINS,
     DEFAULT_HIST_MAX,
     DEFAULT_THRESHOLDS,
+    IN_CE_SCORE_KEY,
+    IN_EV_KEY,
+    JAC_FRAC_KEY,
+    JAC_GLOBAL_PAIRS_KEY,
+    N_TOKENS_KEY,
+    OUT_CE_SCORE_KEY,
+    OUT_EV_KEY,
+    RECONSTRUCTION_METRICS,
+    SIDES,
     GlobalJacobianAccumulator,
     JacobianAccumulator,
     ReconstructionAccumulator,
     check_thresholds,
     dead_and_rare,
     firing_counts,
+    global_threshold_key,
     histogram_edges,
     recovered_score,
+    side_key,
+    splice_key,
     token_cross_entropy,
     token_kl,
 )
 from jsae.nn.pair import EVALUATION_POINT, JSAEPair
+from jsae.tracking import log_to_pair_run
 
 log = logging.getLogger("jsae.eval.evaluate")
 
@@ -67,88 +90,8 @@ class Evaluation:
 
 
 # --------------------------------------------------------------------------------------------------
-# Input checks: the pair, the cache and the model must belong together
-# --------------------------------------------------------------------------------------------------
-
-
-def run_field(run: dict, name: str) -> Any:
-    """A field of run.json, looked up at the top level, then under ``params``, ``pair`` and ``cache``."""
-    if name in run:
-        return run[name]
-    for section in ("params", "pair", "config", "cache", "cache_attrs"):
-        sub = run.get(section)
-        if isinstance(sub, dict) and name in sub:
-            return sub[name]
-    return None
-
-
-def check_pair_matches(
-    run: dict,
-    cache_attrs: dict,
-    *,
-    model_spec: str | None = None,
-    layer: int | None = None,
-    d_model: int | None = None,
-) -> None:
-    """One-line ``ValueError`` when the pair (run.json), the cache and the requested model/layer differ.
-
-    Compared where recorded: model spec, layer, hook, tokenizer identity and corpus of the training
-    cache vs the evaluation cache (a tokenizer is identified by the model it ships with and, when
-    written, ``tokenizer`` / ``tokenizer_sha256``), and the width of the cached activations.
-    """
-    run_model, cache_model = run_field(run, "model"), cache_attrs.get("model")
-    if not same_model(run_model, cache_model):
-        raise ValueError(f"the pair was trained on model {run_model!r} but the cache holds model {cache_model!r}; "
-                         "expected a cache of the same model")
-    if model_spec is not None and not same_model(run_model, model_spec):
-        raise ValueError(f"--model {model_spec!r} differs from the model the pair was trained on ({run_model!r}); "
-                         "expected the same model")
-    run_layer, cache_layer = run_field(run, "layer"), cache_attrs.get("layer")
-    for name, value in (("the cache", cache_layer), ("--layer", layer)):
-        if run_layer is not None and value is not None and int(value) != int(run_layer):
-            raise ValueError(f"the pair was trained on layer {run_layer} but {name} is layer {value}; "
-                             "expected the same layer")
-    for key in ("hook", "tokenizer", "tokenizer_sha256", "bos_token_id", "model_class", "first_position"):
-        a, b = run_field(run, key), cache_attrs.get(key)
-        if a is not None and b is not None and str(a) != str(b):
-            raise ValueError(f"the pair was trained with {key}={a!r} but the cache has {key}={b!r}; expected equal")
-    d_cache = cache_attrs.get("d_model")
-    if d_model is not None and d_cache is not None and int(d_cache) != int(d_model):
-        raise ValueError(f"the cache holds activations of width {d_cache} but the pair expects {d_model}; "
-                         "expected a cache of the MLP input of the same model and layer")
-
-
-def check_tokenizer_covers(contexts: np.ndarray, vocab_size: int) -> None:
-    """Every cached token id must exist in the evaluating model's vocabulary (another tokenizer fails here)."""
-    if contexts.size and int(contexts.max()) >= vocab_size:
-        raise ValueError(f"the cache holds token id {int(contexts.max())} but the model's vocabulary has "
-                         f"{vocab_size} entries; expected a cache tokenized with this model's tokenizer")
-
-
-def check_tokenizer(tokenizer: Any, cache_attrs: dict, contexts: np.ndarray) -> None:
-    """The evaluating tokenizer must be the cache's: same BOS id and every cached id in its vocabulary."""
-    check_tokenizer_covers(contexts, len(tokenizer))
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    cached_bos = cache_attrs.get("bos_token_id")
-    if cached_bos is not None and bos is not None and int(cached_bos) != int(bos):
-        raise ValueError(f"the cache's contexts start with token {cached_bos} but this tokenizer's BOS is {bos}; "
-                         "expected the tokenizer the cache was built with")
-
-
-# --------------------------------------------------------------------------------------------------
 # Pass 1: reconstruction, dead latents, Jacobian statistics over cached activations
 # --------------------------------------------------------------------------------------------------
-
-
-def cache_rows(cache: Any, n_tokens: int | None, batch_size: int) -> Iterator[Tensor]:
-    """The first ``n_tokens`` rows of an activation cache (all with ``None``), in order, in batches."""
-    total = int(cache.n_tokens)
-    n = total if n_tokens is None else min(int(n_tokens), total)
-    if n <= 0:
-        raise ValueError(f"the evaluation set is empty (cache has {total} tokens, n_tokens={n_tokens}); "
-                         "expected at least one token")
-    for start in range(0, n, batch_size):
-        yield cache.read(start, min(n, start + batch_size))
 
 
 @torch.no_grad()
@@ -194,20 +137,15 @@ def activation_metrics(
     if n == 0:
         raise ValueError("the evaluation set is empty; expected at least one token")
     metrics: dict[str, float] = {}
-    for prefix, rec, fired in (("in", rec_in, fired_in), ("out", rec_out, fired_out)):
+    for side, rec, fired in zip(SIDES, (rec_in, rec_out), (fired_in, fired_out)):
         r = rec.result()
-        metrics[f"{prefix}/explained_variance"] = r["explained_variance"]
-        metrics[f"{prefix}/explained_variance_legacy"] = r["explained_variance_legacy"]
-        metrics[f"{prefix}/cosine"] = r["cosine"]
-        metrics[f"{prefix}/mse"] = r["mse"]
-        metrics[f"{prefix}/sse_per_token"] = r["sse_per_token"]
-        for key, value in dead_and_rare(fired.cpu(), n).items():
-            metrics[f"{prefix}/{key}"] = value
+        metrics.update({side_key(side, name): r[name] for name in RECONSTRUCTION_METRICS})
+        metrics.update({side_key(side, name): v for name, v in dead_and_rare(fired.cpu(), n).items()})
     metrics.update(jac.metrics())
-    metrics["jac/global_pairs"] = float(len(glob.keys))
+    metrics[JAC_GLOBAL_PAIRS_KEY] = float(len(glob.keys))
     for tau, share in zip(thresholds, glob.sparsity_shares(thresholds)):
-        metrics[f"jac/global_frac_above_{tau:g}"] = float(share)
-    metrics["eval/n_tokens"] = float(n)
+        metrics[global_threshold_key(tau)] = float(share)
+    metrics[N_TOKENS_KEY] = float(n)
     arrays = jac.arrays()
     arrays.update(glob.arrays())
     arrays["in_fired_count"] = fired_in.cpu().numpy()
@@ -258,7 +196,8 @@ def splice_scores(
     """
     check_positive_int("batch_size", batch_size)
     if contexts.dim() != 2 or contexts.shape[0] == 0 or contexts.shape[1] < 2:
-        raise ValueError(f"contexts has shape {tuple(contexts.shape)}; expected [n_contexts >= 1, length >= 2] token ids")
+        raise ValueError(f"contexts has shape {tuple(contexts.shape)}; "
+                         "expected [n_contexts >= 1, length >= 2] token ids")
     module = mlp_module(model, layer)
     device = next(model.parameters()).device
     sae_dtype = pair.sae_in.W_enc.dtype
@@ -291,17 +230,17 @@ def splice_scores(
         n_kl += ids.numel()
     ce = {k: v / n_ce for k, v in ce_sum.items()}
     kl = {k: v / n_kl for k, v in kl_sum.items()}
-    out = {f"ce/{k}": v for k, v in ce.items()}
-    out.update({f"kl/{k}": v for k, v in kl.items()})
-    for side in ("in", "out"):
-        out[f"{side}/ce_loss_score"] = recovered_score(ce[f"zero_{side}"], ce[f"recon_{side}"], ce["clean"])
-        out[f"{side}/kl_score"] = recovered_score(kl[f"zero_{side}"], kl[f"recon_{side}"], 0.0)
-    out["eval/ce_tokens"] = float(n_ce)
+    out = {splice_key("ce", k): v for k, v in ce.items()}
+    out.update({splice_key("kl", k): v for k, v in kl.items()})
+    for side in SIDES:
+        out[side_key(side, "ce_loss_score")] = recovered_score(ce[f"zero_{side}"], ce[f"recon_{side}"], ce["clean"])
+        out[side_key(side, "kl_score")] = recovered_score(kl[f"zero_{side}"], kl[f"recon_{side}"], 0.0)
+    out[CE_TOKENS_KEY] = float(n_ce)
     return out
 
 
 # --------------------------------------------------------------------------------------------------
-# The whole evaluation, outputs and tracking
+# The whole evaluation and its outputs
 # --------------------------------------------------------------------------------------------------
 
 
@@ -373,99 +312,10 @@ def evaluate_pair(
     return Evaluation(metrics, arrays, settings)
 
 
-def pair_identity(run: dict, pair: JSAEPair) -> dict[str, Any]:
-    """``pair`` section of the outputs: model, layer, control, lam, k, n_latents (from run.json)."""
-    ident = {key: run_field(run, key) for key in ("model", "layer", "control", "lam", "k", "n_latents")}
-    if ident["k"] is None:
-        ident["k"] = pair.sae_in.k
-    if ident["n_latents"] is None:
-        ident["n_latents"] = pair.sae_in.n_latents
-    for key in ("mlflow_run_id", "seed", "hook"):
-        if run_field(run, key) is not None:
-            ident[key] = run_field(run, key)
-    return ident
-
-
 def write_evaluation(out_json: str | os.PathLike[str], evaluation: Evaluation, identity: dict[str, Any]) -> Path:
-    """``evaluation.json`` and, next to it, ``jacobian_stats.npz`` (both written atomically).
-
-    The npz carries the pair's identity too (``pair_json``, a JSON string), so it stands alone.
-    """
-    out_json = Path(out_json)
-    npz = out_json.with_name("jacobian_stats.npz")
-    write_npz(npz, evaluation.arrays, identity)
-    write_json(out_json, {"metrics": evaluation.metrics, "pair": identity, "settings": evaluation.settings,
-                          "arrays": npz.name})
-    return npz
-
-
-def write_npz(path: str | os.PathLike[str], arrays: dict[str, np.ndarray], identity: dict[str, Any]) -> None:
-    """Compressed npz of ``arrays`` plus ``pair_json`` (the pair's identity), written atomically."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays, pair_json=np.array(json.dumps(identity, sort_keys=True, default=str)))
-
-
-def log_to_mlflow(
-    tracking_uri: str | None,
-    run_id: str | None,
-    metrics: dict[str, float],
-    artifacts: Iterable[str | os.PathLike[str]] = (),
-) -> bool:
-    """Log scalars (and files) to the pair's existing MLflow run; warn and return False if it cannot."""
-    from jsae.tracking import Tracker
-
-    if not tracking_uri:
-        return False
-    if not run_id:
-        warnings.warn("no mlflow_run_id in run.json; the evaluation is written to files only", stacklevel=2)
-        return False
-    tracker = Tracker(tracking_uri)
-    if tracker.attach(run_id):
-        tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=0)
-        for path in artifacts:
-            tracker.log_artifact(path, "evaluation")
-    if tracker.error is not None:
-        warnings.warn(f"MLflow logging to {tracking_uri} (run {run_id}) failed: {tracker.error}; the files are written", stacklevel=2)
-        return False
-    return True
-
-
-@dataclass
-class Inputs:
-    """A pair with its model, cache and run.json, checked to belong together."""
-
-    model: nn.Module
-    tokenizer: Any
-    pair: JSAEPair
-    cache: Any
-    run: dict
-    layer: int
-
-
-def load_inputs(model_spec: str, layer: int, run_dir: str, cache_path: str, *, device: str = "cpu") -> Inputs:
-    """Load the model, the pair (from ``run_dir``) and the cache, failing fast on any mismatch."""
-    from jsae.data.cache import ActivationCache
-    from jsae.devices import resolve_device
-    from jsae.export import load_pair, read_run
-    from jsae.nn.mlp import mlp_from_module
-    from jsae.data.models import load_model
-
-    if not Path(run_dir).is_dir():
-        raise FileNotFoundError(f"run directory {run_dir} does not exist; expected a trained pair (run.json, sae_in/, sae_out/)")
-    if not Path(cache_path).is_file():
-        raise FileNotFoundError(f"cache {cache_path} does not exist; expected an HDF5 activation cache")
-    run = read_run(run_dir)
-    cache = ActivationCache.open(cache_path)
-    check_pair_matches(run, dict(cache.attrs), model_spec=model_spec, layer=layer)
-    dev = resolve_device(device)
-    model, tokenizer = load_model(model_spec, device=str(dev))
-    mlp = mlp_from_module(mlp_module(model, layer))
-    pair = load_pair(run_dir, mlp).to(dev)
-    check_pair_matches(run, dict(cache.attrs), d_model=pair.sae_in.d_in)
-    if tokenizer is not None:
-        check_tokenizer(tokenizer, dict(cache.attrs), np.asarray(cache.contexts()))
-    return Inputs(model, tokenizer, pair.eval(), cache, run, layer)
+    """``evaluation.json`` and, next to it, ``jacobian_stats.npz`` (both written atomically)."""
+    return write_pair_outputs(out_json, "jacobian_stats.npz", evaluation.metrics, evaluation.arrays, identity,
+                              evaluation.settings)
 
 
 def _float_list(text: str) -> list[float]:
@@ -475,52 +325,27 @@ def _float_list(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
 
 
-def add_common_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model SPEC the pair was trained on (directory, HF id, smollm2-135m)")
-    p.add_argument("--layer", type=int, required=True, help="layer index of the MLP")
-    p.add_argument("--run", required=True, help="run directory of the trained pair (run.json, sae_in/, sae_out/)")
-    p.add_argument("--cache", required=True, help="validation activation cache (.h5) of the same model and layer")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | mps (default: auto)")
-    p.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI ('none': off); logs to the run id in run.json")
-    p.add_argument("--log-file", default=None, help="also write the log to this file")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
 def cli(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m jsae evaluate",
-        description="Evaluate a trained JSAE pair on held-out tokens: reconstruction (EV, cosine, MSE), "
+    p = pair_parser(
+        "python -m jsae evaluate",
+        "Evaluate a trained JSAE pair on held-out tokens: reconstruction (EV, cosine, MSE), "
         "CE/KL scores by splicing into the LM, dead/rare latents and Jacobian statistics. "
         "Writes evaluation.json and jacobian_stats.npz.",
     )
-    add_common_arguments(p)
     p.add_argument("--out", required=True, help="output path of evaluation.json (jacobian_stats.npz goes next to it)")
     p.add_argument("--n-tokens", type=int, default=None, help="cached tokens for the activation metrics (default: all)")
-    p.add_argument("--batch-size", type=int, default=2048, help="tokens per pair forward (default: 2048)")
-    p.add_argument("--ce-tokens", type=int, default=DEFAULT_CE_TOKENS, help=f"tokens for the CE/KL scores (default: {DEFAULT_CE_TOKENS})")
-    p.add_argument("--ce-batch-size", type=int, default=8, help="contexts per LM forward for CE/KL (default: 8)")
+    p.add_argument("--batch-size", type=int, default=2048, help="tokens per pair forward")
+    p.add_argument("--ce-tokens", type=int, default=DEFAULT_CE_TOKENS, help="tokens for the CE/KL scores")
+    p.add_argument("--ce-batch-size", type=int, default=8, help="contexts per LM forward for CE/KL")
     p.add_argument("--thresholds", type=_float_list, default=list(DEFAULT_THRESHOLDS),
-                   help="comma-separated tau for jac/frac_above_tau (default: 0.005,0.01,0.015,0.02,0.04)")
-    p.add_argument("--hist-max", type=float, default=DEFAULT_HIST_MAX, help="upper edge of the |J| histogram; larger values go to the overflow bin")
+                   help="comma-separated tau for jac/frac_above_tau (default: "
+                   f"{','.join(f'{t:g}' for t in DEFAULT_THRESHOLDS)})")
+    p.add_argument("--hist-max", type=float, default=DEFAULT_HIST_MAX,
+                   help="upper edge of the |J| histogram; larger values go to the overflow bin")
     p.add_argument("--hist-bins", type=int, default=DEFAULT_HIST_BINS, help="linear |J| histogram bins")
     p.add_argument("--max-global-entries", type=int, default=20_000_000,
                    help="cap on stored (output, input) pairs of the global mean-|J| matrix (smallest pruned)")
-    args = p.parse_args(argv)
-    setup_logging(log_file=args.log_file)
-    return run_cli(_evaluate_cli, args)
-
-
-def run_cli(fn, args: argparse.Namespace) -> int:
-    """Run a CLI body; bad input becomes one logged line and exit status 2 (no traceback)."""
-    try:
-        return int(fn(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        log.error("%s", exc)
-        return 2
-
-
-def mlflow_uri(value: str | None) -> str | None:
-    return None if value is None or str(value).lower() in ("", "none") else str(value)
+    return run_pair_command(p, argv, _evaluate_cli)
 
 
 def _evaluate_cli(args: argparse.Namespace) -> int:
@@ -539,8 +364,9 @@ def _evaluate_cli(args: argparse.Namespace) -> int:
     identity = pair_identity(inputs.run, inputs.pair)
     npz = write_evaluation(args.out, evaluation, identity)
     log.info("wrote %s and %s", args.out, npz)
-    for key in ("in/explained_variance", "out/explained_variance", "in/ce_loss_score", "out/ce_loss_score", "jac/frac_above_0.01"):
+    for key in (IN_EV_KEY, OUT_EV_KEY, IN_CE_SCORE_KEY, OUT_CE_SCORE_KEY, JAC_FRAC_KEY):
         if key in evaluation.metrics:
             log.info("%s = %.4f", key, evaluation.metrics[key])
-    log_to_mlflow(mlflow_uri(args.mlflow_uri), run_field(inputs.run, "mlflow_run_id"), evaluation.metrics, [args.out])
+    log_to_pair_run(tracking_uri(args.mlflow_uri), run_field(inputs.run, "mlflow_run_id"), evaluation.metrics,
+                    [args.out])
     return 0

@@ -1,4 +1,4 @@
-"""Evaluation metrics of a JSAE pair, each defined once (DESIGN "Metric definitions", paper appendix E, F).
+"""Evaluation metrics of a JSAE pair, each defined once (paper appendix E, F; docs/metrics.md), and their keys.
 
 Every metric has a pure function on tensors (the definition, tested against brute force) and, where
 the evaluation runs over more tokens than fit in memory, a streaming accumulator whose ``update``
@@ -11,6 +11,9 @@ Conventions:
 * Jacobian: ``J`` is ``[T, k_out, k_in]`` as :meth:`jsae.nn.pair.JSAEPair.jacobian` returns it (rows of
   output latents the ReLU switched off are zero). Per-token shares use ``k_out * k_in`` (= k^2) as
   100%, as the paper's fig. 2 / 7 do.
+
+The metric keys (the names in evaluation.json, probes.json, summary.csv and MLflow) are built here
+and only here: the key functions and constants below are what every other module uses.
 """
 
 from __future__ import annotations
@@ -23,14 +26,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-#: Thresholds tau of the "share of |J| > tau" sparsity metric (paper fig. 2, 7; DESIGN).
+#: Thresholds tau of the "share of |J| > tau" sparsity metric (paper fig. 2, 7).
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.005, 0.01, 0.015, 0.02, 0.04)
 #: p of the per-token Lp norms of the flattened k x k Jacobian (paper F.1, fig. 35).
 LP_NORMS: tuple[float, ...] = (1.0, 2.0, 4.0, math.inf)
 #: A latent firing fewer than this many times per token is "rare" (appendix E: < once per 1M tokens).
 RARE_RATE = 1e-6
-#: Metric name of :func:`effective_share` averaged over tokens.
-EFFECTIVE_SHARE_KEY = "jac/effective_share"
 #: Default |J| histogram: 1500 linear bins on [0, 1.5] plus an explicit overflow bin (fig. 32, 34).
 DEFAULT_HIST_MAX = 1.5
 DEFAULT_HIST_BINS = 1500
@@ -47,9 +48,69 @@ def check_thresholds(thresholds: Sequence[float]) -> tuple[float, ...]:
     return tuple(float(t) for t in values)
 
 
+# --------------------------------------------------------------------------------------------------
+# Metric keys
+# --------------------------------------------------------------------------------------------------
+
+#: The two SAEs of a pair: ``in`` (on the MLP input x) and ``out`` (on y = MLP(x)).
+SIDES = ("in", "out")
+#: Per-SAE reconstruction metrics, as :meth:`ReconstructionAccumulator.result` names them.
+RECONSTRUCTION_METRICS = ("explained_variance", "explained_variance_legacy", "cosine", "mse", "sse_per_token")
+#: Prefix of the linearity-probe metrics (probes.json).
+PROBE_PREFIX = "probe/"
+
+
+def side_key(side: str, name: str) -> str:
+    """``{side}/{name}``: a metric of one SAE, e.g. ``in/explained_variance``, ``out/ce_loss_score``."""
+    return f"{side}/{name}"
+
+
 def threshold_key(tau: float) -> str:
     """``jac/frac_above_{tau}`` with tau written as in the contract (``0.005``, ``0.01``, ``0.04``)."""
     return f"jac/frac_above_{tau:g}"
+
+
+def global_threshold_key(tau: float) -> str:
+    """``jac/global_frac_above_{tau}``: the share of the global mean-|J| matrix above tau (fig. 36)."""
+    return f"jac/global_frac_above_{tau:g}"
+
+
+def lp_key(p: float) -> str:
+    """``jac/l1``, ``jac/l2``, ``jac/l4``, ``jac/linf``: the mean per-token Lp norm of J."""
+    return "jac/linf" if math.isinf(p) else f"jac/l{p:g}"
+
+
+def splice_key(measure: str, variant: str) -> str:
+    """``ce/{variant}`` or ``kl/{variant}``: mean CE / KL of the spliced LM (``clean``, ``recon_in``, ...)."""
+    return f"{measure}/{variant}"
+
+
+def probe_key(name: str) -> str:
+    """``probe/{name}``: a linearity-probe metric, e.g. ``probe/n_samples``."""
+    return f"{PROBE_PREFIX}{name}"
+
+
+def probe_frac_key(label: str) -> str:
+    """``probe/{label}_frac``: the share of probed functions with this class or split (``linear``, ``on_line``, ...)."""
+    return probe_key(f"{label}_frac")
+
+
+#: The paper's headline Jacobian sparsity: share of the k x k elements with |J| > 0.01 (figs. 4, 5, 29).
+JAC_FRAC_KEY = threshold_key(0.01)
+#: Metric name of :func:`effective_share` averaged over tokens.
+EFFECTIVE_SHARE_KEY = "jac/effective_share"
+JAC_L1_KEY, JAC_LINF_KEY = lp_key(1.0), lp_key(math.inf)
+JAC_MEAN_ABS_KEY = "jac/mean_abs"
+JAC_MAX_ABS_KEY = "jac/max_abs"
+JAC_HIST_OVERFLOW_KEY = "jac/hist_overflow_frac"
+JAC_GLOBAL_PAIRS_KEY = "jac/global_pairs"
+IN_EV_KEY, OUT_EV_KEY = (side_key(s, "explained_variance") for s in SIDES)
+IN_CE_SCORE_KEY, OUT_CE_SCORE_KEY = (side_key(s, "ce_loss_score") for s in SIDES)
+#: The report's fig. 5 y-axis: the mean of the two SAEs' CE loss scores (summary.csv).
+CE_SCORE_MEAN_KEY = "ce/score_mean"
+#: Tokens behind the activation metrics and behind the CE/KL scores.
+N_TOKENS_KEY = "eval/n_tokens"
+CE_TOKENS_KEY = "eval/ce_tokens"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -80,7 +141,8 @@ def explained_variance_legacy(x: Tensor, x_hat: Tensor) -> float:
 
 def mean_cosine_similarity(x: Tensor, x_hat: Tensor) -> float:
     """Mean over tokens of ``cos(x_t, x_hat_t)`` (a zero vector has cosine 0)."""
-    return float(torch.nn.functional.cosine_similarity(x.detach().double(), x_hat.detach().double(), dim=-1, eps=1e-12).mean())
+    cos = torch.nn.functional.cosine_similarity(x.detach().double(), x_hat.detach().double(), dim=-1, eps=1e-12)
+    return float(cos.mean())
 
 
 def mse_per_element(x: Tensor, x_hat: Tensor) -> float:
@@ -234,11 +296,8 @@ def effective_share(J: Tensor) -> Tensor:
     """
     a = J.detach().double().flatten(1)
     l1, sq = a.abs().sum(dim=1), a.pow(2).sum(dim=1)
-    return torch.where(sq > 0, l1.pow(2) / (a.shape[1] * sq.clamp_min(torch.finfo(torch.float64).tiny)), torch.zeros_like(l1))
-
-
-def lp_key(p: float) -> str:
-    return "jac/linf" if math.isinf(p) else f"jac/l{p:g}"
+    ratio = l1.pow(2) / (a.shape[1] * sq.clamp_min(torch.finfo(torch.float64).tiny))
+    return torch.where(sq > 0, ratio, torch.zeros_like(l1))
 
 
 def histogram_edges(max_value: float = DEFAULT_HIST_MAX, bins: int = DEFAULT_HIST_BINS) -> np.ndarray:
@@ -331,9 +390,9 @@ class JacobianAccumulator:
         for p, s in zip(self.ps, self.norm_sum):
             out[lp_key(p)] = float(s) / self.n_tokens
         out[EFFECTIVE_SHARE_KEY] = self.effective_sum / self.n_tokens
-        out["jac/mean_abs"] = self.abs_sum / self.n_elements
-        out["jac/max_abs"] = self.max_abs
-        out["jac/hist_overflow_frac"] = self.overflow / self.n_elements
+        out[JAC_MEAN_ABS_KEY] = self.abs_sum / self.n_elements
+        out[JAC_MAX_ABS_KEY] = self.max_abs
+        out[JAC_HIST_OVERFLOW_KEY] = self.overflow / self.n_elements
         return out
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -415,7 +474,8 @@ class GlobalJacobianAccumulator:
         n, dev = len(uniq), self.device
         ones = torch.ones(len(raw_keys), dtype=torch.int64, device=dev)
         self._count = torch.zeros(n, dtype=torch.int64, device=dev).index_add_(0, inv, torch.cat([self._count, ones]))
-        self._sum_abs = torch.zeros(n, dtype=torch.float64, device=dev).index_add_(0, inv, torch.cat([self._sum_abs, raw_vals]))
+        self._sum_abs = torch.zeros(n, dtype=torch.float64, device=dev).index_add_(
+            0, inv, torch.cat([self._sum_abs, raw_vals]))
         self._sum_sq = torch.zeros(n, dtype=torch.float64, device=dev).index_add_(
             0, inv, torch.cat([self._sum_sq, raw_vals * raw_vals]))
         self._keys = uniq

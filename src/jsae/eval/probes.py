@@ -53,8 +53,12 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from jsae.io import setup_logging, write_json
+from jsae.checks import check_positive_int
+from jsae.cli import tracking_uri
+from jsae.eval.inputs import load_inputs, pair_identity, pair_parser, run_field, run_pair_command, write_pair_outputs
+from jsae.eval.metrics import probe_frac_key, probe_key
 from jsae.nn.pair import EVALUATION_POINT, JSAEPair
+from jsae.tracking import log_to_pair_run
 
 log = logging.getLogger("jsae.eval.probes")
 
@@ -152,7 +156,10 @@ def sweep_grid(s_x: Tensor, n_points: int = N_POINTS) -> Tensor:
 
 
 def shared_sweeps(samples: ProbeSamples) -> tuple[Tensor, Tensor]:
-    """Samples with the same (token, input latent j) share one sweep: ``(first sample of each, sweep index per sample)``."""
+    """Samples with the same (token, input latent j) share one sweep.
+
+    Returns ``(first sample of each sweep, sweep index of each sample)``.
+    """
     n_in = int(samples.in_latent.max()) + 1 if len(samples) else 1
     key = samples.token_row.to(samples.in_latent.device) * n_in + samples.in_latent
     uniq, inv = torch.unique(key, return_inverse=True)
@@ -203,7 +210,8 @@ def output_latent_at(
             v = (vals[local] * (idx[local] == target[:, None, None])).sum(-1)
         else:
             y = y.reshape(u1 - u0, Q, -1)[local]  # [m, Q, d]
-            v = ((y * pair.sae_out.W_enc[target][:, None, :]).sum(-1) + pair.sae_out.b_enc[target][:, None]).clamp_min(0)
+            pre = (y * pair.sae_out.W_enc[target][:, None, :]).sum(-1) + pair.sae_out.b_enc[target][:, None]
+            v = pre.clamp_min(0)
         result[who] = v
     return result
 
@@ -340,7 +348,8 @@ def classify_one(xs: Tensor, ys: Tensor, tol: float = LINEAR_TOL) -> int:
 
 
 @torch.no_grad()
-def probe_loop(pair: JSAEPair, samples: ProbeSamples, *, n_points: int = N_POINTS, output: str = "topk") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def probe_loop(pair: JSAEPair, samples: ProbeSamples, *, n_points: int = N_POINTS,
+               output: str = "topk") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The straightforward per-sample loop (one forward of P points per sample, as ``linear.py``).
 
     The reference for tests and the baseline for ``benchmarks/bench_probes.py``; returns
@@ -411,16 +420,12 @@ def run_probes(
     ``in_latent``, ``out_latent``, ``token_row``, ``d2_mean``, ``d2_mean_abs``, ``d2_max_abs``;
     and ``curve_xs`` / ``curve_ys`` / ``curve_index`` for ``n_curves`` samples chosen at random.
     """
-    for name, v in (("n_samples", n_samples), ("inputs_per_token", inputs_per_token), ("n_points", n_points),
+    for name, v in (("n_samples", n_samples), ("inputs_per_token", inputs_per_token),
                     ("samples_per_forward", samples_per_forward)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name}={v!r} is invalid; expected a positive integer")
-    if outputs_per_input is not None and (isinstance(outputs_per_input, bool) or not isinstance(outputs_per_input, int) or outputs_per_input < 1):
-        raise ValueError(f"outputs_per_input={outputs_per_input!r} is invalid; expected a positive integer or None (all active)")
-    if isinstance(n_curves, bool) or not isinstance(n_curves, int) or n_curves < 0:
-        raise ValueError(f"n_curves={n_curves!r} is invalid; expected an integer >= 0")
-    if n_points < 3:
-        raise ValueError(f"n_points={n_points} is invalid; expected at least 3 sweep points")
+        check_positive_int(name, v)
+    check_positive_int("n_points", n_points, minimum=3)  # a line fit needs at least 3 sweep points
+    check_positive_int("outputs_per_input", outputs_per_input, allow_none=True)  # None: every active one
+    check_positive_int("n_curves", n_curves, minimum=0)
     if output not in OUTPUT_MODES:
         raise ValueError(f"output={output!r} is invalid; expected one of {', '.join(OUTPUT_MODES)}")
     device = pair.sae_in.W_enc.device
@@ -468,12 +473,12 @@ def run_probes(
         log.warning("the evaluation set gave only %d of the %d requested samples", n_done, n_samples)
     arrays = {k: np.concatenate(v) for k, v in collected.items()}
     label, split = arrays["label"], arrays["split"]
-    metrics = {f"probe/{name}_frac": float((label == i).mean()) for i, name in enumerate(LABELS)}
-    metrics.update({f"probe/{name}_frac": float((split == i).mean()) for i, name in enumerate(SPLITS)})
-    metrics["probe/n_samples"] = float(n_done)
+    metrics = {probe_frac_key(name): float((label == i).mean()) for i, name in enumerate(LABELS)}
+    metrics.update({probe_frac_key(name): float((split == i).mean()) for i, name in enumerate(SPLITS)})
+    metrics[probe_key("n_samples")] = float(n_done)
     if second_derivative:
-        metrics["probe/d2_mean_abs_median"] = float(np.median(arrays["d2_mean_abs"]))
-        metrics["probe/d2_max_abs_median"] = float(np.median(arrays["d2_max_abs"]))
+        metrics[probe_key("d2_mean_abs_median")] = float(np.median(arrays["d2_mean_abs"]))
+        metrics[probe_key("d2_max_abs_median")] = float(np.median(arrays["d2_max_abs"]))
     arrays["curve_index"] = torch.cat(curve_index).numpy() if curve_index else np.zeros(0, dtype=np.int64)
     arrays["curve_xs"] = torch.cat(curves_x).numpy() if curves_x else np.zeros((0, n_points), dtype=np.float32)
     arrays["curve_ys"] = torch.cat(curves_y).numpy() if curves_y else np.zeros((0, n_points), dtype=np.float32)
@@ -483,13 +488,7 @@ def run_probes(
 def write_probes(out_json: str | Path, metrics: dict[str, float], arrays: dict[str, np.ndarray],
                  identity: dict[str, Any], settings: dict[str, Any]) -> Path:
     """``probes.json`` (metrics, pair identity, settings) and ``probe_curves.npz`` next to it."""
-    from jsae.eval.evaluate import write_npz
-
-    out_json = Path(out_json)
-    npz = out_json.with_name("probe_curves.npz")
-    write_npz(npz, arrays, identity)
-    write_json(out_json, {"metrics": metrics, "pair": identity, "settings": settings, "arrays": npz.name})
-    return npz
+    return write_pair_outputs(out_json, "probe_curves.npz", metrics, arrays, identity, settings)
 
 
 def probe_settings(**extra: Any) -> dict[str, Any]:
@@ -501,55 +500,47 @@ def probe_settings(**extra: Any) -> dict[str, Any]:
 
 
 def cli(argv: list[str]) -> int:
-    from jsae.eval.evaluate import add_common_arguments, run_cli
-
-    p = argparse.ArgumentParser(
-        prog="python -m jsae probes",
-        description="Linearity probes of f_s (paper section 5.4, appendix B): classify the scalar functions "
+    p = pair_parser(
+        "python -m jsae probes",
+        "Linearity probes of f_s (paper section 5.4, appendix B): classify the scalar functions "
         "s_x,j -> s_y,i as linear / JumpReLU-like / other, the subtract-1 check against J, and second "
         "derivatives. Writes probes.json and probe_curves.npz.",
     )
-    add_common_arguments(p)
     p.add_argument("--out", required=True, help="output path of probes.json (probe_curves.npz goes next to it)")
-    p.add_argument("--n-samples", type=int, default=10_000, help="(token, j, i) functions to probe (default: 10000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampling (default: 0)")
-    p.add_argument("--inputs-per-token", type=int, default=1, help="active input latents j drawn per token (default: 1)")
+    p.add_argument("--n-samples", type=int, default=10_000, help="(token, j, i) functions to probe")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling (default: %(default)s)")
+    p.add_argument("--inputs-per-token", type=int, default=1, help="active input latents j drawn per token")
     p.add_argument("--outputs-per-input", default="all",
-                   help="output latents i per (token, j): 'all' active ones (default; one shared sweep) or a number drawn")
-    p.add_argument("--n-curves", type=int, default=300, help="sweep curves kept for plotting (default: 300)")
+                   help="output latents i per (token, j): 'all' active ones (one shared sweep) or a number drawn")
+    p.add_argument("--n-curves", type=int, default=300, help="sweep curves kept for plotting")
     p.add_argument("--samples-per-forward", type=int, default=512, help="functions probed per batched forward")
     p.add_argument("--output", choices=OUTPUT_MODES, default="topk",
-                   help="read s_y,i as the output SAE's TopK reports it (default) or as ReLU(pre-activation)")
+                   help="read s_y,i as the output SAE's TopK reports it (topk) or as ReLU(pre-activation) (relu)")
     p.add_argument("--no-second-derivative", action="store_true", help="skip the second-derivative statistics")
-    args = p.parse_args(argv)
-    setup_logging(log_file=args.log_file)
-    return run_cli(_probes_cli, args)
+    return run_pair_command(p, argv, _probes_cli)
 
 
 def _probes_cli(args: argparse.Namespace) -> int:
-    from jsae.eval.evaluate import load_inputs, log_to_mlflow, mlflow_uri, pair_identity, run_field
-
-    if args.n_samples < 1:
-        raise ValueError(f"--n-samples={args.n_samples} is invalid; expected a positive integer")
+    check_positive_int("--n-samples", args.n_samples)
     if args.outputs_per_input == "all":
         outputs_per_input = None
     elif args.outputs_per_input.isdigit() and int(args.outputs_per_input) > 0:
         outputs_per_input = int(args.outputs_per_input)
     else:
-        raise ValueError(f"--outputs-per-input={args.outputs_per_input!r} is invalid; expected 'all' or a positive integer")
+        raise ValueError(f"--outputs-per-input={args.outputs_per_input!r} is invalid; "
+                         "expected 'all' or a positive integer")
     inputs = load_inputs(args.model, args.layer, args.run, args.cache, device=args.device)
     metrics, arrays = run_probes(
         inputs.pair, random_blocks(inputs.cache, seed=args.seed), n_samples=args.n_samples,
-        inputs_per_token=args.inputs_per_token, outputs_per_input=outputs_per_input, seed=args.seed, n_curves=args.n_curves,
-        samples_per_forward=args.samples_per_forward, output=args.output,
+        inputs_per_token=args.inputs_per_token, outputs_per_input=outputs_per_input, seed=args.seed,
+        n_curves=args.n_curves, samples_per_forward=args.samples_per_forward, output=args.output,
         second_derivative=not args.no_second_derivative, progress=not args.no_progress,
     )
     settings = probe_settings(seed=args.seed, inputs_per_token=args.inputs_per_token,
                               outputs_per_input=args.outputs_per_input, output=args.output,
                               cache=str(args.cache), run=str(args.run))
     npz = write_probes(args.out, metrics, arrays, pair_identity(inputs.run, inputs.pair), settings)
-    log.info("wrote %s and %s: linear %.3f, JumpReLU %.3f, other %.3f, on the line %.3f",
-             args.out, npz, metrics["probe/linear_frac"], metrics["probe/jumprelu_frac"],
-             metrics["probe/other_frac"], metrics["probe/on_line_frac"])
-    log_to_mlflow(mlflow_uri(args.mlflow_uri), run_field(inputs.run, "mlflow_run_id"), metrics, [args.out])
+    log.info("wrote %s and %s: linear %.3f, JumpReLU %.3f, other %.3f, on the line %.3f", args.out, npz,
+             *(metrics[probe_frac_key(name)] for name in ("linear", "jumprelu", "other", "on_line")))
+    log_to_pair_run(tracking_uri(args.mlflow_uri), run_field(inputs.run, "mlflow_run_id"), metrics, [args.out])
     return 0

@@ -29,9 +29,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from jsae.io import atomic_path, setup_logging
+from jsae.checks import check_positive_int
+from jsae.cli import tracking_uri
+from jsae.eval.inputs import cache_rows, load_inputs, pair_identity, pair_parser, run_field, run_pair_command
 from jsae.eval.metrics import GlobalJacobianAccumulator
+from jsae.io import atomic_path
 from jsae.nn.pair import JSAEPair
+from jsae.tracking import log_to_pair_run
 
 log = logging.getLogger("jsae.eval.tables")
 
@@ -104,8 +108,7 @@ def select_latents(glob: GlobalJacobianAccumulator, *, n_output_latents: int = 1
     Returns ``(latent, mean_abs, n_nonzero, n_active, top_inputs)`` per output latent.
     """
     for name, v in (("n_output_latents", n_output_latents), ("n_inputs", n_inputs), ("min_active", min_active)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name}={v!r} is invalid; expected a positive integer")
+        check_positive_int(name, v)
     mean, nnz = glob.output_mean_abs()
     eligible = glob.out_active >= min_active
     if not bool(eligible.any()):
@@ -114,7 +117,8 @@ def select_latents(glob: GlobalJacobianAccumulator, *, n_output_latents: int = 1
     score = torch.where(eligible & (nnz > 0), mean, torch.full_like(mean, -1.0))
     order = torch.argsort(score, descending=True)[:n_output_latents]
     order = order[score[order] >= 0]
-    return [(int(i), float(mean[i]), int(nnz[i]), int(glob.out_active[i]), glob.top_inputs(int(i), n_inputs)) for i in order]
+    return [(int(i), float(mean[i]), int(nnz[i]), int(glob.out_active[i]), glob.top_inputs(int(i), n_inputs))
+            for i in order]
 
 
 class _TopTokens:
@@ -142,7 +146,8 @@ def latent_activations(vals: Tensor, idx: Tensor, latents: Tensor) -> Tensor:
 
 @torch.no_grad()
 def top_activating_rows(pair: JSAEPair, batches: Iterable[Tensor], out_latents: list[int], in_latents: list[int], *,
-                        n_candidates: int, total: int | None = None, progress: bool = True) -> dict[tuple[str, int], list[tuple[float, int]]]:
+                        n_candidates: int, total: int | None = None,
+                        progress: bool = True) -> dict[tuple[str, int], list[tuple[float, int]]]:
     """For each listed latent, its ``n_candidates`` largest activations and their rows (step 3)."""
     device = pair.sae_in.W_enc.device
     o = torch.tensor(out_latents, dtype=torch.long, device=device)
@@ -265,10 +270,7 @@ def make_tables(
 ) -> TablesReport:
     """Everything the page shows, from a pair and a cache (``read``, ``n_tokens``, ``contexts()``,
     ``context_index``, ``position``, ``context_length``)."""
-    from jsae.eval.evaluate import cache_rows
-
-    if isinstance(n_examples, bool) or not isinstance(n_examples, int) or n_examples < 1:
-        raise ValueError(f"n_examples={n_examples!r} is invalid; expected a positive integer")
+    check_positive_int("n_examples", n_examples)
     total_rows = int(cache.n_tokens)
     n = total_rows if n_tokens is None else min(int(n_tokens), total_rows)
     n_batches = -(-n // batch_size) if n > 0 else 0
@@ -311,7 +313,8 @@ def make_tables(
             LatentTable("in", int(j), by_key[("in", int(j))], count=int(c), mean=float(m), std=float(s), rank=r)
             for r, (j, c, m, s) in enumerate(zip(inputs["in_latent"], inputs["count"], inputs["mean"], inputs["std"]))
         ]
-        entries.append(OutputEntry(latent, mean_abs, nnz, n_active, LatentTable("out", latent, by_key[("out", latent)]), in_tables))
+        out_table = LatentTable("out", latent, by_key[("out", latent)])
+        entries.append(OutputEntry(latent, mean_abs, nnz, n_active, out_table, in_tables))
     return TablesReport(entries, identity or {}, n)
 
 
@@ -363,17 +366,20 @@ def render_html(report: TablesReport) -> str:
     parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>",
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
     desc = ", ".join(f"{k}={v}" for k, v in ident.items() if k in ("control", "lam", "k", "n_latents"))
-    parts.append(f'<p class="meta">{html.escape(desc)}; {report.n_tokens} evaluation tokens. Output latents ranked by the '
-                 "mean of their non-zero |J| elements; input latents by mean non-zero |J<sub>ij</sub>|. Token shading: the "
-                 "latent's activation divided by its maximum over the evaluation tokens.</p>")
+    parts.append(f'<p class="meta">{html.escape(desc)}; {report.n_tokens} evaluation tokens. '
+                 "Output latents ranked by the mean of their non-zero |J| elements; "
+                 "input latents by mean non-zero |J<sub>ij</sub>|. "
+                 "Token shading: the latent's activation divided by its maximum over the evaluation tokens.</p>")
     if not report.entries:
         parts.append("<p>No output latent was active on the evaluation tokens.</p>")
     for rank, e in enumerate(report.entries):
-        parts.append(f"<h2>#{rank + 1}: output latent {e.latent}</h2><p class=\"meta\">mean non-zero |J| = {e.mean_abs:.4g} "
+        parts.append(f"<h2>#{rank + 1}: output latent {e.latent}</h2>"
+                     f"<p class=\"meta\">mean non-zero |J| = {e.mean_abs:.4g} "
                      f"over {e.n_nonzero} elements; active on {e.n_active} tokens</p>")
         parts.append(_examples_html(e.table, _scale(e.table)))
         for t in e.inputs:
-            parts.append(f"<h3>input latent {t.latent}</h3><p class=\"meta\">rank {t.rank} for output latent {e.latent}: "
+            parts.append(f"<h3>input latent {t.latent}</h3>"
+                         f"<p class=\"meta\">rank {t.rank} for output latent {e.latent}: "
                          f"J non-zero on {t.count} tokens, mean {t.mean:.4g}, std {t.std:.4g}</p>")
             parts.append(_examples_html(t, _scale(t)))
     parts.append("</body></html>")
@@ -383,7 +389,9 @@ def render_html(report: TablesReport) -> str:
 def _md_escape(text: str) -> str:
     """Markdown table cell text: HTML entities for ``&<>`` (renderers pass raw HTML through), escaped markup."""
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", "\\n").replace("`", "\\`").replace("*", "\\*").replace("_", "\\_")
+    for char, escaped in (("\\", "\\\\"), ("|", "\\|"), ("\n", "\\n"), ("`", "\\`"), ("*", "\\*"), ("_", "\\_")):
+        text = text.replace(char, escaped)
+    return text
 
 
 def _examples_md(t: LatentTable) -> list[str]:
@@ -407,16 +415,19 @@ def render_markdown(report: TablesReport) -> str:
     ident = report.identity
     lines = [f"# JSAE qualitative tables: {ident.get('model', '')} layer {ident.get('layer', '')}", "",
              f"{', '.join(f'{k}={v}' for k, v in ident.items() if k in ('control', 'lam', 'k', 'n_latents'))}; "
-             f"{report.n_tokens} evaluation tokens. Output latents ranked by mean non-zero |J|; inputs by mean non-zero |J_ij|.", ""]
+             f"{report.n_tokens} evaluation tokens. "
+             "Output latents ranked by mean non-zero |J|; inputs by mean non-zero |J_ij|.", ""]
     for rank, e in enumerate(report.entries):
         lines += [f"## #{rank + 1}: output latent {e.latent}", "",
-                  f"mean non-zero |J| = {e.mean_abs:.4g} over {e.n_nonzero} elements; active on {e.n_active} tokens", ""]
+                  f"mean non-zero |J| = {e.mean_abs:.4g} over {e.n_nonzero} elements; "
+                  f"active on {e.n_active} tokens", ""]
         lines += _examples_md(e.table)
         lines += ["| rank | input latent | count | mean | std |", "|---:|---:|---:|---:|---:|"]
         lines += [f"| {t.rank} | {t.latent} | {t.count} | {t.mean:.4g} | {t.std:.4g} |" for t in e.inputs]
         lines.append("")
         for t in e.inputs:
-            lines += [f"### input latent {t.latent} (rank {t.rank}: count {t.count}, mean {t.mean:.4g}, std {t.std:.4g})", ""]
+            lines += [f"### input latent {t.latent} (rank {t.rank}: count {t.count}, mean {t.mean:.4g}, std "
+                      f"{t.std:.4g})", ""]
             lines += _examples_md(t)
     return "\n".join(lines) + "\n"
 
@@ -440,29 +451,22 @@ def token_decoder(tokenizer: Any) -> Callable[[int], str]:
 
 
 def cli(argv: list[str]) -> int:
-    from jsae.eval.evaluate import add_common_arguments, run_cli
-
-    p = argparse.ArgumentParser(
-        prog="python -m jsae tables",
-        description="Qualitative tables (paper section 5.2, appendix C): the top output latents by mean |J|, their "
+    p = pair_parser(
+        "python -m jsae tables",
+        "Qualitative tables (paper section 5.2, appendix C): the top output latents by mean |J|, their "
         "top input latents, and max-activating 16-token windows. Writes tables.html and tables.md.",
     )
-    add_common_arguments(p)
     p.add_argument("--out", required=True, help="output path of tables.html (tables.md goes next to it)")
-    p.add_argument("--n-output-latents", type=int, default=10, help="output latents to show (default: 10)")
-    p.add_argument("--n-inputs", type=int, default=10, help="input latents per output latent (default: 10)")
-    p.add_argument("--n-examples", type=int, default=8, help="max-activating windows per latent (default: 8)")
+    p.add_argument("--n-output-latents", type=int, default=10, help="output latents to show")
+    p.add_argument("--n-inputs", type=int, default=10, help="input latents per output latent")
+    p.add_argument("--n-examples", type=int, default=8, help="max-activating windows per latent")
     p.add_argument("--min-active", type=int, default=10, help="rank only output latents active on >= this many tokens")
     p.add_argument("--n-tokens", type=int, default=None, help="evaluation tokens (default: the whole cache)")
     p.add_argument("--batch-size", type=int, default=2048, help="tokens per pair forward")
-    args = p.parse_args(argv)
-    setup_logging(log_file=args.log_file)
-    return run_cli(_tables_cli, args)
+    return run_pair_command(p, argv, _tables_cli)
 
 
 def _tables_cli(args: argparse.Namespace) -> int:
-    from jsae.eval.evaluate import load_inputs, log_to_mlflow, mlflow_uri, pair_identity, run_field
-
     inputs = load_inputs(args.model, args.layer, args.run, args.cache, device=args.device)
     identity = pair_identity(inputs.run, inputs.pair)
     report = make_tables(inputs.pair, inputs.cache, token_decoder(inputs.tokenizer), n_tokens=args.n_tokens,
@@ -471,5 +475,5 @@ def _tables_cli(args: argparse.Namespace) -> int:
                          progress=not args.no_progress)
     md = write_tables(args.out, report)
     log.info("wrote %s and %s (%d output latents)", args.out, md, len(report.entries))
-    log_to_mlflow(mlflow_uri(args.mlflow_uri), run_field(inputs.run, "mlflow_run_id"), {}, [args.out, md])
+    log_to_pair_run(tracking_uri(args.mlflow_uri), run_field(inputs.run, "mlflow_run_id"), {}, [args.out, md])
     return 0

@@ -7,7 +7,7 @@ Per token, with ``o`` the output SAE's active latents and ``i`` the input SAE's:
 which is eq. 16 for a plain MLP (one term: ``W_m = W_in``, ``d_m = phi'(z)``) and eq. 29 for a
 gated MLP (two terms: ``(W_gate, h * phi'(g))`` and ``(W_up, phi(g))``).
 
-How it is computed (see DESIGN "Where the time goes"):
+How it is computed (measurements in BENCHMARKS.md):
 
 1. the two weight products ``A = W_enc,y[U_out] @ W_out`` ``[u_out, d_hidden]`` and
    ``B_m = W_dec,x[U_in] @ W_m^T`` ``[u_in, d_hidden]`` only for the latents active somewhere in

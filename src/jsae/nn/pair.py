@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from jsae.checks import check_features
 from jsae.nn.jacobian import DEFAULT_CHUNK_ELEMENTS, active_jacobian, active_jacobian_l1, jacobian_authors_formulation
 from jsae.nn.mlp import MLP, mlp_from_module
 from jsae.nn.sae import TopKSAE
-from jsae.checks import check_features
 
 #: Where the Jacobian and the output SAE's input are evaluated; recorded in every run's params.
 EVALUATION_POINT = "true_mlp_input"
@@ -46,6 +47,37 @@ class PairOutput:
     out_vals: Tensor
     out_idx: Tensor
     jacobian: Tensor | None  # [T, k_out, k_in]
+
+
+@dataclass(frozen=True)
+class LossParts:
+    """Detached results of one :meth:`JSAEPair.loss`: eq. 5's terms and the tensors training needs.
+
+    ``jac`` is the Jacobian term before lam (0 when lam = 0, J is then not computed and
+    ``jacobian`` is None); the MSEs are in the SAEs' (scaled) units. The latents (``in_vals``,
+    ``in_idx``, ``out_vals``, ``out_idx``) feed the dead-latent counts, ``jacobian`` the J metrics.
+    """
+
+    loss: Tensor
+    mse_in: Tensor
+    mse_out: Tensor
+    jac: Tensor
+    in_vals: Tensor
+    in_idx: Tensor
+    out_vals: Tensor
+    out_idx: Tensor
+    jacobian: Tensor | None
+
+
+class _Codes(NamedTuple):
+    """Both SAEs' top-k codes of a batch, with y = MLP(x) and the MLP's Jacobian factors at x."""
+
+    y: Tensor
+    terms: list[tuple[Tensor, Tensor]]
+    in_vals: Tensor
+    in_idx: Tensor
+    out_vals: Tensor
+    out_idx: Tensor
 
 
 def mse(target: Tensor, recon: Tensor) -> Tensor:
@@ -79,7 +111,9 @@ class JSAEPair(nn.Module):
         if sae_in.d_in != mlp.d_in:
             raise ValueError(f"sae_in.d_in={sae_in.d_in} does not match the MLP input width {mlp.d_in}; expected equal")
         if sae_out.d_in != mlp.d_out:
-            raise ValueError(f"sae_out.d_in={sae_out.d_in} does not match the MLP output width {mlp.d_out}; expected equal")
+            raise ValueError(
+                f"sae_out.d_in={sae_out.d_in} does not match the MLP output width {mlp.d_out}; expected equal"
+            )
         if jacobian_impl not in JACOBIAN_IMPLS:
             raise ValueError(f"jacobian_impl={jacobian_impl!r} is invalid; expected one of {JACOBIAN_IMPLS}")
         if jacobian_impl == "authors" and mlp.kind != "plain":
@@ -121,41 +155,63 @@ class JSAEPair(nn.Module):
 
     def forward(self, x: Tensor, *, with_jacobian: bool = True) -> PairOutput:
         """Encode x and y = MLP(x), decode both, and (optionally) the differentiable active J."""
-        return self._run(x, "value" if with_jacobian else None)[0]
+        return self._forward(x, with_jacobian)
 
-    def _run(self, x: Tensor, jacobian: str | None) -> tuple[PairOutput, Tensor | None]:
-        """``jacobian``: None, ``"value"`` (differentiable J) or ``"l1"`` (eq. 5's term, fused, + J)."""
+    def _encode(self, x: Tensor, *, with_terms: bool) -> _Codes:
         check_features(x, self.sae_in.d_in, "x")
         x = x.reshape(-1, self.sae_in.d_in)
-        y, terms = self.mlp_terms(x, with_terms=jacobian is not None)
+        y, terms = self.mlp_terms(x, with_terms=with_terms)
         in_scale, out_scale = self.input_scale, self.output_scale
         in_vals, in_idx = self.sae_in.encode(x * in_scale if in_scale != 1.0 else x)
         out_vals, out_idx = self.sae_out.encode(y * out_scale if out_scale != 1.0 else y)
-        # An output latent the ReLU switched off has zero value and zero derivative: its row of J is 0.
-        # The chain rule through the two scales multiplies J by out_scale / in_scale.
-        out_active = (out_vals > 0).to(in_vals.dtype)
-        row_factor = out_active * (out_scale / in_scale)
-        J = l1 = None
-        if jacobian == "l1" and self.jacobian_impl == "active":
-            weight = row_factor / (out_active.shape[0] * self.sae_out.k * self.sae_in.k)
-            l1, J = active_jacobian_l1(*self._jacobian_args(terms, out_idx, in_idx), weight, chunk_elements=self.chunk_elements)
-            J = J * row_factor.unsqueeze(-1)
-        elif jacobian is not None:
-            J = self._jacobian_value(terms, out_idx, in_idx) * row_factor.unsqueeze(-1)
-            l1 = jacobian_l1(J) if jacobian == "l1" else None
-        x_hat = self.sae_in.decode(in_vals, in_idx)
-        y_hat = self.sae_out.decode(out_vals, out_idx)
-        out = PairOutput(
+        return _Codes(y, terms, in_vals, in_idx, out_vals, out_idx)
+
+    def _row_factor(self, codes: _Codes) -> Tensor:
+        """``[T, k_out]``: the factor of each row of J for the ReLU and the two scales.
+
+        An output latent the ReLU switched off has zero value and zero derivative: its row of J is 0.
+        The chain rule through the two scales multiplies J by out_scale / in_scale.
+        """
+        out_active = (codes.out_vals > 0).to(codes.in_vals.dtype)
+        return out_active * (self.output_scale / self.input_scale)
+
+    def _decode(self, codes: _Codes, J: Tensor | None) -> PairOutput:
+        in_scale, out_scale = self.input_scale, self.output_scale
+        x_hat = self.sae_in.decode(codes.in_vals, codes.in_idx)
+        y_hat = self.sae_out.decode(codes.out_vals, codes.out_idx)
+        return PairOutput(
             x_hat=x_hat / in_scale if in_scale != 1.0 else x_hat,
-            y=y,
+            y=codes.y,
             y_hat=y_hat / out_scale if out_scale != 1.0 else y_hat,
-            in_vals=in_vals,
-            in_idx=in_idx,
-            out_vals=out_vals,
-            out_idx=out_idx,
+            in_vals=codes.in_vals,
+            in_idx=codes.in_idx,
+            out_vals=codes.out_vals,
+            out_idx=codes.out_idx,
             jacobian=J,
         )
-        return out, l1
+
+    def _forward(self, x: Tensor, with_jacobian: bool) -> PairOutput:
+        """The pair's forward; ``with_jacobian``: also the differentiable, ReLU-masked active J."""
+        codes = self._encode(x, with_terms=with_jacobian)
+        J = None
+        if with_jacobian:
+            row_factor = self._row_factor(codes)
+            J = self._jacobian_value(codes.terms, codes.out_idx, codes.in_idx) * row_factor.unsqueeze(-1)
+        return self._decode(codes, J)
+
+    def _forward_with_l1(self, x: Tensor) -> tuple[PairOutput, Tensor]:
+        """The forward with J and eq. 5's Jacobian term (fused with J's computation for ``active``)."""
+        codes = self._encode(x, with_terms=True)
+        row_factor = self._row_factor(codes)
+        if self.jacobian_impl == "active":
+            args = self._jacobian_args(codes.terms, codes.out_idx, codes.in_idx)
+            weight = row_factor / (row_factor.shape[0] * self.sae_out.k * self.sae_in.k)
+            l1, J = active_jacobian_l1(*args, weight, chunk_elements=self.chunk_elements)
+            J = J * row_factor.unsqueeze(-1)
+        else:
+            J = self._jacobian_value(codes.terms, codes.out_idx, codes.in_idx) * row_factor.unsqueeze(-1)
+            l1 = jacobian_l1(J)
+        return self._decode(codes, J), l1
 
     def _jacobian_args(self, terms: list[tuple[Tensor, Tensor]], out_idx: Tensor, in_idx: Tensor) -> tuple:
         dtype = self.sae_in.W_dec.dtype
@@ -175,19 +231,20 @@ class JSAEPair(nn.Module):
         assert out.jacobian is not None
         return out.jacobian, out.in_idx, out.out_idx
 
-    def loss(self, x: Tensor, jacobian_coef: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
-        """Eq. 5: ``MSE(x, x_hat) + MSE(y, y_hat) + lambda / k^2 sum |J|``, averaged over tokens.
+    def loss(self, x: Tensor, lam: float = 1.0) -> tuple[Tensor, LossParts]:
+        """Eq. 5: ``MSE(x, x_hat) + MSE(y, y_hat) + lam / k^2 sum |J|``, averaged over tokens.
 
-        ``jacobian_coef = 0`` trains two traditional SAEs (the Jacobian is then not computed).
-        ``parts`` holds detached values: scalars ``mse_in``, ``mse_out``, ``jac`` (the L1 term
-        before lambda), ``loss``, and the tensors of :class:`PairOutput` under their own names
-        (``jacobian``, ``in_idx``, ``out_idx``, ...) for metrics such as dead latents.
-        With activation scales set, the MSEs are in the SAEs' scaled units.
+        ``lam = 0`` trains two traditional SAEs (the Jacobian is then not computed). Returns the
+        differentiable loss and its detached :class:`LossParts`; with activation scales set, the
+        MSEs are in the SAEs' scaled units.
         """
-        coef = float(jacobian_coef)
-        if not coef >= 0 or coef == float("inf"):
-            raise ValueError(f"jacobian_coef={jacobian_coef!r} is invalid; expected a finite number >= 0")
-        out, jac = self._run(x, "l1" if coef > 0 else None)
+        lam_value = float(lam)
+        if not lam_value >= 0 or lam_value == float("inf"):
+            raise ValueError(f"lam={lam!r} is invalid; expected a finite number >= 0")
+        if lam_value > 0:
+            out, jac = self._forward_with_l1(x)
+        else:
+            out, jac = self._forward(x, with_jacobian=False), None
         x = x.reshape(-1, self.sae_in.d_in)
         # In the SAEs' (scaled) units: MSE(c x, c x_hat) = c^2 MSE(x, x_hat).
         mse_in = mse(x, out.x_hat) * self.input_scale**2
@@ -196,12 +253,18 @@ class JSAEPair(nn.Module):
         if jac is None:
             jac = torch.zeros((), dtype=total.dtype, device=total.device)
         else:
-            total = total + coef * jac
-        parts = {"mse_in": mse_in.detach(), "mse_out": mse_out.detach(), "jac": jac.detach(), "loss": total.detach()}
-        for name in ("in_vals", "in_idx", "out_vals", "out_idx", "jacobian"):
-            value = getattr(out, name)
-            if value is not None:
-                parts[name] = value.detach()
+            total = total + lam_value * jac
+        parts = LossParts(
+            loss=total.detach(),
+            mse_in=mse_in.detach(),
+            mse_out=mse_out.detach(),
+            jac=jac.detach(),
+            in_vals=out.in_vals.detach(),
+            in_idx=out.in_idx.detach(),
+            out_vals=out.out_vals.detach(),
+            out_idx=out.out_idx.detach(),
+            jacobian=out.jacobian.detach() if out.jacobian is not None else None,
+        )
         return total, parts
 
     @torch.no_grad()

@@ -11,9 +11,9 @@ Each figure keeps the paper's number (Farnik et al., ICML 2025) and is written a
 * fig35 Lp norms of J against λ (relative to λ = 0)
 * fig36 global sparsity of the mean-|J| matrix over tokens
 
-Inputs are ``evaluation.json`` (+ ``jacobian_stats.npz``) and ``probes.json`` (+ ``probe_curves.npz``)
-files; each JSON carries the pair's identity (model, layer, control, lam). A "site" is one
-(model, layer); figures comparing λ = 0 with the JSAE draw one panel (or row) per site.
+Inputs are the per-pair results as :mod:`jsae.report.results` reads them (``evaluation.json``,
+``probes.json`` and their npz siblings). A "site" is one (model, layer); figures comparing λ = 0 with
+the JSAE draw one panel (or row) per site.
 """
 
 from __future__ import annotations
@@ -21,158 +21,43 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import re
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from jsae.io import atomic_path, read_json, setup_logging
-from jsae.eval.metrics import EFFECTIVE_SHARE_KEY
+from jsae.cli import HelpFormatter
+from jsae.eval.metrics import (
+    DEFAULT_THRESHOLDS,
+    EFFECTIVE_SHARE_KEY,
+    JAC_FRAC_KEY,
+    SIDES,
+    global_threshold_key,
+    lp_key,
+    probe_frac_key,
+    side_key,
+    threshold_key,
+)
+from jsae.io import atomic_path, setup_logging
+from jsae.report.results import (
+    PairResult,
+    ce_score_mean,
+    default_jsae_lam,
+    find_results,
+    load_results,
+    metric,
+    pick_pair,
+    sites_of,
+)
 
 log = logging.getLogger("jsae.report.figures")
 
 FIGURES = ("fig2", "fig4", "fig5", "fig7", "fig8", "fig32", "fig35", "fig36")
-THRESHOLDS = (0.005, 0.01, 0.015, 0.02, 0.04)
-SPARSITY_KEY = "jac/frac_above_0.01"  # the paper's sparsity measure in figs. 4, 5, 29
-EFFECTIVE_KEY = EFFECTIVE_SHARE_KEY  # scale-free companion (jsae.eval.metrics.effective_share)
-_PATH_PATTERN = re.compile(r"(?P<model>[^/]+)/L(?P<layer>\d+)/(?P<control>trained|reinit)/lam(?P<lam>[^/]+)/[^/]+$")
+THRESHOLDS = DEFAULT_THRESHOLDS  # the paper's taus (figs. 2, 7, 36)
 
 COLORS = {"traditional": "#1f77b4", "jsae": "#d62728", "reinit_traditional": "#9ecae1", "reinit_jsae": "#fcae91"}
 CLASS_COLORS = {"linear": "#2ca02c", "jumprelu": "#ff7f0e", "other": "#7f7f7f"}
 SPLIT_COLORS = {"on_line": "#1f77b4", "cluster": "#2ca02c", "outlier": "#d62728"}
-
-
-# --------------------------------------------------------------------------------------------------
-# Loading
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PairResult:
-    """Everything the figures read about one pair: identity, scalar metrics and (lazily) arrays."""
-
-    model: str
-    layer: int
-    control: str
-    lam: float
-    metrics: dict[str, float] = field(default_factory=dict)
-    probes: dict[str, float] = field(default_factory=dict)
-    identity: dict[str, Any] = field(default_factory=dict)
-    stats_path: Path | None = None
-    curves_path: Path | None = None
-
-    @property
-    def site(self) -> tuple[str, int]:
-        return (self.model, self.layer)
-
-    @property
-    def key(self) -> tuple[str, int, str, float]:
-        return (self.model, self.layer, self.control, self.lam)
-
-    def stats(self) -> dict[str, np.ndarray]:
-        return _load_npz(self.stats_path, "jacobian_stats.npz", self)
-
-    def curves(self) -> dict[str, np.ndarray]:
-        return _load_npz(self.curves_path, "probe_curves.npz", self)
-
-    @property
-    def label(self) -> str:
-        return f"{self.model} L{self.layer} {self.control} λ={self.lam:g}"
-
-
-def _load_npz(path: Path | None, name: str, pair: PairResult) -> dict[str, np.ndarray]:
-    if path is None or not path.is_file():
-        raise FileNotFoundError(f"{name} for {pair.label} not found (expected {path}); re-run the evaluation of this pair")
-    with np.load(path) as z:
-        return {k: z[k] for k in z.files}
-
-
-def _identity(doc: dict, path: Path) -> tuple[str, int, str, float]:
-    """(model, layer, control, lam): the workflow's path names the model; the JSON names the rest."""
-    pair = doc.get("pair") or {}
-    m = _PATH_PATTERN.search(path.as_posix())
-    model = m["model"] if m else (Path(str(pair.get("model", "model"))).name or "model")
-    layer = pair.get("layer", m["layer"] if m else None)
-    control = pair.get("control") or (m["control"] if m else "trained")
-    lam = pair.get("lam", m["lam"] if m else None)
-    if layer is None or lam is None:
-        raise ValueError(f"{path} has no pair identity (pair.layer / pair.lam) and is not under "
-                         "<model>/L<layer>/<control>/lam<lam>/; expected an evaluation or probes JSON from jsae")
-    return model, int(layer), str(control), float(lam)
-
-
-def load_results(paths: Iterable[str | Path]) -> list[PairResult]:
-    """Merge evaluation.json and probes.json files into one :class:`PairResult` per pair."""
-    by_key: dict[tuple[str, int, str, float], PairResult] = {}
-    for p in map(Path, paths):
-        if p.suffix != ".json":
-            continue  # npz siblings are found next to their JSON
-        doc = read_json(p)
-        metrics = doc.get("metrics")
-        if not isinstance(metrics, dict):
-            raise ValueError(f"{p} has no 'metrics' object; expected an evaluation.json or probes.json from jsae")
-        ident = _identity(doc, p)
-        res = by_key.setdefault(ident, PairResult(*ident))
-        res.identity.update(doc.get("pair") or {})
-        is_probe = any(k.startswith("probe/") for k in metrics) or p.name.startswith("probes")
-        if is_probe:
-            res.probes.update({k: float(v) for k, v in metrics.items() if _is_number(v)})
-            res.curves_path = p.with_name(doc.get("arrays", "probe_curves.npz"))
-        else:
-            res.metrics.update({k: float(v) for k, v in metrics.items() if _is_number(v)})
-            res.stats_path = p.with_name(doc.get("arrays", "jacobian_stats.npz"))
-    return sorted(by_key.values(), key=lambda r: r.key)
-
-
-def find_results(eval_root: str | Path) -> list[Path]:
-    """Every evaluation.json and probes.json under ``eval_root``."""
-    root = Path(eval_root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root} is not a directory; expected the evaluation root (results/eval)")
-    return sorted([*root.rglob("evaluation.json"), *root.rglob("probes.json")])
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def sites_of(results: Sequence[PairResult]) -> list[tuple[str, int]]:
-    return sorted({r.site for r in results})
-
-
-def pick_pair(results: Sequence[PairResult], site: tuple[str, int], control: str, lam: float) -> PairResult | None:
-    """The pair of ``site`` with this control and λ, or None."""
-    for r in results:
-        if r.site == site and r.control == control and math.isclose(r.lam, lam, rel_tol=1e-9, abs_tol=1e-12):
-            return r
-    return None
-
-
-def default_jsae_lam(results: Sequence[PairResult]) -> float:
-    """The largest trained λ ≤ 1 (the paper's sweet-spot range), else the smallest positive λ."""
-    lams = sorted({r.lam for r in results if r.control == "trained" and r.lam > 0})
-    if not lams:
-        raise ValueError("no trained pair with λ > 0; expected at least one JSAE to compare with λ = 0")
-    small = [x for x in lams if x <= 1]
-    return small[-1] if small else lams[0]
-
-
-def metric(r: PairResult | None, key: str) -> float:
-    if r is None:
-        return float("nan")
-    if key in r.metrics:
-        return r.metrics[key]
-    if key in r.probes:
-        return r.probes[key]
-    return float("nan")
-
-
-def ce_score_mean(r: PairResult) -> float:
-    """The paper's fig. 5 y-axis: the mean of the input and output SAEs' CE loss scores."""
-    return float(np.nanmean([metric(r, "in/ce_loss_score"), metric(r, "out/ce_loss_score")]))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -218,8 +103,8 @@ def _save(fig, out_dir: Path, name: str) -> list[Path]:
     return written
 
 
-def _threshold_shares(r: PairResult | None, thresholds: Sequence[float], prefix: str = "jac/frac_above_") -> np.ndarray:
-    return np.array([metric(r, f"{prefix}{t:g}") for t in thresholds]) * 100.0
+def _threshold_shares(r: PairResult | None, thresholds: Sequence[float]) -> np.ndarray:
+    return np.array([metric(r, threshold_key(t)) for t in thresholds]) * 100.0
 
 
 def _grouped_bars(
@@ -250,6 +135,15 @@ def _need(pairs: dict[str, PairResult | None], figure: str) -> None:
         raise ValueError(f"{figure} needs the {' and '.join(missing)} pair(s), which are not among the inputs")
 
 
+def _base_and_jsae(results: Sequence[PairResult], site: tuple[str, int], jsae_lam: float,
+                   figure: str) -> tuple[PairResult, PairResult]:
+    """The site's trained pairs at λ = 0 and at the JSAE's λ (a one-line error naming the missing one)."""
+    base, jsae = pick_pair(results, site, "trained", 0.0), pick_pair(results, site, "trained", jsae_lam)
+    _need({"λ = 0": base, f"λ = {jsae_lam:g}": jsae}, figure)
+    assert base is not None and jsae is not None
+    return base, jsae
+
+
 # --------------------------------------------------------------------------------------------------
 # Figures
 # --------------------------------------------------------------------------------------------------
@@ -261,8 +155,7 @@ def fig2(results: Sequence[PairResult], jsae_lam: float, out_dir: Path) -> list[
     sites = sites_of([r for r in results if r.control == "trained"])
     fig, axes = plt.subplots(1, len(sites), figsize=(4.8 * len(sites), 3.6), squeeze=False)
     for ax, site in zip(axes[0], sites):
-        base, jsae = pick_pair(results, site, "trained", 0.0), pick_pair(results, site, "trained", jsae_lam)
-        _need({"λ = 0": base, f"λ = {jsae_lam:g}": jsae}, "fig2")
+        base, jsae = _base_and_jsae(results, site, jsae_lam, "fig2")
         _grouped_bars(ax, THRESHOLDS, [
             ("traditional SAEs (λ = 0)", _threshold_shares(base, THRESHOLDS), COLORS["traditional"]),
             (f"JSAEs (λ = {jsae_lam:g})", _threshold_shares(jsae, THRESHOLDS), COLORS["jsae"]),
@@ -298,14 +191,14 @@ def fig4(results: Sequence[PairResult], out_dir: Path) -> list[Path]:
         ls = styles[si % len(styles)]
         tag = f" ({_site_title(site)})" if len(sites_of(trained)) > 1 else ""
         for ax, (key, ylabel, tf) in zip(axes.flat, FIG4_PANELS):
-            for side, color in (("in", COLORS["traditional"]), ("out", COLORS["jsae"])):
-                y = [(tf or (lambda v: v))(metric(r, f"{side}/{key}")) for r in rs]
+            for side, color in zip(SIDES, (COLORS["traditional"], COLORS["jsae"])):
+                y = [(tf or (lambda v: v))(metric(r, side_key(side, key))) for r in rs]
                 ax.plot(x, y, ls, marker="o", color=color, label=f"{'input' if side == 'in' else 'output'} SAE{tag}")
             ax.set_ylabel(ylabel)
         ax = axes.flat[5]
-        y = [metric(r, SPARSITY_KEY) * 100 for r in rs]
+        y = [metric(r, JAC_FRAC_KEY) * 100 for r in rs]
         ax.plot(x, y, ls, marker="o", color="black", label=f"|J| > 0.01{tag}")
-        y = [metric(r, EFFECTIVE_KEY) * 100 for r in rs]
+        y = [metric(r, EFFECTIVE_SHARE_KEY) * 100 for r in rs]
         if not all(math.isnan(v) for v in y):
             ax.plot(x, y, ls, marker="s", color="0.55", label=f"effective share, scale-free{tag}")
         ax.set_ylabel("Jacobian elements (% of k²)")
@@ -328,7 +221,7 @@ def fig5(results: Sequence[PairResult], out_dir: Path) -> list[Path]:
     markers = ["o", "s", "^", "D"]
     for si, site in enumerate(sites_of(trained)):
         rs = sorted([r for r in trained if r.site == site], key=lambda r: r.lam)
-        x = [metric(r, SPARSITY_KEY) * 100 for r in rs]
+        x = [metric(r, JAC_FRAC_KEY) * 100 for r in rs]
         y = [ce_score_mean(r) for r in rs]
         ax.plot(x, y, "-", color="0.6", lw=1, zorder=1)
         cmap = plt.get_cmap("viridis").with_extremes(bad="0.75")
@@ -398,13 +291,13 @@ def fig8(results: Sequence[PairResult], jsae_lam: float, out_dir: Path) -> list[
         raise ValueError("fig8 needs probes.json inputs (linearity probes); none among the inputs")
     fig, axes = plt.subplots(len(sites), 3, figsize=(14, 4.0 * len(sites)), squeeze=False)
     for row, site in zip(axes, sites):
-        base, jsae = pick_pair(results, site, "trained", 0.0), pick_pair(results, site, "trained", jsae_lam)
-        _need({"λ = 0": base, f"λ = {jsae_lam:g}": jsae}, "fig8")
+        base, jsae = _base_and_jsae(results, site, jsae_lam, "fig8")
         curves = jsae.curves()
         ax = row[0]
         for name, ex in _curve_examples(curves).items():
             if ex is not None:
-                ax.plot(ex[0], ex[1], color=CLASS_COLORS[name], lw=1.8, label=name if name != "jumprelu" else "JumpReLU")
+                label = name if name != "jumprelu" else "JumpReLU"
+                ax.plot(ex[0], ex[1], color=CLASS_COLORS[name], lw=1.8, label=label)
         ax.set_xlabel("input latent activation s_x,j (swept)")
         ax.set_ylabel("output latent activation s_y,i")
         ax.set_title(f"(a) example functions, λ = {jsae_lam:g} — {_site_title(site)}")
@@ -414,7 +307,7 @@ def fig8(results: Sequence[PairResult], jsae_lam: float, out_dir: Path) -> list[
         xpos = np.arange(2)
         bottom = np.zeros(2)
         for key, lab in names:
-            vals = np.array([metric(base, f"probe/{key}_frac"), metric(jsae, f"probe/{key}_frac")]) * 100
+            vals = np.array([metric(base, probe_frac_key(key)), metric(jsae, probe_frac_key(key))]) * 100
             ax.bar(xpos, vals, 0.6, bottom=bottom, color=CLASS_COLORS[key], edgecolor="black", linewidth=0.4, label=lab)
             for xi, v, b in zip(xpos, vals, bottom):
                 if v >= 3:
@@ -434,7 +327,7 @@ def fig8(results: Sequence[PairResult], jsae_lam: float, out_dir: Path) -> list[
         keep = rng.permutation(len(jac))[:1000]
         for si, name in enumerate(("on_line", "cluster", "outlier")):
             sel = keep[split[keep] == si]
-            frac = metric(jsae, f"probe/{name}_frac") * 100
+            frac = metric(jsae, probe_frac_key(name)) * 100
             ax.scatter(jac[sel], delta[sel], s=6, alpha=0.6, color=SPLIT_COLORS[name],
                        label=f"{name.replace('_', ' ')} ({frac:.1f}%)")
         hi = float(max(jac.max(initial=0), delta.max(initial=0), 1e-3))
@@ -454,8 +347,7 @@ def fig32(results: Sequence[PairResult], jsae_lam: float, out_dir: Path) -> list
     sites = sites_of([r for r in results if r.control == "trained"])
     fig, axes = plt.subplots(len(sites), 2, figsize=(11, 3.8 * len(sites)), squeeze=False)
     for row, site in zip(axes, sites):
-        base, jsae = pick_pair(results, site, "trained", 0.0), pick_pair(results, site, "trained", jsae_lam)
-        _need({"λ = 0": base, f"λ = {jsae_lam:g}": jsae}, "fig32")
+        base, jsae = _base_and_jsae(results, site, jsae_lam, "fig32")
         xmax = 0.0
         for r, lab, color in ((base, "traditional SAEs (λ = 0)", COLORS["traditional"]),
                               (jsae, f"JSAEs (λ = {jsae_lam:g})", COLORS["jsae"])):
@@ -488,7 +380,7 @@ def fig32(results: Sequence[PairResult], jsae_lam: float, out_dir: Path) -> list
     return _save(fig, out_dir, "fig32")
 
 
-LP_KEYS = (("jac/l1", "L1"), ("jac/l2", "L2"), ("jac/l4", "L4"), ("jac/linf", "L∞"))
+LP_KEYS = ((lp_key(1.0), "L1"), (lp_key(2.0), "L2"), (lp_key(4.0), "L4"), (lp_key(math.inf), "L∞"))
 
 
 def fig35(results: Sequence[PairResult], out_dir: Path) -> list[Path]:
@@ -518,7 +410,7 @@ def fig35(results: Sequence[PairResult], out_dir: Path) -> list[Path]:
 
 def global_shares(r: PairResult, thresholds: Sequence[float] = THRESHOLDS) -> np.ndarray:
     """Share (%) of the full n_out × n_in mean-|J| matrix above each threshold (fig. 36)."""
-    keys = [f"jac/global_frac_above_{t:g}" for t in thresholds]
+    keys = [global_threshold_key(t) for t in thresholds]
     if all(k in r.metrics for k in keys):
         return np.array([r.metrics[k] for k in keys]) * 100.0
     st = r.stats()
@@ -533,8 +425,7 @@ def fig36(results: Sequence[PairResult], jsae_lam: float, out_dir: Path) -> list
     sites = sites_of([r for r in results if r.control == "trained"])
     fig, axes = plt.subplots(len(sites), 2, figsize=(11, 3.8 * len(sites)), squeeze=False)
     for row, site in zip(axes, sites):
-        base, jsae = pick_pair(results, site, "trained", 0.0), pick_pair(results, site, "trained", jsae_lam)
-        _need({"λ = 0": base, f"λ = {jsae_lam:g}": jsae}, "fig36")
+        base, jsae = _base_and_jsae(results, site, jsae_lam, "fig36")
         _grouped_bars(row[0], THRESHOLDS, [
             ("traditional SAEs (λ = 0)", global_shares(base), COLORS["traditional"]),
             (f"JSAEs (λ = {jsae_lam:g})", global_shares(jsae), COLORS["jsae"]),
@@ -595,14 +486,16 @@ def cli(argv: list[str]) -> int:
         prog="python -m jsae figures",
         description="Render the paper's figures (PDF + PNG) from evaluation.json / probes.json files. "
         f"Figures: {', '.join(FIGURES)}.",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--inputs", nargs="+", metavar="FILE",
                    help="evaluation.json / probes.json files (npz siblings are read next to them); "
                    "default: every such file under --eval-root")
-    p.add_argument("--eval-root", default="results/eval", help="where to look when --inputs is not given (default: results/eval)")
+    p.add_argument("--eval-root", default="results/eval", help="where to look when --inputs is not given")
     p.add_argument("--runs-root", default="results/runs", help="accepted for symmetry with the workflow; unused")
-    p.add_argument("--out-dir", default="results/figures", help="output directory (default: results/figures)")
-    p.add_argument("--only", nargs="+", choices=FIGURES, metavar="FIG", help=f"render only these ({', '.join(FIGURES)})")
+    p.add_argument("--out-dir", default="results/figures", help="output directory")
+    p.add_argument("--only", nargs="+", choices=FIGURES, metavar="FIG", help="render only these "
+                   f"({', '.join(FIGURES)})")
     p.add_argument("--jsae-lam", type=float, default=None,
                    help="the λ shown as 'JSAE' against λ = 0 (default: the largest trained λ ≤ 1)")
     p.add_argument("--log-file", default=None, help="also write logs here")

@@ -1,8 +1,9 @@
 """The study summary: one row per pair with every scalar, and the paper's claims beside ours.
 
 Outputs ``results/summary.csv`` (the per-pair table) and ``results/summary.md`` (the claims table,
-then the per-pair table). ``--log-study`` instead records the study-level MLflow run: the figures
-and the summary as artifacts, the claim values as metrics.
+then the per-pair table). ``--log-study`` instead records the study-level MLflow run
+(:func:`jsae.tracking.log_study_run`): the figures and the summary as artifacts, each pair's headline
+values (:func:`study_metrics`) as metrics.
 """
 
 from __future__ import annotations
@@ -17,15 +18,40 @@ from typing import Any
 
 import pandas as pd
 
-from jsae.report.figures import EFFECTIVE_KEY, PairResult, ce_score_mean, default_jsae_lam, load_results, metric, pick_pair, sites_of
-from jsae.io import atomic_path, setup_logging, write_json
+from jsae.cli import HelpFormatter, tracking_uri
+from jsae.eval.metrics import (
+    CE_SCORE_MEAN_KEY,
+    EFFECTIVE_SHARE_KEY,
+    IN_CE_SCORE_KEY,
+    IN_EV_KEY,
+    JAC_FRAC_KEY,
+    JAC_L1_KEY,
+    JAC_LINF_KEY,
+    OUT_CE_SCORE_KEY,
+    OUT_EV_KEY,
+    probe_frac_key,
+)
+from jsae.io import atomic_path, setup_logging
+from jsae.report.results import (
+    PairResult,
+    ce_score_mean,
+    default_jsae_lam,
+    find_results,
+    load_results,
+    metric,
+    pick_pair,
+    sites_of,
+)
+from jsae.tracking import log_study_run, run_name
 
 log = logging.getLogger("jsae.report.summary")
 
 ID_COLUMNS = ["model", "layer", "control", "lam", "k", "n_latents"]
 # shown first in the markdown table; the CSV has every scalar
-KEY_COLUMNS = ["in/explained_variance", "out/explained_variance", "in/ce_loss_score", "out/ce_loss_score",
-               "jac/frac_above_0.01", "jac/l1", "jac/linf", "probe/linear_frac", "probe/on_line_frac"]
+KEY_COLUMNS = [IN_EV_KEY, OUT_EV_KEY, IN_CE_SCORE_KEY, OUT_CE_SCORE_KEY, JAC_FRAC_KEY, JAC_L1_KEY, JAC_LINF_KEY,
+               probe_frac_key("linear"), probe_frac_key("on_line")]
+# each pair's values that become metrics of the study-level MLflow run
+STUDY_COLUMNS = (JAC_FRAC_KEY, CE_SCORE_MEAN_KEY)
 
 
 def pair_table(results: Sequence[PairResult]) -> pd.DataFrame:
@@ -35,8 +61,8 @@ def pair_table(results: Sequence[PairResult]) -> pd.DataFrame:
         row: dict[str, Any] = {"model": r.model, "layer": r.layer, "control": r.control, "lam": r.lam,
                                "k": r.identity.get("k"), "n_latents": r.identity.get("n_latents")}
         values = {**r.metrics, **r.probes}
-        if "in/ce_loss_score" in values or "out/ce_loss_score" in values:
-            values["ce/score_mean"] = ce_score_mean(r)
+        if IN_CE_SCORE_KEY in values or OUT_CE_SCORE_KEY in values:
+            values[CE_SCORE_MEAN_KEY] = ce_score_mean(r)
         row.update(dict(sorted(values.items())))
         rows.append(row)
     df = pd.DataFrame(rows)
@@ -82,7 +108,7 @@ def paper_claims(results: Sequence[PairResult], jsae_lam: float | None = None) -
             log.warning("%s: no trained pair at λ = 0 and λ = %g; skipping its claims", name, lam)
             continue
         rb, rj = pick_pair(results, site, "reinit", 0.0), pick_pair(results, site, "reinit", lam)
-        s0, s1 = metric(base, "jac/frac_above_0.01"), metric(jsae, "jac/frac_above_0.01")
+        s0, s1 = metric(base, JAC_FRAC_KEY), metric(jsae, JAC_FRAC_KEY)
         ratio = s0 / s1 if s1 > 0 else float("inf")
         claims.append(Claim(
             name, f"JSAEs make J sparser: share of |J| > 0.01, λ=0 ÷ λ={lam:g}",
@@ -96,7 +122,7 @@ def paper_claims(results: Sequence[PairResult], jsae_lam: float | None = None) -
             f"{_fmt(c0)} → {_fmt(c1)} (Δ {c1 - c0:+.3f})", "Δ ≥ −0.05", _holds(c1 - c0 >= -0.05, c0, c1),
             c1, "sweet_spot_ce_loss_score"))
         if rb is not None and rj is not None:
-            r0, r1 = metric(rb, "jac/frac_above_0.01"), metric(rj, "jac/frac_above_0.01")
+            r0, r1 = metric(rb, JAC_FRAC_KEY), metric(rj, JAC_FRAC_KEY)
             claims.append(Claim(
                 name, "Trained LM has sparser J than its re-initialisation (λ=0 and JSAE)",
                 "always substantially sparser (fig. 7, fig. 38)",
@@ -110,35 +136,35 @@ def paper_claims(results: Sequence[PairResult], jsae_lam: float | None = None) -
                 f"trained {_fmt(ratio)}× vs re-init {_fmt(rratio)}×", "trained gain > re-init gain",
                 _holds(ratio > rratio, ratio, rratio), rratio, "reinit_sparsity_ratio"))
         if jsae.probes:
-            lin, jr, other = (metric(jsae, f"probe/{k}_frac") for k in ("linear", "jumprelu", "other"))
+            lin, jr, other = (metric(jsae, probe_frac_key(k)) for k in ("linear", "jumprelu", "other"))
             claims.append(Claim(
                 name, f"f_s is mostly linear (shares at λ={lam:g})",
                 "88% linear, 10% JumpReLU, 2% other (appendix B)",
                 f"{_fmt(lin, True)} linear, {_fmt(jr, True)} JumpReLU, {_fmt(other, True)} other",
                 "linear > 50%", _holds(lin > 0.5, lin), lin, "linear_frac"))
             if base.probes:
-                lb = metric(base, "probe/linear_frac")
+                lb = metric(base, probe_frac_key("linear"))
                 claims.append(Claim(
                     name, "JSAEs make f_s more linear than traditional SAEs",
                     "'noticeably higher' share of linear functions (fig. 8b)",
                     f"{_fmt(lb, True)} → {_fmt(lin, True)}", "JSAE > λ=0", _holds(lin > lb, lb, lin),
                     lin - lb, "linear_frac_gain"))
-            on = metric(jsae, "probe/on_line_frac")
+            on = metric(jsae, probe_frac_key("on_line"))
             claims.append(Claim(
                 name, "|Δs_y,i| ≈ |J_ij| when s_x,j is lowered by 1",
                 "97.7% (fig. 8c, Pythia-410m); 97.5% on the line, 2.1% cluster, 0.4% outliers (fig. 10, Pythia-70m)",
-                f"{_fmt(on, True)} on the line, {_fmt(metric(jsae, 'probe/cluster_frac'), True)} cluster, "
-                f"{_fmt(metric(jsae, 'probe/outlier_frac'), True)} outliers",
+                f"{_fmt(on, True)} on the line, {_fmt(metric(jsae, probe_frac_key('cluster')), True)} cluster, "
+                f"{_fmt(metric(jsae, probe_frac_key('outlier')), True)} outliers",
                 "on the line ≥ 90%", _holds(on >= 0.9, on), on, "on_line_frac"))
-        e0, e1 = metric(base, EFFECTIVE_KEY), metric(jsae, EFFECTIVE_KEY)
+        e0, e1 = metric(base, EFFECTIVE_SHARE_KEY), metric(jsae, EFFECTIVE_SHARE_KEY)
         if not (math.isnan(e0) or math.isnan(e1)):
             claims.append(Claim(
                 name, f"J's mass concentrates on fewer elements, scale-free (effective share, λ=0 → λ={lam:g})",
                 "implied by figs. 30–31 (normalised Jacobians) and appendix F.1; no number in the paper",
                 f"{_fmt(e0, True)} → {_fmt(e1, True)} of k²", "JSAE < λ=0", _holds(e1 < e0, e0, e1),
                 e1 / e0 if e0 > 0 else float("nan"), "effective_share_ratio"))
-        l1 = metric(jsae, "jac/l1") / metric(base, "jac/l1")
-        linf = metric(jsae, "jac/linf") / metric(base, "jac/linf")
+        l1 = metric(jsae, JAC_L1_KEY) / metric(base, JAC_L1_KEY)
+        linf = metric(jsae, JAC_LINF_KEY) / metric(base, JAC_LINF_KEY)
         claims.append(Claim(
             name, f"J becomes sparser, not only smaller: L1 falls more than L∞ (λ={lam:g} ÷ λ=0)",
             "L1, L2 fall while L4…L∞ stay roughly the same (fig. 35, appendix F.1)",
@@ -170,7 +196,7 @@ def _md_table(df: pd.DataFrame) -> str:
 
 
 def render_markdown(table: pd.DataFrame, claims: Sequence[Claim], jsae_lam: float) -> str:
-    key = [c for c in ID_COLUMNS + KEY_COLUMNS + ["ce/score_mean"] if c in table.columns]
+    key = [c for c in ID_COLUMNS + KEY_COLUMNS + [CE_SCORE_MEAN_KEY] if c in table.columns]
     parts = [
         "# JSAE study summary\n",
         f"{len(table)} pairs. JSAE compared with λ = 0 at **λ = {jsae_lam:g}**. Paper: Farnik et al., "
@@ -199,36 +225,17 @@ def write_summary(results: Sequence[PairResult], out_md: str | Path, out_csv: st
     return table, claims
 
 
-def log_study_run(uri: str, experiment: str, *, summary_csv: str | Path | None, artifacts: Sequence[str | Path],
-                  out_run: str | Path, name: str | None = None) -> dict[str, Any]:
-    """The study-level MLflow run: summary values as metrics, figures and summary files as artifacts."""
-    from jsae.tracking import Tracker
-
-    missing = [str(p) for p in artifacts if not Path(p).is_file()]
-    if missing:
-        raise FileNotFoundError(f"artifact {missing[0]} does not exist; expected the study's figures and summary files")
-    tracker = Tracker(uri or None, experiment)
-    run_name = name or f"study/{experiment}"
-    n_pairs = 0
+def study_metrics(summary_csv: str | Path) -> tuple[int, dict[str, float]]:
+    """The number of pairs in summary.csv and each pair's :data:`STUDY_COLUMNS` values as study-run metrics,
+    keyed ``{model}/L{layer}/{control}/lam{lam}/{column}`` (the pair's MLflow run name, then the column)."""
+    table = pd.read_csv(summary_csv)
     metrics: dict[str, float] = {}
-    if summary_csv is not None:
-        table = pd.read_csv(summary_csv)
-        n_pairs = len(table)
-        for _, row in table.iterrows():
-            tag = f"{row['model']}/L{row['layer']}/{row['control']}/lam{row['lam']:g}"
-            for col in ("jac/frac_above_0.01", "ce/score_mean"):
-                if col in table.columns and pd.notna(row[col]):
-                    metrics[f"{tag}/{col}"] = float(row[col])
-    run_id = tracker.start(run_name, params={"study": experiment, "n_pairs": n_pairs, "kind": "study"},
-                           tags={"kind": "study", "study": experiment})
-    tracker.log_metrics(metrics, step=0)
-    for p in map(Path, artifacts):
-        tracker.log_artifact(p, "figures" if p.parent.name == "figures" else None)
-    tracker.finish()
-    record = {"run_id": run_id, "run_name": run_name, "experiment": experiment, "tracking_uri": uri,
-              "status": tracker.status, "artifacts": [str(p) for p in artifacts]}
-    write_json(out_run, record)
-    return record
+    for _, row in table.iterrows():
+        tag = run_name(row["model"], row["layer"], row["lam"], row["control"])
+        for col in STUDY_COLUMNS:
+            if col in table.columns and pd.notna(row[col]):
+                metrics[f"{tag}/{col}"] = float(row[col])
+    return len(table), metrics
 
 
 def cli(argv: list[str]) -> int:
@@ -236,16 +243,17 @@ def cli(argv: list[str]) -> int:
         prog="python -m jsae summary",
         description="Write results/summary.csv (one row per pair, every scalar) and results/summary.md (the "
         "paper's claims beside ours), or with --log-study record the study-level MLflow run.",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--inputs", nargs="+", metavar="FILE", help="evaluation.json / probes.json files "
                    "(default: every such file under --eval-root)")
     p.add_argument("--eval-root", default="results/eval", help="where to look when --inputs is not given")
-    p.add_argument("--out-md", default="results/summary.md", help="markdown output (default: results/summary.md)")
-    p.add_argument("--out-csv", default="results/summary.csv", help="CSV output (default: results/summary.csv)")
+    p.add_argument("--out-md", default="results/summary.md", help="markdown output")
+    p.add_argument("--out-csv", default="results/summary.csv", help="CSV output")
     p.add_argument("--jsae-lam", type=float, default=None, help="the λ compared with λ = 0 (default: largest λ ≤ 1)")
     g = p.add_argument_group("study-level MLflow run (--log-study)")
     g.add_argument("--log-study", action="store_true", help="log the study-level run instead of writing the summary")
-    g.add_argument("--mlflow-uri", default="sqlite:///mlflow.db", help="tracking URI (default: sqlite:///mlflow.db)")
+    g.add_argument("--mlflow-uri", default="sqlite:///mlflow.db", help="tracking URI ('none': off)")
     g.add_argument("--experiment", default="jsae-default", help="MLflow experiment (the study name)")
     g.add_argument("--summary-csv", default=None, help="summary.csv whose key values become run metrics")
     g.add_argument("--artifacts", nargs="*", default=[], metavar="FILE", help="files to attach (figures, summary.md)")
@@ -254,12 +262,12 @@ def cli(argv: list[str]) -> int:
     args = p.parse_args(argv)
     setup_logging(log_file=args.log_file)
     if args.log_study:
-        record = log_study_run(args.mlflow_uri, args.experiment, summary_csv=args.summary_csv,
+        n_pairs, metrics = study_metrics(args.summary_csv) if args.summary_csv is not None else (0, {})
+        record = log_study_run(tracking_uri(args.mlflow_uri), args.experiment, metrics=metrics, n_pairs=n_pairs,
                                artifacts=args.artifacts, out_run=args.out_run)
-        log.info("study run %s (%s) at %s: %s", record["run_id"], record["run_name"], args.mlflow_uri, record["status"])
+        log.info("study run %s (%s) at %s: %s", record["run_id"], record["run_name"], args.mlflow_uri,
+                 record["status"])
         return 0
-    from jsae.report.figures import find_results
-
     results = load_results(args.inputs if args.inputs else find_results(args.eval_root))
     table, claims = write_summary(results, args.out_md, args.out_csv, args.jsae_lam)
     log.info("wrote %s (%d pairs) and %s (%d claims, %d hold)", args.out_csv, len(table), args.out_md, len(claims),

@@ -58,7 +58,7 @@ def lr_at(step: int, n_steps: int, *, lr: float, warmup_frac: float = 0.01, deca
     return float(lr) * min(warm, decay)
 
 
-def lambda_at(step: int, n_steps: int, *, lam: float, warmup_frac: float = 0.05) -> float:
+def lam_at(step: int, n_steps: int, *, lam: float, warmup_frac: float = 0.05) -> float:
     """Appendix D's Jacobian coefficient: linear warm-up to ``lam`` over the first 5% of steps."""
     _check_steps(step, n_steps)
     _check_frac("warmup_frac", warmup_frac)

@@ -1,0 +1,152 @@
+"""The study's per-pair results, read back from the evaluation outputs, and lookups over them.
+
+Inputs are ``evaluation.json`` (+ ``jacobian_stats.npz``) and ``probes.json`` (+ ``probe_curves.npz``)
+files; each JSON carries the pair's identity (model, layer, control, lam), and the workflow writes them
+under ``<model>/L<layer>/<control>/lam<lam>/`` (:data:`PATH_PATTERN`), whose first part names the model
+for the report. A "site" is one (model, layer). The figures and the summary both read through here.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jsae.eval.metrics import IN_CE_SCORE_KEY, OUT_CE_SCORE_KEY, PROBE_PREFIX
+from jsae.io import read_json
+
+#: Where the workflow puts a pair's outputs: ``<model>/L<layer>/<control>/lam<lam>/<file>``.
+PATH_PATTERN = re.compile(r"(?P<model>[^/]+)/L(?P<layer>\d+)/(?P<control>trained|reinit)/lam(?P<lam>[^/]+)/[^/]+$")
+
+
+@dataclass
+class PairResult:
+    """Everything the figures read about one pair: identity, scalar metrics and (lazily) arrays."""
+
+    model: str
+    layer: int
+    control: str
+    lam: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    probes: dict[str, float] = field(default_factory=dict)
+    identity: dict[str, Any] = field(default_factory=dict)
+    stats_path: Path | None = None
+    curves_path: Path | None = None
+
+    @property
+    def site(self) -> tuple[str, int]:
+        return (self.model, self.layer)
+
+    @property
+    def key(self) -> tuple[str, int, str, float]:
+        return (self.model, self.layer, self.control, self.lam)
+
+    def stats(self) -> dict[str, np.ndarray]:
+        return _load_npz(self.stats_path, "jacobian_stats.npz", self)
+
+    def curves(self) -> dict[str, np.ndarray]:
+        return _load_npz(self.curves_path, "probe_curves.npz", self)
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} L{self.layer} {self.control} λ={self.lam:g}"
+
+
+def _load_npz(path: Path | None, name: str, pair: PairResult) -> dict[str, np.ndarray]:
+    if path is None or not path.is_file():
+        raise FileNotFoundError(f"{name} for {pair.label} not found (expected {path}); "
+                                "re-run the evaluation of this pair")
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _identity(doc: dict, path: Path) -> tuple[str, int, str, float]:
+    """(model, layer, control, lam): the workflow's path names the model; the JSON names the rest."""
+    pair = doc.get("pair") or {}
+    m = PATH_PATTERN.search(path.as_posix())
+    model = m["model"] if m else (Path(str(pair.get("model", "model"))).name or "model")
+    layer = pair.get("layer", m["layer"] if m else None)
+    control = pair.get("control") or (m["control"] if m else "trained")
+    lam = pair.get("lam", m["lam"] if m else None)
+    if layer is None or lam is None:
+        raise ValueError(f"{path} has no pair identity (pair.layer / pair.lam) and is not under "
+                         "<model>/L<layer>/<control>/lam<lam>/; expected an evaluation or probes JSON from jsae")
+    return model, int(layer), str(control), float(lam)
+
+
+def load_results(paths: Iterable[str | Path]) -> list[PairResult]:
+    """Merge evaluation.json and probes.json files into one :class:`PairResult` per pair."""
+    by_key: dict[tuple[str, int, str, float], PairResult] = {}
+    for p in map(Path, paths):
+        if p.suffix != ".json":
+            continue  # npz siblings are found next to their JSON
+        doc = read_json(p)
+        metrics = doc.get("metrics")
+        if not isinstance(metrics, dict):
+            raise ValueError(f"{p} has no 'metrics' object; expected an evaluation.json or probes.json from jsae")
+        ident = _identity(doc, p)
+        res = by_key.setdefault(ident, PairResult(*ident))
+        res.identity.update(doc.get("pair") or {})
+        is_probe = any(k.startswith(PROBE_PREFIX) for k in metrics) or p.name.startswith("probes")
+        if is_probe:
+            res.probes.update({k: float(v) for k, v in metrics.items() if _is_number(v)})
+            res.curves_path = p.with_name(doc.get("arrays", "probe_curves.npz"))
+        else:
+            res.metrics.update({k: float(v) for k, v in metrics.items() if _is_number(v)})
+            res.stats_path = p.with_name(doc.get("arrays", "jacobian_stats.npz"))
+    return sorted(by_key.values(), key=lambda r: r.key)
+
+
+def find_results(eval_root: str | Path) -> list[Path]:
+    """Every evaluation.json and probes.json under ``eval_root``."""
+    root = Path(eval_root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a directory; expected the evaluation root (results/eval)")
+    return sorted([*root.rglob("evaluation.json"), *root.rglob("probes.json")])
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def sites_of(results: Sequence[PairResult]) -> list[tuple[str, int]]:
+    """The (model, layer) sites among the results, sorted."""
+    return sorted({r.site for r in results})
+
+
+def pick_pair(results: Sequence[PairResult], site: tuple[str, int], control: str, lam: float) -> PairResult | None:
+    """The pair of ``site`` with this control and λ, or None."""
+    for r in results:
+        if r.site == site and r.control == control and math.isclose(r.lam, lam, rel_tol=1e-9, abs_tol=1e-12):
+            return r
+    return None
+
+
+def default_jsae_lam(results: Sequence[PairResult]) -> float:
+    """The largest trained λ ≤ 1 (the paper's sweet-spot range), else the smallest positive λ."""
+    lams = sorted({r.lam for r in results if r.control == "trained" and r.lam > 0})
+    if not lams:
+        raise ValueError("no trained pair with λ > 0; expected at least one JSAE to compare with λ = 0")
+    small = [x for x in lams if x <= 1]
+    return small[-1] if small else lams[0]
+
+
+def metric(r: PairResult | None, key: str) -> float:
+    """An evaluation or probe scalar of ``r``; NaN when the pair or the key is absent."""
+    if r is None:
+        return float("nan")
+    if key in r.metrics:
+        return r.metrics[key]
+    if key in r.probes:
+        return r.probes[key]
+    return float("nan")
+
+
+def ce_score_mean(r: PairResult) -> float:
+    """The paper's fig. 5 y-axis: the mean of the input and output SAEs' CE loss scores."""
+    return float(np.nanmean([metric(r, IN_CE_SCORE_KEY), metric(r, OUT_CE_SCORE_KEY)]))

@@ -1,0 +1,88 @@
+# Config checks beyond the JSON schema (cross references, ranges that depend on other keys): each
+# raises a one-line error when this file is included, before anything is computed from the config.
+
+
+def _fail(message):
+    """One-line config error, raised before Snakemake builds the DAG."""
+    raise ValueError(f"config error: {message}")
+
+
+def chosen_jsae_lam(cfg):
+    """The lambda shown as "JSAE": figures.jsae_lam, else the paper's sweet-spot range (the largest
+    lambda <= 1, or the smallest one above 1 if there is none)."""
+    if cfg["figures"]["jsae_lam"] is not None:
+        return fmt_lam(cfg["figures"]["jsae_lam"])
+    positive = sorted(float(x) for x in cfg["lambdas"] if x > 0)
+    return fmt_lam(max([x for x in positive if x <= 1] or positive[:1]))
+
+
+def _check_models(cfg):
+    names = [m["name"] for m in cfg["models"]]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        _fail(f"model names must be unique; repeated: {', '.join(dupes)}")
+    for m in cfg["models"]:
+        name = m["name"]
+        if name.endswith(REINIT_SUFFIX):
+            _fail(f"model name {name!r} must not end in {REINIT_SUFFIX!r} (reserved for the re-initialised control)")
+        n_layers = m["pretrain"]["layers"] if m["source"] == "pretrain" else m.get("n_layers")
+        if m["source"] == "pretrain" and m.get("n_layers") not in (None, n_layers):
+            _fail(f"model {name!r}: n_layers={m['n_layers']} contradicts pretrain.layers={n_layers}")
+        if m["source"] == "pretrain" and "spec" in m:
+            _fail(f"model {name!r}: `spec` is only for source 'pretrained' (this model is pretrained by the workflow)")
+        if n_layers is not None:
+            bad = [layer for layer in m["layers"] if layer >= n_layers]
+            if bad:
+                _fail(f"model {name!r}: layer {bad[0]} is out of range; expected 0..{n_layers - 1} ({n_layers} layers)")
+
+
+def _check_lambdas(cfg):
+    lams = {fmt_lam(x) for x in cfg["lambdas"]}
+    if len(lams) != len(cfg["lambdas"]):
+        _fail(f"lambdas {cfg['lambdas']} contain duplicates after formatting")
+    if len(lams - {"0"}) == 0:
+        _fail(f"lambdas {cfg['lambdas']} need at least one value > 0 (the JSAEs)")
+    if "0" not in lams:
+        _fail(f"lambdas {cfg['lambdas']} must include 0 (the traditional-SAE baseline every figure compares with)")
+    for key in ("probes.lambdas", "tables.lambdas", "reinit.lambdas"):
+        section = key.split(".")[0]
+        extra = [x for x in cfg[section]["lambdas"] or [] if fmt_lam(x) not in lams]
+        if extra:
+            _fail(f"{key} value {extra[0]} is not in `lambdas` {cfg['lambdas']}")
+    jsae_lam = cfg["figures"]["jsae_lam"]
+    if jsae_lam is not None:
+        if fmt_lam(jsae_lam) not in lams:
+            _fail(f"figures.jsae_lam={jsae_lam} is not in `lambdas` {cfg['lambdas']}")
+        if jsae_lam == 0:
+            _fail("figures.jsae_lam must be > 0 (lambda = 0 is the traditional baseline it is compared with)")
+
+
+def _check_figure_pairs(cfg):
+    """fig7 and fig8 compare lambda 0 with the JSAE lambda: both must be trained / probed."""
+    jsae_lam, names = chosen_jsae_lam(cfg), cfg["figures"]["names"]
+    probe_lams = cfg["probes"]["lambdas"]
+    if "fig8" in names and cfg["probes"]["enabled"] and probe_lams is not None:
+        missing = [lam for lam in ("0", jsae_lam) if lam not in {fmt_lam(x) for x in probe_lams}]
+        if missing:
+            _fail(f"fig8 compares probes at lambda 0 and {jsae_lam}; add {missing[0]} to probes.lambdas")
+    reinit_lams = cfg["reinit"]["lambdas"]
+    if "fig7" in names and cfg["reinit"]["enabled"] and reinit_lams is not None:
+        missing = [lam for lam in ("0", jsae_lam) if lam not in {fmt_lam(x) for x in reinit_lams}]
+        if missing:
+            _fail(
+                f"fig7 compares trained and re-initialised pairs at lambda 0 and {jsae_lam}; "
+                f"add {missing[0]} to reinit.lambdas"
+            )
+
+
+def check_config(cfg):
+    corpora = cfg["corpora"]
+    for key in ("train_corpus", "eval_corpus"):
+        if cfg[key] not in corpora:
+            _fail(f"{key}={cfg[key]!r} is not a corpus in `corpora` (have: {', '.join(sorted(corpora))})")
+    _check_models(cfg)
+    _check_lambdas(cfg)
+    _check_figure_pairs(cfg)
+
+
+check_config(config)

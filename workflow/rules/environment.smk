@@ -1,0 +1,24 @@
+# The environment every job inherits: the one place where the workflow edits it (at DAG-build time,
+# so jobs on other nodes, which re-read this file, get the same).
+
+import os
+import sys
+from pathlib import Path
+
+from snakemake.settings.types import DeploymentMethod
+
+# Progress bars go to per-rule log files: one update every 30 s instead of ten a second
+# (tqdm reads TQDM_* defaults from the environment).
+os.environ.setdefault("TQDM_MININTERVAL", "30")
+
+# Rules run `python -m jsae ...`: that `python` must be the interpreter running Snakemake, where jsae
+# is installed, also when Snakemake is started as .venv/bin/snakemake without activating the venv
+# (`make run` does), where `python` on PATH would be another interpreter.
+os.environ.update(PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+
+# With --sdm conda a rule's own environment (envs/jsae.yaml) comes first on PATH and has no jsae: the
+# package source goes on PYTHONPATH. Snakemake strips PYTHONPATH from conda jobs unless
+# --conda-not-block-search-path-envvars is given, which the profiles in profiles/ therefore set.
+if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+    _src = str(Path(workflow.basedir) / "src")
+    os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (_src, os.environ.get("PYTHONPATH")) if p))
