@@ -16,15 +16,21 @@ def build_hf_mlp(name: str, seed: int = 0) -> torch.nn.Module:
     from transformers.models.llama.modeling_llama import LlamaMLP
     from transformers.models.phi3.modeling_phi3 import Phi3MLP
 
-    neox = lambda act: GPTNeoXMLP(GPTNeoXConfig(hidden_size=D, intermediate_size=H, hidden_act=act, num_attention_heads=2))  # noqa: E731
+    neox = lambda act: GPTNeoXMLP(
+        GPTNeoXConfig(hidden_size=D, intermediate_size=H, hidden_act=act, num_attention_heads=2)
+    )  # noqa: E731
     builders = {
         "neox-gelu": lambda: neox("gelu"),
         "neox-gelu-tanh": lambda: neox("gelu_pytorch_tanh"),
         "neox-silu": lambda: neox("silu"),
         "neox-relu": lambda: neox("relu"),
         "gpt2-gelu-new": lambda: GPT2MLP(H, GPT2Config(n_embd=D, n_head=2)),
-        "llama-silu": lambda: LlamaMLP(LlamaConfig(hidden_size=D, intermediate_size=H, num_attention_heads=2, mlp_bias=True)),
-        "gemma3-gelu-tanh": lambda: Gemma3MLP(Gemma3TextConfig(hidden_size=D, intermediate_size=H, num_attention_heads=2, head_dim=6)),
+        "llama-silu": lambda: LlamaMLP(
+            LlamaConfig(hidden_size=D, intermediate_size=H, num_attention_heads=2, mlp_bias=True)
+        ),
+        "gemma3-gelu-tanh": lambda: Gemma3MLP(
+            Gemma3TextConfig(hidden_size=D, intermediate_size=H, num_attention_heads=2, head_dim=6)
+        ),
         "phi3-fused": lambda: Phi3MLP(Phi3Config(hidden_size=D, intermediate_size=H, num_attention_heads=2)),
     }
     torch.manual_seed(seed)
@@ -53,7 +59,9 @@ def build_tiny_saved_lm(root, *, validation_fraction: float) -> None:
     for i in range(12):
         idx = torch.randint(0, len(words), (300,), generator=g).tolist()
         (root / f"doc{i}.txt").write_text(" ".join(words[j] for j in idx) + ".\n")
-    build_corpus(root / "corpus", source="files", globs=[str(root / "doc*.txt")], validation_fraction=validation_fraction)
+    build_corpus(
+        root / "corpus", source="files", globs=[str(root / "doc*.txt")], validation_fraction=validation_fraction
+    )
     tokenizer = train_tokenizer(root / "corpus", vocab_size=300)
     torch.manual_seed(0)
     cfg = PretrainConfig(hidden=16, layers=2, heads=2, vocab_size=300, context_length=16)

@@ -28,7 +28,9 @@ def f_s_at(pair: JSAEPair, module: torch.nn.Module, x_b: torch.Tensor):
     """
     sae_in, sae_out = pair.sae_in, pair.sae_out
     s0 = dense_code(sae_in, x_b).detach()
-    in_mask = torch.zeros_like(s0).scatter(0, (x_b @ sae_in.W_enc.T + sae_in.b_enc).topk(sae_in.k).indices, 1.0).detach()
+    in_mask = (
+        torch.zeros_like(s0).scatter(0, (x_b @ sae_in.W_enc.T + sae_in.b_enc).topk(sae_in.k).indices, 1.0).detach()
+    )
 
     def f(s: torch.Tensor) -> torch.Tensor:
         s_bar = s * in_mask  # tau_k (eqs. 6, 14)

@@ -63,7 +63,9 @@ def test_expect_refuses_another_model_layer_or_corpus(cache32, neox):  # noqa: F
 @pytest.mark.parametrize("dtype,tol", [("float16", 1e-3), ("bfloat16", 8e-3)])
 def test_low_precision_storage(dtype, tol, cache32, neox, tiny_corpus, tmp_path):  # noqa: F811
     out = tmp_path / f"{dtype}.h5"
-    build_cache(neox, 2, tiny_corpus, "train", N, CTX, out, dtype=dtype, batch_size=8, seed=3, device="cpu", progress=False)
+    build_cache(
+        neox, 2, tiny_corpus, "train", N, CTX, out, dtype=dtype, batch_size=8, seed=3, device="cpu", progress=False
+    )
     with ActivationCache.open(out, expect={"dtype": dtype}) as lo, ActivationCache.open(cache32) as hi:
         x, ref = lo.read(), hi.read()
         expected = ref.to(getattr(torch, dtype)).float()
@@ -172,10 +174,13 @@ def test_batches_resume_exactly(row_id_cache, start):
             assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"batch_size": 0, "seed": 0}, "batch_size"),
-    ({"batch_size": 4, "seed": 0, "start_batch": -1}, "start_batch"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"batch_size": 0, "seed": 0}, "batch_size"),
+        ({"batch_size": 4, "seed": 0, "start_batch": -1}, "start_batch"),
+    ],
+)
 def test_bad_batches_arguments(cache32, kwargs, match):
     with ActivationCache.open(cache32) as c, pytest.raises(ValueError, match=match):
         next(c.batches(**kwargs))
@@ -193,21 +198,31 @@ def test_the_mlp_input_seen_by_hooks_equals_the_cache(cache32, neox):  # noqa: F
     assert mlp_module(model, 2) is model.gpt_neox.layers[2].mlp
 
 
-@pytest.mark.parametrize("change,error,match", [
-    ({"layer": 3}, ValueError, r"layer=3 is out of range.*\[0, 2\]"),
-    ({"layer": -1}, ValueError, "out of range"),
-    ({"context_length": 65}, ValueError, "context_length=65 exceeds the model's maximum of 64"),
-    ({"context_length": 1}, ValueError, "context_length=1"),
-    ({"n_tokens": 10**7}, ValueError, "n_tokens=10000000 needs"),
-    ({"n_tokens": 0}, ValueError, "n_tokens=0"),
-    ({"split": "test"}, ValueError, "split='test'"),
-    ({"dtype": "int8"}, ValueError, "dtype='int8'"),
-    ({"out": "x.txt"}, ValueError, "expected a path ending in .h5"),
-    ({"model": "no-such-model"}, ValueError, "unknown"),
-])
+@pytest.mark.parametrize(
+    "change,error,match",
+    [
+        ({"layer": 3}, ValueError, r"layer=3 is out of range.*\[0, 2\]"),
+        ({"layer": -1}, ValueError, "out of range"),
+        ({"context_length": 65}, ValueError, "context_length=65 exceeds the model's maximum of 64"),
+        ({"context_length": 1}, ValueError, "context_length=1"),
+        ({"n_tokens": 10**7}, ValueError, "n_tokens=10000000 needs"),
+        ({"n_tokens": 0}, ValueError, "n_tokens=0"),
+        ({"split": "test"}, ValueError, "split='test'"),
+        ({"dtype": "int8"}, ValueError, "dtype='int8'"),
+        ({"out": "x.txt"}, ValueError, "expected a path ending in .h5"),
+        ({"model": "no-such-model"}, ValueError, "unknown"),
+    ],
+)
 def test_bad_input_is_refused_before_heavy_compute(change, error, match, neox, tiny_corpus, tmp_path, monkeypatch):  # noqa: F811
-    args = {"model": neox, "layer": 2, "corpus": tiny_corpus, "split": "train", "n_tokens": N, "context_length": CTX,
-            "out": tmp_path / "c.h5"}
+    args = {
+        "model": neox,
+        "layer": 2,
+        "corpus": tiny_corpus,
+        "split": "train",
+        "n_tokens": N,
+        "context_length": CTX,
+        "out": tmp_path / "c.h5",
+    }
     args.update(change)
     if "n_tokens" not in change:  # everything except the corpus-size check happens before tokenising
         monkeypatch.setattr(cache_mod, "tokenize_split", lambda *a, **k: pytest.fail("tokenised before the checks"))
@@ -224,7 +239,9 @@ def test_missing_or_empty_corpus(neox, tmp_path):  # noqa: F811
     empty.mkdir()
     (empty / "train.jsonl").write_text("")
     (empty / "validation.jsonl").write_text("")
-    (empty / "corpus.json").write_text(json.dumps({"sha256": "0", "splits": {"train": {"documents": 0}, "validation": {"documents": 0}}}))
+    (empty / "corpus.json").write_text(
+        json.dumps({"sha256": "0", "splits": {"train": {"documents": 0}, "validation": {"documents": 0}}})
+    )
     with pytest.raises(ValueError, match="is empty"):
         build_cache(neox, 0, empty, "train", 10, CTX, tmp_path / "c.h5", device="cpu")
 
@@ -240,8 +257,29 @@ def test_unsupported_mlp_type_is_refused(neox, tiny_corpus, tmp_path, monkeypatc
 def test_cli_writes_a_cache(neox, tiny_corpus, tmp_path, no_network):  # noqa: F811
     out = tmp_path / "cli.h5"
     threads = torch.get_num_threads()
-    assert cache_mod.cli(["--model", neox, "--layer", "0", "--corpus", str(tiny_corpus), "--split", "validation",
-                          "--n-tokens", "50", "--context-length", str(CTX), "--out", str(out), "--dtype", "bfloat16"]) == 0
+    assert (
+        cache_mod.cli(
+            [
+                "--model",
+                neox,
+                "--layer",
+                "0",
+                "--corpus",
+                str(tiny_corpus),
+                "--split",
+                "validation",
+                "--n-tokens",
+                "50",
+                "--context-length",
+                str(CTX),
+                "--out",
+                str(out),
+                "--dtype",
+                "bfloat16",
+            ]
+        )
+        == 0
+    )
     torch.set_num_threads(threads)  # the CLI sets the process' thread count
     with ActivationCache.open(out, expect={"layer": 0, "split": "validation", "dtype": "bfloat16"}) as c:
         assert c.n_tokens == 50 and torch.isfinite(c.read()).all()

@@ -29,8 +29,21 @@ def test_every_command_module_imports_and_has_help():
 
 def test_bad_input_is_one_line_without_traceback(tmp_path):
     res = subprocess.run(
-        [sys.executable, "-m", "jsae", "reinit", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--seed", "0"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "jsae",
+            "reinit",
+            "--model",
+            str(tmp_path / "missing"),
+            "--out",
+            str(tmp_path / "o"),
+            "--seed",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert res.returncode == 2
     lines = [line for line in res.stderr.strip().splitlines() if line.strip()]

@@ -39,8 +39,13 @@ def test_default_corpus_is_offline_seeded_and_hashed(tmp_path, no_network):  # n
 
 def test_stdlib_docstrings_are_extracted(tmp_path):
     src = tmp_path / "m.py"
-    src.write_text('"""Module summary line here."""\n\ndef f():\n    """Does a thing with words."""\n\nclass C:\n    """A class that holds values."""\n')
-    assert stdlib_docstrings(src) == "Module summary line here.\n\nDoes a thing with words.\n\nA class that holds values."
+    src.write_text(
+        '"""Module summary line here."""\n\ndef f():\n    """Does a thing with words."""\n\n'
+        'class C:\n    """A class that holds values."""\n'
+    )
+    assert (
+        stdlib_docstrings(src) == "Module summary line here.\n\nDoes a thing with words.\n\nA class that holds values."
+    )
     (tmp_path / "bad.py").write_text("def (:\n")
     assert stdlib_docstrings(tmp_path / "bad.py") == ""
 
@@ -56,7 +61,9 @@ def test_files_source(tmp_path):
     (tmp_path / "t").mkdir()
     for i in range(5):
         (tmp_path / "t" / f"{i}.txt").write_text(f"document {i} first paragraph\n\nsecond paragraph {i}\n")
-    meta = build_corpus(tmp_path / "c", source="files", globs=[str(tmp_path / "t" / "*.txt")], seed=0, validation_fraction=0.2)
+    meta = build_corpus(
+        tmp_path / "c", source="files", globs=[str(tmp_path / "t" / "*.txt")], seed=0, validation_fraction=0.2
+    )
     assert meta["splits"]["train"]["documents"] == 4 and meta["splits"]["validation"]["documents"] == 1
     meta = build_corpus(tmp_path / "p", source="files", globs=[str(tmp_path / "t" / "*.txt")], split_paragraphs=True)
     assert sum(s["documents"] for s in meta["splits"].values()) == 10
@@ -72,8 +79,16 @@ def test_hf_source_through_load_dataset(tmp_path, monkeypatch, no_network):  # n
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps({"body": f"row number {i} of the dataset", "id": i}) + "\n" for i in range(20)))
-    meta = build_corpus(tmp_path / "c", source="hf", dataset="json", data_files=[str(data)], hf_split="train",
-                        text_column="body", seed=0, max_docs=10)
+    meta = build_corpus(
+        tmp_path / "c",
+        source="hf",
+        dataset="json",
+        data_files=[str(data)],
+        hf_split="train",
+        text_column="body",
+        seed=0,
+        max_docs=10,
+    )
     assert sum(s["documents"] for s in meta["splits"].values()) == 10
     with pytest.raises(ValueError, match="no column 'text'"):
         build_corpus(tmp_path / "d", source="hf", dataset="json", data_files=[str(data)], text_column="text")
@@ -81,11 +96,14 @@ def test_hf_source_through_load_dataset(tmp_path, monkeypatch, no_network):  # n
         build_corpus(tmp_path / "d", source="hf")
 
 
-@pytest.mark.parametrize("kwargs,error,match", [
-    ({"source": "web"}, ValueError, "source='web'"),
-    ({"validation_fraction": 1.0}, ValueError, "validation_fraction=1.0"),
-    ({"max_docs": 1}, ValueError, "max_docs=1"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"source": "web"}, ValueError, "source='web'"),
+        ({"validation_fraction": 1.0}, ValueError, "validation_fraction=1.0"),
+        ({"max_docs": 1}, ValueError, "max_docs=1"),
+    ],
+)
 def test_bad_corpus_arguments(kwargs, error, match, tmp_path):
     with pytest.raises(error, match=match):
         build_corpus(tmp_path / "c", **kwargs)
@@ -120,8 +138,23 @@ def test_token_stream_and_contexts(tiny_corpus, tiny_tokenizer):  # noqa: F811
 
 
 def test_cli(tmp_path, no_network):  # noqa: F811
-    assert corpus_mod.cli(["--source", "bible", "--out", str(tmp_path / "c"), "--seed", "3", "--max-docs", "5",
-                           "--validation-fraction", "0.2"]) == 0
+    assert (
+        corpus_mod.cli(
+            [
+                "--source",
+                "bible",
+                "--out",
+                str(tmp_path / "c"),
+                "--seed",
+                "3",
+                "--max-docs",
+                "5",
+                "--validation-fraction",
+                "0.2",
+            ]
+        )
+        == 0
+    )
     assert corpus_info(tmp_path / "c")["seed"] == 3
 
 

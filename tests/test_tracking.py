@@ -53,8 +53,20 @@ def config(**overrides) -> TrainConfig:
 
 
 def train(mlp, source, out, uri, experiment, **kwargs):
-    return run_training(mlp, source, kwargs.pop("cfg", config()), out, model="results/models/tiny", layer=1,
-                        mlflow_uri=uri, experiment=experiment, progress=False, log_every=4, checkpoint_every=5, **kwargs)
+    return run_training(
+        mlp,
+        source,
+        kwargs.pop("cfg", config()),
+        out,
+        model="results/models/tiny",
+        layer=1,
+        mlflow_uri=uri,
+        experiment=experiment,
+        progress=False,
+        log_every=4,
+        checkpoint_every=5,
+        **kwargs,
+    )
 
 
 def test_run_contents_read_back_with_mlflow_client(tmp_path: Path, store: str, mlp, source) -> None:
@@ -70,7 +82,13 @@ def test_run_contents_read_back_with_mlflow_client(tmp_path: Path, store: str, m
     assert run.info.run_name == "tiny/L1/trained/lam0.5" and run.info.status == "FINISHED"
     tags = run.data.tags
     assert {k: tags[k] for k in ("model", "layer", "lam", "k", "expansion", "control")} == {
-        "model": "tiny", "layer": "1", "lam": "0.5", "k": "3", "expansion": "4", "control": "trained"}
+        "model": "tiny",
+        "layer": "1",
+        "lam": "0.5",
+        "k": "3",
+        "expansion": "4",
+        "control": "trained",
+    }
     params = run.data.params
     assert params["lr"] == "0.003" and params["lam_warmup_frac"] == "0.05" and params["n_steps"] == "12"
     assert params["evaluation_point"] == "true_mlp_input" and params["model"] == "results/models/tiny"
@@ -79,13 +97,24 @@ def test_run_contents_read_back_with_mlflow_client(tmp_path: Path, store: str, m
     assert sorted(m.step for m in loss) == [4, 8, 12, 12]  # logged every 4 steps + the final summary
     local = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m.value for m in sorted(loss, key=lambda m: m.step)][:3] == pytest.approx([r["loss"] for r in local])
-    for key in ("in/mse", "out/mse", "jac/l1", "lam", "lr", "tokens_per_s", "in/dead_fraction",
-                "out/dead_fraction", "jac/frac_above_0.01"):
+    for key in (
+        "in/mse",
+        "out/mse",
+        "jac/l1",
+        "lam",
+        "lr",
+        "tokens_per_s",
+        "in/dead_fraction",
+        "out/dead_fraction",
+        "jac/frac_above_0.01",
+    ):
         assert client.get_metric_history(run.info.run_id, key), key
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"sae_in", "sae_out", "run.json", "metrics.jsonl"} <= artifacts
     assert {a.path for a in client.list_artifacts(run.info.run_id, "sae_in")} == {
-        "sae_in/cfg.json", "sae_in/sae_weights.safetensors"}
+        "sae_in/cfg.json",
+        "sae_in/sae_weights.safetensors",
+    }
     assert read_run(tmp_path / "run")["mlflow_status"] == "ok"
 
 
@@ -156,8 +185,9 @@ def test_parallel_jobs_on_an_initialised_store_do_not_race(tmp_path: Path) -> No
         "assert t.start(f'job{sys.argv[2]}', params={'i': sys.argv[2]}, tags={}) is not None, t.error\n"
         "t.log_metrics({'loss': 1.0}, step=1)\nt.finish()\nassert t.error is None, t.error\n"
     )
-    procs = [subprocess.Popen([sys.executable, "-c", code, uri, str(i)], stderr=subprocess.PIPE, text=True)
-             for i in range(3)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, uri, str(i)], stderr=subprocess.PIPE, text=True) for i in range(3)
+    ]
     errors = [p.communicate()[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * 3, errors
     client = MlflowClient(tracking_uri=uri)

@@ -56,7 +56,11 @@ def _accumulate_grads(G: Tensor, Ps, Bis, ds, o: Tensor, i: Tensor, gA: Tensor |
 
 def _grad_buffer(like: Tensor, needed: bool) -> Tensor | None:
     """Gradient accumulator: float32 at least, so bf16 autocast does not sum many terms in bf16."""
-    return torch.zeros(like.shape, dtype=torch.promote_types(like.dtype, torch.float32), device=like.device) if needed else None
+    return (
+        torch.zeros(like.shape, dtype=torch.promote_types(like.dtype, torch.float32), device=like.device)
+        if needed
+        else None
+    )
 
 
 class _ActiveContract(torch.autograd.Function):
@@ -75,7 +79,9 @@ class _ActiveContract(torch.autograd.Function):
         T = o.shape[0]
         J = A.new_empty(T, o.shape[1], i.shape[1])
         for s in range(0, T, chunk):
-            J[s : s + chunk] = _contract_chunk(A, Bs, [d[s : s + chunk] for d in ds], o[s : s + chunk], i[s : s + chunk])[2]
+            J[s : s + chunk] = _contract_chunk(
+                A, Bs, [d[s : s + chunk] for d in ds], o[s : s + chunk], i[s : s + chunk]
+            )[2]
         ctx.chunk, ctx.M = chunk, M
         ctx.save_for_backward(A, o, i, *terms)
         return J
@@ -143,7 +149,12 @@ def _batch_latents(idx: Tensor, n: int) -> tuple[Tensor | None, Tensor]:
 
 
 def _prepare(
-    W_enc_out: Tensor, W_out: Tensor, terms: list[tuple[Tensor, Tensor]], W_dec_in: Tensor, out_idx: Tensor, in_idx: Tensor
+    W_enc_out: Tensor,
+    W_out: Tensor,
+    terms: list[tuple[Tensor, Tensor]],
+    W_dec_in: Tensor,
+    out_idx: Tensor,
+    in_idx: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, list[Tensor], list[Tensor]]:
     """The two weight products of eq. 16/29 for batch-active latents, and indices into their rows."""
     used_out, o = _batch_latents(out_idx, W_enc_out.shape[0])

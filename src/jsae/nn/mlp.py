@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -228,7 +227,9 @@ _PLAIN_LAYOUTS = (
     ("fc1", "fc2", "activation_fn"),  # OPT-style, CLIP
     ("fc1", "fc2", "act"),
 )
-SUPPORTED = "GPTNeoXMLP, GPT2MLP, GPTJMLP, *MLP with fc1/fc2, LlamaMLP, MistralMLP, Qwen2MLP, GemmaMLP, Gemma2/3MLP, Phi3MLP"
+SUPPORTED = (
+    "GPTNeoXMLP, GPT2MLP, GPTJMLP, *MLP with fc1/fc2, LlamaMLP, MistralMLP, Qwen2MLP, GemmaMLP, Gemma2/3MLP, Phi3MLP"
+)
 
 
 def mlp_from_module(module: nn.Module) -> MLP:
@@ -249,7 +250,7 @@ def mlp_from_module(module: nn.Module) -> MLP:
     if all(hasattr(module, a) for a in ("gate_up_proj", "down_proj")):
         W, b = _weight(module.gate_up_proj)
         half = W.shape[0] // 2
-        act = getattr(module, "activation_fn", None) or getattr(module, "act_fn")
+        act = getattr(module, "activation_fn", None) or module.act_fn
         Wo, bo = _weight(module.down_proj)
         bg, bu = (b[:half], b[half:]) if b is not None else (None, None)
         return GatedMLP(W[:half], bg, W[half:], bu, Wo, bo, activation_from(act))
