@@ -10,12 +10,15 @@ those widths (so reading, shuffling and prefetching are the real code paths), th
   the baseline the trainer's overhead is measured against. Trainer and baseline steps alternate
   and per-step medians are reported, so load on a shared machine hits both alike;
 
-and reports the fraction of the trainer's time spent waiting on the reader. Optionally
-(``--sae-lens``, needs ``sae-lens``) it times one TopK SAE training step against SAELens's own
-(``TopKTrainingSAE`` through ``SAETrainer._train_step``) at the Pythia-70m size.
+and reports the fraction of the trainer's time spent waiting on the reader. ``--auxk`` adds both
+pairs with the AuxK loss (coefficient 1/32; its bare baseline uses a fixed mask with half the
+latents dead), to measure AuxK's cost. Optionally (``--sae-lens``, needs ``sae-lens``) it times one
+TopK SAE training step against SAELens's own (``TopKTrainingSAE`` through
+``SAETrainer._train_step``) at the Pythia-70m size.
 
     python benchmarks/bench_train.py                    # default: both sizes, CPU-friendly budgets
     python benchmarks/bench_train.py --sae-lens --json out.json
+    python benchmarks/bench_train.py --sizes default-study --auxk            # AuxK's cost
     python benchmarks/bench_train.py --sizes pythia-70m --batch-size 4096 --steps 20   # on a GPU
 """
 
@@ -37,6 +40,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from jsae.devices import resolve_device  # noqa: E402
+from jsae.nn.pair import AuxK  # noqa: E402
 from jsae.train import TrainConfig, Trainer, build_pair  # noqa: E402
 
 # name: (d_model, d_mlp, expansion, k, default batch size on CPU, default timed steps on CPU)
@@ -86,6 +90,11 @@ class BareSteps:
 
     def __init__(self, pair, config: TrainConfig, batches: list[torch.Tensor], device: torch.device) -> None:
         self.pair, self.lam, self.batches, self.device = pair, config.lam, batches, device
+        self.auxk = None
+        if config.auxk_coef > 0:  # a fixed mask: every other latent dead
+            dims = config.dims(pair.sae_in.d_in, pair.sae_out.d_in)
+            half = [torch.arange(sae.n_latents, device=device) % 2 == 0 for sae in (pair.sae_in, pair.sae_out)]
+            self.auxk = AuxK(config.auxk_coef, *half, dims["k_aux_in"], dims["k_aux_out"])
         self.opt = torch.optim.Adam([p for s in (pair.sae_in, pair.sae_out) for p in s.parameters()], lr=config.lr,
                                     fused=device.type in ("cpu", "cuda") or None)  # as the Trainer
         self.times: list[float] = []
@@ -94,7 +103,7 @@ class BareSteps:
         x = self.batches[len(self.times) % len(self.batches)]
         sync(self.device)
         t0 = time.perf_counter()
-        loss, _ = self.pair.loss(x, self.lam)
+        loss, _ = self.pair.loss(x, self.lam, self.auxk)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -120,8 +129,10 @@ def bench_size(name: str, args, device: torch.device, root: Path) -> list[dict]:
     mlp = mlp_from_module(mlp_module(lm, 0))
     cache = ActivationCache.open(cache_path)
     rows = []
-    for lam in (1.0, 0.0):
-        config = TrainConfig(lam=lam, n_tokens=(steps + 1) * B, batch_size=B, k=k, expansion=expansion)
+    variants = [(1.0, 0.0), (0.0, 0.0)] + ([(1.0, 1 / 32), (0.0, 1 / 32)] if args.auxk else [])
+    for lam, auxk_coef in variants:
+        config = TrainConfig(lam=lam, n_tokens=(steps + 1) * B, batch_size=B, k=k, expansion=expansion,
+                             auxk_coef=auxk_coef)
         batches = [b.to(device) for b, _ in zip(cache.batches(B, seed=1), range(4))]
         bare = BareSteps(build_pair(mlp, config, device=device), config, batches, device)
         bare.step()  # warm-up (allocator, kernels)
@@ -142,14 +153,15 @@ def bench_size(name: str, args, device: torch.device, root: Path) -> list[dict]:
         step_times = [marks[i][0] - marks[i - 1][1] for i in range(1, len(marks))]
         t_tr, t_bare = statistics.median(step_times), statistics.median(bare.times)
         row = {
-            "size": name, "pair": "jsae (lam=1)" if lam else "lam=0", "d": d, "d_mlp": d_mlp,
+            "size": name, "pair": ("jsae (lam=1)" if lam else "lam=0") + (" + auxk" if auxk_coef else ""),
+            "d": d, "d_mlp": d_mlp,
             "n_latents": d * expansion, "k": k, "batch": B, "steps": steps,
             "trainer_tokens_per_s": B / t_tr, "bare_tokens_per_s": B / t_bare,
             "trainer_over_bare": t_tr / t_bare,
             "reader_fraction": out.timings["reader_wait_s"] / out.timings["train_s"],
         }
         rows.append(row)
-        print(f"[{name}] {row['pair']:<13} trainer {row['trainer_tokens_per_s']:9.0f} tok/s   bare "
+        print(f"[{name}] {row['pair']:<20} trainer {row['trainer_tokens_per_s']:9.0f} tok/s   bare "
               f"{row['bare_tokens_per_s']:9.0f} tok/s   trainer/bare step time {row['trainer_over_bare']:.2f}x   "
               f"reader {100 * row['reader_fraction']:.1f}% of training time", flush=True)
     cache.close()
@@ -215,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-every", type=int, default=10, help="trainer log interval (each log computes metrics)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--auxk", action="store_true", help="also time the JSAE pair with the AuxK loss (1/32)")
     p.add_argument("--sae-lens", action="store_true", help="also time one TopK SAE step against SAELens's")
     p.add_argument("--sae-lens-repeats", type=int, default=3)
     p.add_argument("--json", default=None, help="also write the results here")

@@ -35,6 +35,7 @@ CONTRACT_KEYS = {
     *(f"jac/frac_above_{t}" for t in ("0.005", "0.01", "0.015", "0.02", "0.04")),
     "jac/l1", "jac/l2", "jac/l4", "jac/linf", "jac/mean_abs",
     "ce/clean", "ce/zero_in", "ce/recon_in", "ce/zero_out", "ce/recon_out",
+    *(f"{s}/{m}" for s in ("in", "out") for m in ("ce_loss_delta", "ce_ablation_delta", "ce_score_refused")),
 }
 
 
@@ -55,6 +56,25 @@ def random_pair(model: nn.Module, n: int = 40, k: int = 4, seed: int = 0) -> JSA
         sae_in.b_enc.normal_(0, 0.2, generator=g)
         sae_out.b_enc.normal_(0, 0.2, generator=g)
     return JSAEPair(sae_in, sae_out, mlp_module(model, LAYER))
+
+
+def peaked_lm(seed: int = 0) -> nn.Module:
+    """A tiny LM whose layer-LAYER MLP matters: sharp logits, a 5x MLP output. On its own greedy
+    continuations (:func:`self_contexts`) zero-ablating that MLP costs 0.4-1 nats per token."""
+    model = tiny_lm(seed)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(10)
+        mlp_module(model, LAYER).dense_4h_to_h.weight.mul_(5)
+    return model
+
+
+def self_contexts(model: nn.Module, n: int, seed: int) -> torch.Tensor:
+    """Greedy continuations of random first tokens: text the clean model predicts well."""
+    ids = contexts(n, seed)[:, :1]
+    with torch.no_grad():
+        for _ in range(CTX - 1):
+            ids = torch.cat([ids, model(input_ids=ids, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)], 1)
+    return ids
 
 
 def identity_sae(d: int) -> TopKSAE:
@@ -132,7 +152,9 @@ def test_splice_scores_against_hf_loss_with_swapped_module():
     model = tiny_lm().double()  # float64: the score's denominator is small in a random tiny LM
     pair = random_pair(model).double()
     ids = contexts()
-    got = splice_scores(model, LAYER, pair, ids, batch_size=4, first_position_clean=False, progress=False)
+    # floor 0: this checks the splice's arithmetic; the random LM's ablation costs only ~0.001 nats
+    got = splice_scores(model, LAYER, pair, ids, batch_size=4, first_position_clean=False, min_ablation_nats=0.0,
+                        progress=False)
     clean, clean_logits = oracle_ce(model, ids)
     recon_in, logits_in = oracle_ce(model, ids, pre=lambda x: pair.sae_in(x))
     zero_in, _ = oracle_ce(model, ids, pre=torch.zeros_like)
@@ -145,6 +167,16 @@ def test_splice_scores_against_hf_loss_with_swapped_module():
     assert got["ce/zero_out"] == pytest.approx(zero_out, rel=1e-10)
     assert got["in/ce_loss_score"] == pytest.approx((zero_in - recon_in) / (zero_in - clean), rel=1e-6)
     assert got["out/ce_loss_score"] == pytest.approx((zero_out - recon_out) / (zero_out - clean), rel=1e-6)
+    for side, recon, zero in (("in", recon_in, zero_in), ("out", recon_out, zero_out)):
+        assert got[f"{side}/ce_loss_delta"] == pytest.approx(recon - clean, rel=1e-8)
+        assert got[f"{side}/ce_ablation_delta"] == pytest.approx(zero - clean, rel=1e-8)
+        assert 0 < zero - clean < 0.01 and got[f"{side}/ce_score_refused"] == 0.0
+    # at the default floor (0.01 nats) the same ablation is too cheap: both scores refused, deltas unchanged
+    default = splice_scores(model, LAYER, pair, ids, batch_size=4, first_position_clean=False, progress=False)
+    for side in ("in", "out"):
+        assert math.isnan(default[f"{side}/ce_loss_score"]) and default[f"{side}/ce_score_refused"] == 1.0
+        for name in ("ce_loss_delta", "ce_ablation_delta"):
+            assert default[f"{side}/{name}"] == got[f"{side}/{name}"]
     p = torch.log_softmax(clean_logits.double(), -1)
     q = torch.log_softmax(logits_in.double(), -1)
     assert got["kl/recon_in"] == pytest.approx(float((p.exp() * (p - q)).sum(-1).mean()), rel=1e-8)
@@ -152,18 +184,21 @@ def test_splice_scores_against_hf_loss_with_swapped_module():
 
 @pytest.mark.parametrize("first_clean", [False, True])
 def test_ce_and_kl_scores_are_one_for_identity_and_zero_for_ablation(first_clean):
-    model = tiny_lm(1)
-    ids = contexts(4, seed=1)
+    model = peaked_lm(1)
+    ids = self_contexts(model, 4, seed=1)
     mlp = mlp_module(model, LAYER)
     perfect = JSAEPair(identity_sae(D), identity_sae(D), mlp)
     got = splice_scores(model, LAYER, perfect, ids, batch_size=3, first_position_clean=first_clean, progress=False)
     assert got["ce/recon_in"] == pytest.approx(got["ce/clean"], abs=1e-5)
     for side in ("in", "out"):
+        assert got[f"{side}/ce_ablation_delta"] > 0.1  # well above the floor: the scores are given
+        assert got[f"{side}/ce_loss_delta"] == pytest.approx(0.0, abs=1e-5)
         assert got[f"{side}/ce_loss_score"] == pytest.approx(1.0, abs=1e-4)
         assert got[f"{side}/kl_score"] == pytest.approx(1.0, abs=1e-4)
     ablated = JSAEPair(zero_sae(D), zero_sae(D), mlp)
     got = splice_scores(model, LAYER, ablated, ids, batch_size=3, first_position_clean=first_clean, progress=False)
     for side in ("in", "out"):
+        assert got[f"{side}/ce_loss_delta"] == pytest.approx(got[f"{side}/ce_ablation_delta"], abs=1e-6)
         assert got[f"{side}/ce_loss_score"] == pytest.approx(0.0, abs=1e-6)
         assert got[f"{side}/kl_score"] == pytest.approx(0.0, abs=1e-6)
 
@@ -206,14 +241,14 @@ def test_activation_metrics_against_brute_force():
 
 
 def test_evaluate_pair_writes_contract_outputs(tmp_path):
-    model = tiny_lm(4)
+    model = peaked_lm(4)  # its MLP matters, so neither CE score is refused
     pair = random_pair(model, seed=4)
-    cache = FakeCache(model, contexts(6, seed=4))
+    cache = FakeCache(model, self_contexts(model, 6, seed=4))
     ev = evaluate_pair(pair, cache, model=model, layer=LAYER, n_tokens=40, batch_size=16, ce_tokens=30, progress=False)
     assert CONTRACT_KEYS <= set(ev.metrics)
-    finite_keys = CONTRACT_KEYS - {"in/ce_loss_score"}
-    assert all(isinstance(v, float) and math.isfinite(v) for k, v in ev.metrics.items() if k in finite_keys)
+    assert all(isinstance(v, float) and math.isfinite(v) for k, v in ev.metrics.items() if k in CONTRACT_KEYS)
     assert ev.settings["n_tokens"] == 40 and ev.settings["ce_contexts"] == 3
+    assert ev.settings["ce_score_min_ablation_nats"] == 0.01 and ev.settings["ce_score_refused"] == {}
     run = {
         "model": "tiny",
         "layer": LAYER,
@@ -237,6 +272,65 @@ def test_evaluate_pair_writes_contract_outputs(tmp_path):
     )
     assert json.loads(str(arrays["pair_json"])) == ident
     assert not list((tmp_path / "eval").glob(".*tmp"))  # atomic writes leave no temp files
+
+
+def test_evaluate_pair_keeps_per_token_arrays_for_the_bootstrap(tmp_path):
+    """token_* arrays: the first token_stats cache rows in order, each equal to the metric on that token's J;
+    ce_token_*: every CE token, whose means are the CE metrics; global shares over alive latents."""
+    model = peaked_lm(5)
+    pair = random_pair(model, seed=5)
+    cache = FakeCache(model, self_contexts(model, 6, seed=5))
+    cache.token_ids = np.arange(cache.n_tokens) * 7 % VOCAB  # what ActivationCache records per row
+    ev = evaluate_pair(pair, cache, model=model, layer=LAYER, n_tokens=50, batch_size=16, ce_tokens=30,
+                       token_stats=37, progress=False)
+    a = ev.arrays
+    assert a["token_row"].tolist() == list(range(37)) and ev.settings["token_stats"] == 37
+    assert a["token_id"].tolist() == cache.token_ids[:37].tolist()
+    with torch.no_grad():
+        J = pair(cache.x[:37]).jacobian
+    np.testing.assert_allclose(a["token_lp"], lp_norms(J).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(a["token_frac_above"], frac_above(J).numpy(), rtol=1e-6)
+    assert a["token_nonzero"].tolist() == (J.flatten(1) != 0).sum(1).tolist()
+    n_ce = ev.settings["ce_contexts"] * (CTX - 1)
+    for variant in ("clean", "recon_in", "zero_in", "recon_out", "zero_out"):
+        assert a[f"ce_token_{variant}"].shape == (n_ce,) and a[f"ce_token_{variant}"].dtype == np.float32
+        assert float(a[f"ce_token_{variant}"].astype(np.float64).mean()) == pytest.approx(
+            ev.metrics[f"ce/{variant}"], rel=1e-6)
+    clean, _ = oracle_ce(model, torch.as_tensor(cache.contexts()[: ev.settings["ce_contexts"]]))
+    assert float(a["ce_token_clean"].astype(np.float64).mean()) == pytest.approx(clean, rel=1e-5)
+    # jac/global_frac_above_tau: alive outputs x alive inputs, as fig. 36 reads it back from the npz
+    alive_out, alive_in = a["out_fired_count"] > 0, a["in_fired_count"] > 0
+    assert not alive_in.all()  # some latents are dead, so the denominator matters
+    m = a["global_mean_abs"][alive_out[a["global_out_latent"]] & alive_in[a["global_in_latent"]]]
+    assert ev.metrics["jac/global_frac_above_0.01"] == pytest.approx((m > 0.01).sum() / (alive_out.sum()
+                                                                                         * alive_in.sum()))
+    none = evaluate_pair(pair, cache, n_tokens=20, token_stats=0, progress=False)
+    assert not any(k.startswith("token_") for k in none.arrays)
+    with pytest.raises(ValueError, match="token_stats"):
+        evaluate_pair(pair, cache, token_stats=-3, progress=False)
+
+
+def test_refused_ce_score_is_nan_with_its_reason_in_evaluation_json(tmp_path):
+    model = tiny_lm(4)  # near-uniform predictions: zero-ablating the MLP costs ~0.001 nats, below the floor
+    pair = random_pair(model, seed=4)
+    cache = FakeCache(model, contexts(6, seed=4))
+    ev = evaluate_pair(pair, cache, model=model, layer=LAYER, n_tokens=40, ce_tokens=30, progress=False)
+    assert set(ev.settings["ce_score_refused"]) == {"in", "out"}
+    assert "ill-conditioned" in ev.settings["ce_score_refused"]["in"]
+    write_evaluation(tmp_path / "evaluation.json", ev, {"model": "tiny"})
+    data = json.loads((tmp_path / "evaluation.json").read_text())
+    for side in ("in", "out"):
+        m = data["metrics"]
+        assert math.isnan(m[f"{side}/ce_loss_score"]) and m[f"{side}/ce_score_refused"] == 1.0
+        assert abs(m[f"{side}/ce_ablation_delta"]) < 0.01 and math.isfinite(m[f"{side}/ce_loss_delta"])
+        assert math.isfinite(m[f"{side}/kl_score"])  # the KL score has no floor
+    # a floor of 0 gives the (ill-conditioned) number back; a negative floor is an error
+    loose = evaluate_pair(pair, cache, model=model, layer=LAYER, n_tokens=40, ce_tokens=30, min_ablation_nats=0.0,
+                          progress=False)
+    assert loose.settings["ce_score_refused"].keys() == {s for s in ("in", "out")
+                                                         if loose.metrics[f"{s}/ce_ablation_delta"] <= 0}
+    with pytest.raises(ValueError, match="min_ablation"):
+        evaluate_pair(pair, cache, model=model, layer=LAYER, min_ablation_nats=-0.1, progress=False)
 
 
 def test_bad_input_one_line_errors():
@@ -297,20 +391,21 @@ def test_mlflow_logging_to_the_pairs_run(tmp_path):
     run_id = client.create_run(exp).info.run_id
     f = tmp_path / "evaluation.json"
     f.write_text("{}")
-    assert log_to_pair_run(uri, run_id, {"in/explained_variance": 0.9, "jac/frac_above_0.01": 0.1}, [f])
+    assert log_to_pair_run(uri, run_id, {"in/explained_variance": 0.9, "jac/frac_above_0.01": 0.1}, [f], step=12)
     logged = client.get_run(run_id).data.metrics
-    assert logged["in/explained_variance"] == 0.9 and logged["jac/frac_above_0.01"] == 0.1
+    assert logged == {"eval/in/explained_variance": 0.9, "eval/jac/frac_above_0.01": 0.1}
+    assert [m.step for m in client.get_metric_history(run_id, "eval/in/explained_variance")] == [12]
     assert [a.path for a in client.list_artifacts(run_id, "evaluation")] == ["evaluation/evaluation.json"]
 
 
 def test_mlflow_unreachable_or_off_only_warns():
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        assert not log_to_pair_run("http://127.0.0.1:9", "deadbeef", {"a": 1.0})
+        assert not log_to_pair_run("http://127.0.0.1:9", "deadbeef", {"a": 1.0}, step=1)
         assert any("MLflow" in str(x.message) for x in w)
-    assert not log_to_pair_run(None, "run", {"a": 1.0})
+    assert not log_to_pair_run(None, "run", {"a": 1.0}, step=1)
     with pytest.warns(UserWarning, match="mlflow_run_id"):
-        assert not log_to_pair_run("http://127.0.0.1:9", None, {"a": 1.0})
+        assert not log_to_pair_run("http://127.0.0.1:9", None, {"a": 1.0}, step=1)
 
 
 def test_evaluation_dataclass_defaults():
@@ -424,4 +519,7 @@ def test_cli_refuses_mismatched_inputs(tmp_path, real_run, capfd):
     assert "threshold" in error_line()
     assert evaluate_cli([*base, "--layer", "1", "--cache", str(real_run / "train.h5"), "--n-tokens", "0"]) == 2
     assert "n_tokens" in error_line()
+    assert evaluate_cli([*base, "--layer", "1", "--cache", str(real_run / "validation.h5"),
+                         "--ce-min-ablation-nats", "-0.01"]) == 2
+    assert "min_ablation" in error_line()
     assert not (tmp_path / "e.json").exists()

@@ -9,18 +9,24 @@ import pytest
 import torch
 
 from jsae.eval.metrics import (
+    CE_SCORE_MIN_ABLATION_NATS,
     DEFAULT_THRESHOLDS,
     GlobalJacobianAccumulator,
     JacobianAccumulator,
     ReconstructionAccumulator,
     abs_histogram,
+    ce_splice_metrics,
     check_thresholds,
+    counts_above_grid,
     dead_and_rare,
     effective_share,
     explained_variance,
     explained_variance_legacy,
     firing_counts,
     frac_above,
+    global_shares,
+    grid_count_above,
+    grid_quantile,
     histogram_cdf,
     histogram_edges,
     lp_norms,
@@ -28,6 +34,8 @@ from jsae.eval.metrics import (
     mse_per_element,
     recovered_score,
     sse_per_token,
+    tau_grid,
+    tau_grid_exponents,
     threshold_key,
     token_cross_entropy,
     token_kl,
@@ -88,6 +96,61 @@ def test_recovered_score():
     assert recovered_score(zero=5.0, recon=5.0, clean=3.0) == 0.0
     assert recovered_score(zero=5.0, recon=4.0, clean=3.0) == 0.5
     assert math.isnan(recovered_score(1.0, 1.0, 1.0))
+
+
+# Hand-built mean CEs (nats/token): clean, recon, zero, and the expected score worked out by hand.
+CE_CASES = [
+    pytest.param(3.0, 3.1, 5.0, (5.0 - 3.1) / (5.0 - 3.0), id="ordinary"),
+    pytest.param(4.29776, 4.29808, 4.34829, 0.050213 / 0.05053, id="trained-tiny-neox-in"),
+    pytest.param(2.0, 2.0, 2.02, 1.0, id="perfect-splice-above-floor"),
+    pytest.param(2.0, 1.99, 2.0105, 1.0 + 0.01 / 0.0105, id="just-above-floor-splice-helps"),
+    pytest.param(2.0, 2.02, 2.0105, 1.0 - 0.02 / 0.0105, id="just-above-floor-splice-hurts"),
+    pytest.param(0.0, 0.002, 0.01, 0.8, id="exactly-at-floor"),  # 0.01 - 0.0 is exact in binary: scored
+    pytest.param(2.0, 2.001, 2.0095, float("nan"), id="just-below-floor"),
+    pytest.param(8.35479, 8.35428, 8.35634, float("nan"), id="reinit-tiny-neox-in"),  # was "1.33"
+    pytest.param(3.0, 3.1, 3.0, float("nan"), id="ablation-costs-nothing"),
+    pytest.param(3.0, 3.1, 2.5, float("nan"), id="ablation-helps"),
+    pytest.param(3.0, 3.1, float("nan"), float("nan"), id="not-finite"),
+]
+
+
+@pytest.mark.parametrize("clean,recon,zero,score", CE_CASES)
+def test_ce_splice_metrics_on_hand_built_numbers(clean, recon, zero, score):
+    assert CE_SCORE_MIN_ABLATION_NATS == 0.01  # the cases above straddle this floor
+    got = ce_splice_metrics("out", clean, recon, zero)
+    assert set(got) == {"out/ce_loss_score", "out/ce_loss_delta", "out/ce_ablation_delta", "out/ce_score_refused"}
+    assert got["out/ce_loss_delta"] == pytest.approx(recon - clean, abs=1e-12)
+    if math.isnan(zero):
+        assert math.isnan(got["out/ce_ablation_delta"])
+    else:
+        assert got["out/ce_ablation_delta"] == pytest.approx(zero - clean, abs=1e-12)
+    if math.isnan(score):
+        assert math.isnan(got["out/ce_loss_score"]) and got["out/ce_score_refused"] == 1.0
+    else:
+        assert got["out/ce_loss_score"] == pytest.approx(score, rel=1e-4) and got["out/ce_score_refused"] == 0.0
+
+
+def test_ce_score_floor_is_a_parameter():
+    # 0.0095 nats is refused at the default floor and scored at a floor of 0.005; any floor refuses a free ablation
+    below = ce_splice_metrics("in", 2.0, 2.001, 2.0095)
+    assert below["in/ce_score_refused"] == 1.0
+    looser = ce_splice_metrics("in", 2.0, 2.001, 2.0095, min_ablation=0.005)
+    assert looser["in/ce_score_refused"] == 0.0
+    assert looser["in/ce_loss_score"] == pytest.approx(1 - 0.001 / 0.0095, rel=1e-9)
+    assert ce_splice_metrics("in", 2.0, 2.1, 1.9, min_ablation=0.0)["in/ce_score_refused"] == 1.0
+    free = ce_splice_metrics("in", 2.0, 2.1, 2.0, min_ablation=0.0)
+    assert free["in/ce_score_refused"] == 1.0 and math.isnan(free["in/ce_loss_score"])
+
+
+@pytest.mark.parametrize("bad", [-0.01, float("nan"), float("inf"), True, "0.01"])
+def test_ce_score_floor_must_be_finite_and_not_negative(bad):
+    with pytest.raises(ValueError, match="min_ablation"):
+        ce_splice_metrics("in", 3.0, 3.1, 5.0, min_ablation=bad)
+
+
+def test_ce_splice_metrics_side_must_be_known():
+    with pytest.raises(ValueError, match="side"):
+        ce_splice_metrics("mid", 3.0, 3.1, 5.0)
 
 
 def test_token_ce_and_kl_brute_force():
@@ -159,6 +222,12 @@ def test_metric_keys_are_the_contract_strings():
         "in/ce_loss_score",
         "out/ce_loss_score",
         "ce/score_mean",
+    )
+    assert m.CE_SPLICE_METRICS == ("ce_loss_score", "ce_loss_delta", "ce_ablation_delta", "ce_score_refused")
+    assert (m.IN_CE_LOSS_DELTA_KEY, m.OUT_CE_ABLATION_DELTA_KEY, m.IN_CE_SCORE_REFUSED_KEY) == (
+        "in/ce_loss_delta",
+        "out/ce_ablation_delta",
+        "in/ce_score_refused",
     )
     assert (
         m.global_threshold_key(0.005),
@@ -300,9 +369,118 @@ def test_global_accumulator_matches_dense_brute_force():
     assert top["std"][0] == pytest.approx(math.sqrt(max(sq[i, j] / c[i, j] - (s[i, j] / c[i, j]) ** 2, 0)), abs=1e-9)
     om, oc = acc.output_mean_abs()
     assert float(om[i]) == pytest.approx(s[i].sum() / c[i].sum(), rel=1e-12)
-    shares = acc.sparsity_shares([0.01, 0.5])
-    full = np.divide(s, np.maximum(active, 1)[:, None])
-    assert shares.tolist() == pytest.approx([(full > 0.01).mean(), (full > 0.5).mean()])
+
+
+def test_global_shares_count_only_alive_latents_brute_force():
+    """jac/global_frac_above_tau: 100% = alive outputs x alive inputs; entries touching a dead latent never count."""
+    g = torch.Generator().manual_seed(8)
+    T, k, n_out, n_in = 30, 3, 8, 10
+    # outputs 6, 7 and inputs 8, 9 are never selected; input latents selected only with value <= 0 stay dead
+    out_idx = torch.stack([torch.randperm(6, generator=g)[:k] for _ in range(T)])
+    in_idx = torch.stack([torch.randperm(8, generator=g)[:k] for _ in range(T)])
+    out_vals = torch.rand(T, k, generator=g) - 0.2
+    in_vals = torch.rand(T, k, generator=g) - 0.2
+    in_vals[in_idx == 3] = -1.0  # input latent 3 selected but never fires: dead, though its J column is not 0
+    J = torch.randn(T, k, k, generator=g) * (out_vals > 0)[:, :, None]
+    acc = GlobalJacobianAccumulator(n_out, n_in, max_entries=None)
+    acc.update(J, out_idx, in_idx, out_vals)
+    fired_out, fired_in = firing_counts(out_vals, out_idx, n_out), firing_counts(in_vals, in_idx, n_in)
+    s, c, sq, active = _brute_global(J, out_idx, in_idx, out_vals, n_out, n_in)
+    alive_out = [i for i in range(n_out) if any(out_idx[t, a] == i and out_vals[t, a] > 0
+                                                 for t in range(T) for a in range(k))]
+    alive_in = [j for j in range(n_in) if any(in_idx[t, b] == j and in_vals[t, b] > 0
+                                                for t in range(T) for b in range(k))]
+    assert 3 not in alive_in and 8 not in alive_in and 6 not in alive_out
+    taus = [0.01, 0.3, 1.0]
+    brute = []
+    for tau in taus:
+        above = sum(1 for i in alive_out for j in alive_in if active[i] and s[i, j] / active[i] > tau)
+        brute.append(above / (len(alive_out) * len(alive_in)))
+    got = acc.sparsity_shares(fired_out > 0, fired_in > 0, taus)
+    assert got.tolist() == pytest.approx(brute, rel=1e-12)
+    # the module-level definition (what fig. 36 calls on the npz arrays) is the same function
+    again = global_shares(acc.mean_abs_given_output_active().numpy(), acc.out_latent.numpy(), acc.in_latent.numpy(),
+                          (fired_out > 0).numpy(), (fired_in > 0).numpy(), taus)
+    np.testing.assert_array_equal(again, got)
+    assert np.isnan(global_shares(np.array([0.5]), np.array([0]), np.array([0]), np.array([False]), np.array([True]),
+                                  taus)).all()
+    with pytest.raises(ValueError, match="exceed the alive masks"):
+        global_shares(np.array([0.5]), np.array([4]), np.array([0]), np.ones(2, bool), np.ones(2, bool), taus)
+
+
+def test_counts_above_grid_brute_force():
+    g = torch.Generator().manual_seed(9)
+    J = torch.randn(6, 4, 5, generator=g) * torch.logspace(-3, 1, 6)[:, None, None]
+    J[0, 1] = 0.0  # an inactive output row
+    exps = tau_grid_exponents(8, (-4, 2))
+    grid = tau_grid(exps, 8)
+    J[2, 0, 0] = float(grid[10])  # exactly on a grid point: not above it
+    J[3, 0, 0] = 1e5  # above the whole grid: counted everywhere
+    got = counts_above_grid(J, exps, 8).numpy()
+    a = J.abs().double().reshape(6, -1).numpy()
+    brute = np.array([[int((a[t] > tau).sum()) for tau in grid] for t in range(6)])
+    np.testing.assert_array_equal(got, brute)
+    with pytest.raises(ValueError, match="consecutive integers"):
+        counts_above_grid(J, np.array([0, 2]), 8)
+    with pytest.raises(ValueError, match="per_decade"):
+        tau_grid_exponents(0)
+
+
+def test_grid_count_and_quantile_against_sorted_values():
+    """Exact at grid points; between them bracketed by the neighbours; the median's share is exactly 1/2."""
+    rng = np.random.default_rng(10)
+    a = np.exp(rng.normal(-3, 1.5, 50_000))
+    a[:500] = 0.0
+    J = torch.as_tensor(a).reshape(1000, 50)
+    exps = tau_grid_exponents(32, (-8, 4))
+    counts = counts_above_grid(J, exps, 32).numpy().sum(0)
+    nonzero = float((a > 0).sum())
+    for g in (-100, -64, -20):  # a grid point: exact
+        x = np.array(float(g))
+        assert float(grid_count_above(counts, exps, np.array(nonzero), x)) == (a > 10 ** (g / 32)).sum()
+    x = 32 * np.log10(0.0123)  # between grid points: within the neighbours' counts, close to the truth
+    got = float(grid_count_above(counts, exps, np.array(nonzero), np.array(x)))
+    lo, hi = (a > 10 ** (np.ceil(x) / 32)).sum(), (a > 10 ** (np.floor(x) / 32)).sum()
+    assert lo <= got <= hi and got == pytest.approx((a > 0.0123).sum(), rel=2e-3)
+    q = grid_quantile(counts, exps, np.array(nonzero), 0.5)
+    tau_star = 10 ** (float(q) / 32)
+    assert tau_star == pytest.approx(np.median(a[a > 0]), rel=5e-3)  # within a fraction of one 7.5% grid step
+    assert float(grid_count_above(counts, exps, np.array(nonzero), q)) == pytest.approx(nonzero / 2, rel=1e-12)
+    assert float(grid_quantile(counts, exps, np.array(nonzero), 0.9)) > float(q)
+    # outside the stored columns: only where the edge column vouches for it (all non-zero above it / none)
+    assert float(grid_count_above(counts, exps, np.array(nonzero), np.array(-1e6))) == nonzero
+    assert float(grid_count_above(counts, exps, np.array(nonzero), np.array(1e6))) == 0.0
+    cut = counts[200:]  # starts at 10**(-56/32) ~ 0.018, above many elements: nothing known below it
+    assert np.isnan(grid_count_above(cut, exps[200:], np.array(nonzero), np.array(-60.0)))
+    assert np.isnan(grid_quantile(cut, exps[200:], np.array(nonzero), 0.1))
+    with pytest.raises(ValueError, match="quantile"):
+        grid_quantile(counts, exps, np.array(nonzero), 1.0)
+
+
+def test_jacobian_accumulator_keeps_per_token_arrays_of_the_first_tokens():
+    g = torch.Generator().manual_seed(11)
+    J = torch.randn(25, 3, 4, generator=g) * 0.05
+    J[:, 2] = 0  # an inactive output row
+    acc = JacobianAccumulator(token_stats=17)
+    for s in range(0, 25, 6):
+        acc.update(J[s : s + 6])
+    a = acc.arrays()
+    assert a["token_row"].tolist() == list(range(17))  # the first 17 tokens, in the order given
+    np.testing.assert_allclose(a["token_frac_above"], frac_above(J[:17]).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(a["token_effective_share"], effective_share(J[:17]).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(a["token_lp"], lp_norms(J[:17]).numpy(), rtol=1e-6)
+    assert a["token_nonzero"].tolist() == [8] * 17 and int(a["token_n_elements"]) == 12
+    exps, pd = a["token_tau_exponents"], int(a["token_tau_per_decade"])
+    brute = np.array([[int((J[t].abs().double() > 10 ** (e / pd)).sum()) for e in exps] for t in range(17)])
+    np.testing.assert_array_equal(a["token_count_above"], brute)
+    # trimmed to the varying columns plus one guard each side: all non-zero below, none above
+    assert (a["token_count_above"][:, 0] == 8).all() and (a["token_count_above"][:, -1] == 0).all()
+    assert len(exps) < len(tau_grid_exponents()) and a["token_count_above"].dtype == np.uint16
+    none = JacobianAccumulator(token_stats=0)
+    none.update(J)
+    assert not any(k.startswith("token_") for k in none.arrays())
+    with pytest.raises(ValueError, match="token_stats"):
+        JacobianAccumulator(token_stats=-1)
 
 
 def test_global_accumulator_bounded_memory_keeps_heaviest():

@@ -36,7 +36,8 @@ CHROMIUM_FLAGS = [
 ]
 EXPERIMENT = "jsae-ui-study"
 RUNS = {"tiny-neox/L1/trained/lam0": 0.4375, "tiny-neox/L1/trained/lam1": 0.0625}
-METRIC = "jac/frac_above_0.01"
+METRIC = "eval/jac/frac_above_0.01"  # evaluation's value, logged as the evaluate rule logs it
+N_STEPS = 40
 
 
 def _free_port() -> int:
@@ -71,7 +72,7 @@ def _render(url: str, profile: Path) -> str:
 
 @pytest.fixture
 def study_store(tmp_path):
-    from jsae.tracking import Tracker, init_tracking_store  # also switches MLflow's telemetry off
+    from jsae.tracking import Tracker, init_tracking_store, log_to_pair_run  # also switches MLflow's telemetry off
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     init_tracking_store(uri)
@@ -79,9 +80,10 @@ def study_store(tmp_path):
     for name, value in RUNS.items():
         t = Tracker(uri, EXPERIMENT)
         ids[name] = t.start(name, params={"lam": name.rsplit("lam", 1)[1], "k": 4}, tags={"control": "trained"})
-        t.log_metrics({METRIC: value}, step=0)
+        t.log_metrics({"train/jac/frac_above_0.01": 0.999}, step=N_STEPS)  # training's own value, own key
         t.finish()
         assert t.status == "ok"
+        assert log_to_pair_run(uri, ids[name], {METRIC.removeprefix("eval/"): value}, step=N_STEPS)
     from mlflow.tracking import MlflowClient
 
     exp = MlflowClient(tracking_uri=uri).get_experiment_by_name(EXPERIMENT)

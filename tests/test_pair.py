@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 from builders import D, build_hf_mlp
-from oracle import naive_pair_loss
-from test_jacobian import make_pair
+from oracle import dense_decode, naive_pair_loss
+from test_jacobian import N_IN, N_OUT, make_pair
+from test_sae import dense_aux_reference
 
 from jsae import JSAEPair, TopKSAE
+from jsae.nn.pair import AuxK
 
 
 @pytest.mark.parametrize("name", ["neox-gelu", "gpt2-gelu-new", "llama-silu", "gemma3-gelu-tanh"])
@@ -168,3 +170,66 @@ def test_bad_activation_scales_are_refused():
             pair.set_activation_scales(bad, 1.0)
     with pytest.raises(ValueError, match="scale=.*expected a positive finite number"):
         pair.sae_in.fold_input_scale_(0.0)
+
+
+# -- AuxK (Gao et al. 2024, A.2) ---------------------------------------------------------------------------------
+
+
+def naive_aux_mse(sae: TopKSAE, a: torch.Tensor, dead: torch.Tensor, k_aux: int) -> torch.Tensor:
+    """MSE(e, e_hat) with the error e = a - x_hat (a constant) and e_hat from the dead latents, all dense."""
+    error = (a - dense_decode(sae, a)).detach()
+    return ((error - dense_aux_reference(sae, a, dead, k_aux)) ** 2).mean()
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.7])
+@pytest.mark.parametrize("scales", [(1.0, 1.0), (0.37, 2.9)])
+def test_auxk_loss_and_gradients_match_a_dense_reference(lam, scales):
+    module = build_hf_mlp("neox-gelu")
+    x = torch.randn(6, D, dtype=torch.float64) * 2.0
+    c_in, c_out = scales
+    g = torch.Generator().manual_seed(1)
+    dead_in, dead_out = torch.rand(N_IN, generator=g) < 0.4, torch.rand(N_OUT, generator=g) < 0.5
+    aux = AuxK(coef=0.25, dead_in=dead_in, dead_out=dead_out, k_in=6, k_out=3)
+    pair = make_pair(module)
+    pair.set_activation_scales(c_in, c_out)
+    loss, parts = pair.loss(x, lam=lam, auxk=aux)
+    loss.backward()
+
+    ref_pair = make_pair(module)  # same seed: identical parameters; the oracle runs in the SAEs' scaled units
+    xs = c_in * x
+    with torch.no_grad():
+        ys = c_out * module(x)
+    eq5 = naive_pair_loss(ref_pair, _ScaledModule(module, c_in, c_out), xs, lam)
+    aux_in = naive_aux_mse(ref_pair.sae_in, xs, dead_in, 6)
+    aux_out = naive_aux_mse(ref_pair.sae_out, ys, dead_out, 3)
+    ref = eq5 + 0.25 * (aux_in + aux_out)
+    ref.backward()
+    torch.testing.assert_close(loss, ref, rtol=1e-10, atol=1e-12)
+    # parts.loss is eq. 5 alone (runs with and without AuxK compare); the AuxK MSEs are reported before coef
+    assert float(parts.loss) == pytest.approx(eq5.item(), rel=1e-10)
+    assert float(parts.auxk_in) == pytest.approx(aux_in.item(), rel=1e-10) and aux_in.item() > 0
+    assert float(parts.auxk_out) == pytest.approx(aux_out.item(), rel=1e-10) and aux_out.item() > 0
+    for n, p in ref_pair.named_parameters():
+        torch.testing.assert_close(dict(pair.named_parameters())[n].grad, p.grad, rtol=1e-8, atol=1e-11, msg=n)
+
+
+def test_auxk_without_dead_latents_changes_nothing():
+    module = build_hf_mlp("llama-silu")
+    x = torch.randn(5, D, dtype=torch.float64)
+    grads = []
+    for aux in (None, AuxK(1 / 32, torch.zeros(N_IN, dtype=torch.bool), torch.zeros(N_OUT, dtype=torch.bool), 4, 4)):
+        pair = make_pair(module)
+        loss, parts = pair.loss(x, 0.7, aux)
+        loss.backward()
+        grads.append({n: p.grad for n, p in pair.named_parameters()})
+        if aux is not None:  # e_hat = 0: the AuxK MSE is the main MSE, a constant (its gradient is 0)
+            assert float(parts.auxk_in) == pytest.approx(float(parts.mse_in), rel=1e-12)
+            assert float(parts.auxk_out) == pytest.approx(float(parts.mse_out), rel=1e-12)
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-14, atol=0, msg=n)
+
+
+@pytest.mark.parametrize("coef", [0.0, -0.1, float("nan"), float("inf"), True])
+def test_auxk_bad_coef_is_refused(coef):
+    with pytest.raises(ValueError, match=r"auxk coef=.* is invalid; expected a positive finite number"):
+        AuxK(coef, torch.zeros(3, dtype=torch.bool), torch.zeros(3, dtype=torch.bool), 1, 1)

@@ -8,12 +8,16 @@ import torch
 from test_evaluate import FakeCache, contexts, random_pair, tiny_lm
 
 from jsae.eval.inputs import cache_rows
+from jsae.eval.metrics import GlobalJacobianAccumulator
 from jsae.eval.tables import (
+    MIN_COUNT,
     LatentTable,
     TablesReport,
     distinct_windows,
     jacobian_connections,
     make_tables,
+    model_name,
+    name_from_output,
     render_html,
     render_markdown,
     select_latents,
@@ -41,7 +45,7 @@ def _dense_activations(vals, idx, n):
 def test_selection_against_brute_force(setup):
     pair, cache, out = setup
     glob = jacobian_connections(pair, cache_rows(cache, None, 13), progress=False)
-    chosen = select_latents(glob, n_output_latents=3, n_inputs=4, min_active=2)
+    chosen = select_latents(glob, n_output_latents=3, n_inputs=4, min_active=2, min_count=2)
     # brute force: mean of the non-zero |J| of each output latent over tokens where it is active
     J, n = out.jacobian.abs().double(), pair.sae_out.n_latents
     sums, counts, active = np.zeros(n), np.zeros(n), np.zeros(n)
@@ -63,12 +67,36 @@ def test_selection_against_brute_force(setup):
     expected = list(np.argsort(-mean, kind="stable")[:3])
     assert [c[0] for c in chosen] == expected
     i = expected[0]
-    ins = sorted(((np.mean(v), j, len(v), np.std(v)) for (o, j), v in pair_sum.items() if o == i), reverse=True)[:4]
+    ins = sorted(((np.mean(v), j, len(v), np.std(v)) for (o, j), v in pair_sum.items() if o == i and len(v) >= 2),
+                 reverse=True)[:4]
     assert chosen[0][4]["in_latent"].tolist() == [j for _, j, _, _ in ins]
     assert chosen[0][4]["count"].tolist() == [c for _, _, c, _ in ins]
     np.testing.assert_allclose(chosen[0][4]["std"], [s for _, _, _, s in ins], atol=1e-9)
     with pytest.raises(ValueError, match="n_output_latents"):
         select_latents(glob, n_output_latents=0)
+
+
+def _hand_built_connections() -> GlobalJacobianAccumulator:
+    """Output latent 0 with four inputs: (input, tokens with J non-zero, |J| on each)."""
+    glob = GlobalJacobianAccumulator(2, 4, max_entries=None)
+    for j, n, value in ((1, 1, 0.9), (0, 4, 0.7), (3, 5, 0.5), (2, 6, 0.3)):
+        J = torch.full((n, 1, 1), value, dtype=torch.float64)
+        glob.update(J, torch.zeros(n, 1, dtype=torch.long), torch.full((n, 1), j), torch.ones(n, 1))
+    return glob
+
+
+def test_inputs_seen_on_too_few_tokens_are_not_ranked():
+    glob = _hand_built_connections()
+    # input 1 has the largest mean but on one token (std 0): not a ranking at the default minimum of 5
+    (_, _, _, _, inputs), = select_latents(glob, n_output_latents=1, n_inputs=10, min_active=1)
+    assert MIN_COUNT == 5 and inputs["in_latent"].tolist() == [3, 2] and inputs["count"].tolist() == [5, 6]
+    (_, _, _, _, inputs), = select_latents(glob, n_output_latents=1, n_inputs=10, min_active=1, min_count=1)
+    assert inputs["in_latent"].tolist() == [1, 0, 3, 2]
+    assert inputs["mean"].tolist() == pytest.approx([0.9, 0.7, 0.5, 0.3])
+    (_, _, _, _, inputs), = select_latents(glob, n_output_latents=1, n_inputs=1, min_active=1, min_count=4)
+    assert inputs["in_latent"].tolist() == [0]
+    with pytest.raises(ValueError, match="min_count"):
+        select_latents(glob, min_count=0)
 
 
 def test_top_activating_rows_against_brute_force(setup):
@@ -100,7 +128,8 @@ def test_make_tables_windows_and_rendering(setup, tmp_path):
     names = {t: f"tok{t}" for t in range(50)}
     names[3] = "<b>&|"  # must be escaped in HTML and markdown
     report = make_tables(pair, cache, lambda t: names[t], batch_size=17, n_output_latents=2, n_inputs=3,
-                         n_examples=3, min_active=2, identity={"model": "tiny", "layer": 1, "lam": 1.0}, progress=False)
+                         n_examples=3, min_active=2, min_count=1, progress=False,
+                         identity={"model": "results/models/tiny", "layer": 1, "lam": 1.0, "control": "trained"})
     assert len(report.entries) == 2 and all(len(e.inputs) == 3 for e in report.entries)
     dense_out = _dense_activations(out.out_vals, out.out_idx, pair.sae_out.n_latents)
     ctxs = cache.contexts()
@@ -126,8 +155,22 @@ def test_make_tables_windows_and_rendering(setup, tmp_path):
         assert "&lt;b&gt;&amp;|" in html_text
     md = render_markdown(report)
     assert "| rank | input latent | count | mean | std |" in md and "<b>" not in md
+    # titled with the model's name, not its path; the minimum counts are stated
+    assert md.startswith("# JSAE qualitative tables: tiny layer 1 (trained LM, λ = 1)\n")
+    assert "<h1>JSAE qualitative tables: tiny layer 1 (trained LM, λ = 1)</h1>" in html_text
+    assert "results/models" not in md.split("\n")[0] and "results/models" not in html_text
+    for text in (md, html_text):
+        assert "active on ≥ 2 evaluation tokens" in text and "non-zero on ≥ 1 tokens" in text
     path = write_tables(tmp_path / "tables.html", report)
     assert path.name == "tables.md" and (tmp_path / "tables.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def test_model_name_for_titles(tmp_path):
+    assert name_from_output("results/eval/tiny-neox/L2/reinit/lam1/tables.html") == "tiny-neox"
+    assert name_from_output(tmp_path / "tables.html") is None
+    assert model_name({"model": "results/models/tiny-neox-reinit"}) == "tiny-neox-reinit"
+    assert model_name({"model": "EleutherAI/pythia-70m", "name": "pythia-70m"}) == "pythia-70m"
+    assert model_name({"model": "EleutherAI/pythia-70m"}) == "pythia-70m"
 
 
 def test_render_empty_report():

@@ -93,22 +93,23 @@ def test_run_contents_read_back_with_mlflow_client(tmp_path: Path, store: str, m
     assert params["lr"] == "0.003" and params["lam_warmup_frac"] == "0.05" and params["n_steps"] == "12"
     assert params["evaluation_point"] == "true_mlp_input" and params["model"] == "results/models/tiny"
     assert params["cache.n_tokens"] == "600"
-    loss = client.get_metric_history(run.info.run_id, "loss")
+    loss = client.get_metric_history(run.info.run_id, "train/loss")
     assert sorted(m.step for m in loss) == [4, 8, 12, 12]  # logged every 4 steps + the final summary
     local = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [m.value for m in sorted(loss, key=lambda m: m.step)][:3] == pytest.approx([r["loss"] for r in local])
+    assert [m.value for m in sorted(loss, key=lambda m: m.step)][:3] == pytest.approx([r["train/loss"] for r in local])
     for key in (
-        "in/mse",
-        "out/mse",
-        "jac/l1",
-        "lam",
-        "lr",
-        "tokens_per_s",
-        "in/dead_fraction",
-        "out/dead_fraction",
-        "jac/frac_above_0.01",
+        "train/in/mse",
+        "train/out/mse",
+        "train/jac/l1",
+        "train/lam",
+        "train/lr",
+        "train/tokens_per_s",
+        "train/in/dead_fraction",
+        "train/out/dead_fraction",
+        "train/jac/frac_above_0.01",
     ):
         assert client.get_metric_history(run.info.run_id, key), key
+    assert all(key.startswith("train/") for key in run.data.metrics)  # training owns only its namespace
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"sae_in", "sae_out", "run.json", "metrics.jsonl"} <= artifacts
     assert {a.path for a in client.list_artifacts(run.info.run_id, "sae_in")} == {
@@ -131,7 +132,7 @@ def test_resumed_training_continues_the_same_mlflow_run(tmp_path: Path, store: s
     client = MlflowClient(tracking_uri=store)
     [run] = client.search_runs([client.get_experiment_by_name("study-b").experiment_id])
     assert run.info.run_id == rec["mlflow_run_id"] and run.info.status == "FINISHED"
-    assert 12 in {m.step for m in client.get_metric_history(run.info.run_id, "loss")}
+    assert 12 in {m.step for m in client.get_metric_history(run.info.run_id, "train/loss")}
 
 
 def test_unreachable_backend_does_not_stop_training(tmp_path: Path, store: str, mlp, source, monkeypatch) -> None:
@@ -143,7 +144,7 @@ def test_unreachable_backend_does_not_stop_training(tmp_path: Path, store: str, 
     assert run["mlflow_status"].startswith("unreachable: ") and run["mlflow_run_id"] is None
     assert "\n" not in run["mlflow_status"]
     rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    assert len(rows) == 3 and rec["metrics"]["loss"] == json.loads(rows[-1])["loss"]  # nothing lost
+    assert len(rows) == 3 and rec["metrics"]["train/loss"] == json.loads(rows[-1])["train/loss"]  # nothing lost
     assert (tmp_path / "run" / "sae_in" / "sae_weights.safetensors").is_file()
     # ... and it can be logged later, to a reachable store
     run_id = upload_run(tmp_path / "run", store, "study-c-later")
@@ -151,7 +152,8 @@ def test_unreachable_backend_does_not_stop_training(tmp_path: Path, store: str, 
     logged = client.get_run(run_id)
     assert logged.info.run_name == "tiny/L1/trained/lam0.5" and logged.info.status == "FINISHED"
     assert logged.data.tags["lam"] == "0.5" and logged.data.params["lr"] == "0.003"
-    assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == [4, 8, 12, 12]
+    assert sorted(m.step for m in client.get_metric_history(run_id, "train/loss")) == [4, 8, 12, 12]
+    assert logged.data.metrics == pytest.approx(run["metrics"])  # the same keys and values as training logs them
     assert {"sae_in", "sae_out", "run.json", "metrics.jsonl"} <= {a.path for a in client.list_artifacts(run_id)}
     after = read_run(tmp_path / "run")
     assert after["mlflow_run_id"] == run_id and after["mlflow_status"] == "ok" and after["metrics"] == run["metrics"]

@@ -14,7 +14,6 @@ from jsae.export import load_pair, read_run
 from jsae.nn.mlp import mlp_from_module
 from jsae.nn.pair import EVALUATION_POINT
 from jsae.train import (
-    DeadLatentTracker,
     InMemorySource,
     Prefetcher,
     TrainConfig,
@@ -66,8 +65,8 @@ def test_loss_decreases_and_outputs_are_complete(tmp_path: Path, mlp, source) ->
     history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in history] == [10, 20, 30, 40, 50, 60]
     first, last = history[0], history[-1]
-    assert last["loss"] < 0.7 * first["loss"]
-    assert last["in/mse"] < first["in/mse"] and last["out/mse"] < first["out/mse"]
+    assert last["train/loss"] < 0.7 * first["train/loss"]
+    assert last["train/in/mse"] < first["train/in/mse"] and last["train/out/mse"] < first["train/out/mse"]
     # run.json: identity, every hyper-parameter, cache attrs, evaluation point, timings, final metrics
     run = read_run(tmp_path / "run")
     assert run == json.loads(json.dumps(rec, default=str))
@@ -77,9 +76,13 @@ def test_loss_decreases_and_outputs_are_complete(tmp_path: Path, mlp, source) ->
     assert run["cache"] == dict(source.attrs)
     assert run["params"]["lr"] == cfg.lr and run["params"]["n_steps"] == 60 and run["params"]["adam_beta2"] == 0.999
     assert run["jsae_version"] and run["timings"]["train_s"] > 0 and 0 <= run["timings"]["reader_wait_fraction"] < 1
-    for key in ("loss", "in/mse", "out/mse", "jac/l1", "jac/frac_above_0.01", "lam", "lr", "tokens_per_s",
-                "in/dead_fraction", "out/dead_fraction"):
+    for key in ("train/loss", "train/in/mse", "train/out/mse", "train/jac/l1", "train/jac/frac_above_0.01",
+                "train/lam", "train/lr", "train/tokens_per_s", "train/in/dead_fraction", "train/out/dead_fraction"):
         assert key in run["metrics"], key
+    # one namespace for training (evaluation logs under eval/ into the same MLflow run)
+    assert all(key.startswith("train/") for key in run["metrics"]) and all(
+        key == "step" or key.startswith("train/") for key in last)
+    assert run["metrics"]["train/tokens"] == run["tokens_trained"] == 60 * 32
     assert not work_dir_for(tmp_path / "run").exists()  # checkpoints are removed once the run is complete
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["metrics.jsonl", "run.json", "sae_in", "sae_out"]
     # decoders are unit-norm after training (renormalised after every step)
@@ -131,16 +134,17 @@ def test_logged_lr_and_lambda_follow_the_schedules(tmp_path: Path, mlp, source) 
     history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     for row in history:
         last = int(row["step"]) - 1  # the logged values are those of the window's last step
-        assert row["lr"] == lr_at(last, 40, lr=cfg.lr, warmup_frac=0.1, decay_frac=0.2)
-        assert row["lam"] == lam_at(last, 40, lam=2.0, warmup_frac=0.25)
-    assert history[0]["lam"] < 2.0 and history[-1]["lam"] == 2.0 and history[0]["lr"] < cfg.lr
+        assert row["train/lr"] == lr_at(last, 40, lr=cfg.lr, warmup_frac=0.1, decay_frac=0.2)
+        assert row["train/lam"] == lam_at(last, 40, lam=2.0, warmup_frac=0.25)
+    assert history[0]["train/lam"] < 2.0 and history[-1]["train/lam"] == 2.0 and history[0]["train/lr"] < cfg.lr
 
 
 def test_lambda_zero_trains_without_the_jacobian_term(tmp_path: Path, mlp, source) -> None:
     rec = train(mlp, source, tmp_path / "run", small_config(lam=0.0))
-    assert rec["metrics"]["jac/l1_train"] == 0.0  # the penalty was not part of the loss
-    assert rec["metrics"]["jac/l1"] > 0  # but the Jacobian is still measured for comparison
-    assert rec["metrics"]["loss"] == pytest.approx(rec["metrics"]["in/mse"] + rec["metrics"]["out/mse"], rel=1e-5)
+    m = rec["metrics"]
+    assert m["train/jac/l1_train"] == 0.0  # the penalty was not part of the loss
+    assert m["train/jac/l1"] > 0  # but the Jacobian is still measured for comparison
+    assert m["train/loss"] == pytest.approx(m["train/in/mse"] + m["train/out/mse"], rel=1e-5)
 
 
 # -- resume -----------------------------------------------------------------------------------------
@@ -158,8 +162,9 @@ def crash_at(step: int):
     return on_step
 
 
-def test_kill_and_resume_gives_identical_weights(tmp_path: Path, mlp, source) -> None:
-    cfg = small_config()
+@pytest.mark.parametrize("auxk_coef", [0.0, 0.5])  # AuxK reads the dead-latent trackers: checkpointed too
+def test_kill_and_resume_gives_identical_weights(tmp_path: Path, mlp, source, auxk_coef) -> None:
+    cfg = small_config(auxk_coef=auxk_coef)
     train(mlp, source, tmp_path / "straight", cfg)
     with pytest.raises(Crash):
         train(mlp, source, tmp_path / "resumed", cfg, on_step=crash_at(13))  # last checkpoint: step 10
@@ -172,8 +177,31 @@ def test_kill_and_resume_gives_identical_weights(tmp_path: Path, mlp, source) ->
     for name in a:
         assert torch.equal(a[name], b[name]), name
     assert rec["timings"]["resumed_from"] == [10] and rec["timings"]["sessions"] == 2
-    losses = lambda d: [json.loads(r)["loss"] for r in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    losses = lambda d: [json.loads(r)["train/loss"] for r in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     assert losses(tmp_path / "straight") == losses(tmp_path / "resumed")
+
+
+def test_auxk_gets_the_trackers_dead_masks_before_each_step(mlp, source) -> None:
+    from jsae.train import Trainer, build_pair
+
+    assert TrainConfig(lam=1.0).auxk_coef == 0.0  # off by default
+    cfg = small_config(auxk_coef=1 / 32, n_tokens=32 * 12, expansion=8)
+    pair = build_pair(mlp, cfg)
+    trainer = Trainer(pair, source, cfg, progress=False, log_every=4)
+    seen: list[tuple[int, int]] = []
+    loss = pair.loss
+
+    def checking_loss(x, lam, auxk=None):
+        # the masks as the trackers give them now, i.e. after the steps before this one
+        assert torch.equal(auxk.dead_in, trainer.dead_in.dead_mask())
+        assert torch.equal(auxk.dead_out, trainer.dead_out.dead_mask())
+        assert (auxk.coef, auxk.k_in, auxk.k_out) == (1 / 32, D // 2, D // 2)  # default k_aux: half the width
+        seen.append((int(auxk.dead_in.sum()), int(auxk.dead_out.sum())))
+        return loss(x, lam, auxk)
+
+    pair.loss = checking_loss
+    trainer.run()
+    assert len(seen) == 12 and seen[0] == (0, 0) and any(n_in and n_out for n_in, n_out in seen)
 
 
 def test_checkpoint_from_other_hyperparameters_is_refused(tmp_path: Path, mlp, source) -> None:
@@ -199,6 +227,20 @@ def test_finished_run_is_skipped_and_never_silently_overwritten(tmp_path: Path, 
     assert read_run(out)["lam"] == 0.5 == rec["lam"]
 
 
+def test_run_recorded_before_a_config_field_existed_counts_as_its_default(tmp_path: Path, mlp, source) -> None:
+    out = tmp_path / "run"
+    train(mlp, source, out)
+    record = json.loads((out / "run.json").read_text())
+    for name in ("auxk_coef", "auxk_k"):  # as run.json was written before AuxK existed
+        del record["identity"][name]
+    (out / "run.json").write_text(json.dumps(record))
+    steps: list[int] = []
+    train(mlp, source, out, on_step=steps.append)
+    assert steps == []  # the same run: skipped
+    with pytest.raises(ValueError, match=r"other settings \(auxk_coef: 0.0 != 0.5\)"):
+        train(mlp, source, out, small_config(auxk_coef=0.5))
+
+
 # -- bad input --------------------------------------------------------------------------------------
 
 
@@ -214,6 +256,9 @@ def test_finished_run_is_skipped_and_never_silently_overwritten(tmp_path: Path, 
         ({"lr": -1.0}, r"lr=-1.0 is invalid"),
         ({"lr_warmup_frac": 0.9, "lr_decay_frac": 0.2}, r"lr_warmup_frac \+ lr_decay_frac = 1.1 > 1"),
         ({"grad_clip": 0.0}, r"grad_clip=0.0 is invalid"),
+        ({"auxk_coef": -0.1}, r"auxk_coef=-0.1 is invalid; expected a finite number >= 0 \(0 = no AuxK\)"),
+        ({"auxk_k": 0}, r"auxk_k=0 is invalid; expected a positive integer"),
+        ({"auxk_k": 49}, r"auxk_k=49 exceeds the number of latents 48 \(input\) / 48 \(output\)"),
         ({"normalize_activations": "layer_norm"},
          r"normalize_activations='layer_norm' is invalid; expected one of none, "),
     ],
@@ -280,29 +325,35 @@ def test_in_memory_source_is_exactly_resumable_and_reshuffles_each_pass() -> Non
     assert not torch.equal(other_seed.long(), stream[:60])
 
 
-def test_dead_latent_tracker_matches_brute_force() -> None:
-    g = torch.Generator().manual_seed(0)
-    n, B, k, window = 40, 8, 2, 24
-    tracker = DeadLatentTracker(n, window)
-    fired_batches: list[set[int]] = []
-    for t in range(12):
-        idx = torch.randint(0, n // 2 + t, (B, k), generator=g)  # some latents never fire
-        vals = torch.rand(B, k, generator=g) - 0.3  # some selected latents have value <= 0: not fired
-        tracker.update(vals, idx)
-        fired_batches.append({int(i) for i, v in zip(idx.reshape(-1), vals.reshape(-1)) if v > 0})
-        seen = (t + 1) * B
-        for j in range(n):
-            last = max((s for s, f in enumerate(fired_batches) if j in f), default=None)
-            since = seen if last is None else (t - last) * B
-            assert bool(tracker.dead_mask()[j]) == (since >= min(window, seen)), (t, j)
-    # firing as jsae.eval.metrics defines it (used by `evaluate`): the last batch's fired set agrees
-    from jsae.eval.metrics import firing_counts
+def test_logged_dead_fractions_are_the_windowed_brute_force_over_the_run(mlp, source) -> None:
+    """train/in|out/dead_fraction at each log = evaluation's reading of the codes training produced in the batches
+    overlapping the last min(window, T / 4) tokens (jsae.train.dead; the oracle is tests/test_dead.py's)."""
+    from test_dead import oracle_dead
 
-    assert {int(i) for i in torch.nonzero(firing_counts(vals, idx, n)).flatten()} == fired_batches[-1]
-    state = tracker.state_dict()
-    copy = DeadLatentTracker(n, window)
-    copy.load_state_dict(state)
-    assert torch.equal(copy.dead_mask(), tracker.dead_mask()) and copy.dead_count() == tracker.dead_count()
+    from jsae.train import Trainer, build_pair
+
+    cfg = small_config(n_tokens=32 * 40, dead_window_tokens=32 * 6, expansion=8)
+    pair = build_pair(mlp, cfg)
+    trainer = Trainer(pair, source, cfg, progress=False, log_every=4)
+    codes: dict[str, list] = {"in": [], "out": []}
+    step = trainer.train_step
+
+    def recording_step(x):
+        parts = step(x)
+        codes["in"].append((parts.in_vals, parts.in_idx))
+        codes["out"].append((parts.out_vals, parts.out_idx))
+        return parts
+
+    trainer.train_step = recording_step
+    history = trainer.run().history
+    n = {"in": pair.sae_in.n_latents, "out": pair.sae_out.n_latents}
+    for row in history:
+        t = int(row["step"])
+        for side in ("in", "out"):
+            counts, _ = oracle_dead(codes[side][:t], cfg.dead_window_tokens, n[side])
+            assert row[f"train/{side}/dead_fraction"] == float((counts == 0).double().mean()), (t, side)
+            assert row[f"train/{side}/dead_count"] == float((counts == 0).sum())
+    assert history[-1]["train/out/dead_fraction"] > 0  # the case is not vacuous
 
 
 def test_prefetcher_keeps_order_and_surfaces_reader_errors() -> None:
@@ -433,15 +484,16 @@ def test_diverging_loss_stops_with_a_clear_error(tmp_path: Path, mlp, source) ->
     assert "\n" not in str(exc.value) and not (tmp_path / "run").exists()
 
 
-def test_bf16_autocast_path_runs(mlp, source) -> None:
+@pytest.mark.parametrize("auxk_coef", [0.0, 1 / 32])
+def test_bf16_autocast_path_runs(mlp, source, auxk_coef) -> None:
     """The CUDA recipe (fp32 weights, bf16 autocast) exercised on the CPU: dtypes flow through every metric."""
     from jsae.train import Trainer, build_pair
 
-    cfg = small_config(n_tokens=32 * 8)
+    cfg = small_config(n_tokens=32 * 8, auxk_coef=auxk_coef)
     pair = build_pair(mlp, cfg)
     trainer = Trainer(pair, source, cfg, progress=False, log_every=4)
     trainer.autocast = torch.bfloat16
     out = trainer.run()
     assert all(p.dtype == torch.float32 for p in pair.parameters())
-    for key in ("loss", "in/mse", "jac/l1", "jac/frac_above_0.01", "in/dead_fraction"):
+    for key in ("train/loss", "train/in/mse", "train/jac/l1", "train/jac/frac_above_0.01", "train/in/dead_fraction"):
         assert isinstance(out.metrics[key], float) and out.metrics[key] == out.metrics[key], key

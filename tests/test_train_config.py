@@ -65,7 +65,7 @@ def test_cli_round_trip_gives_the_same_config():
     config = TrainConfig(lam=0.3, n_tokens=5000, batch_size=100, k=4, expansion=2.5, k_out=3, n_latents_out=40,
                          lr=1e-3, lr_warmup_frac=0.05, lr_decay_frac=0.3, lam_warmup_frac=0.1, adam_beta1=0.8,
                          adam_beta2=0.99, adam_eps=1e-6, grad_clip=1.5, seed=7, dead_window_tokens=1000,
-                         dtype="float64", normalize_activations="expected_norm")
+                         auxk_coef=0.03125, auxk_k=5, dtype="float64", normalize_activations="expected_norm")
     options = RunOptions(checkpoint_every=7, log_every=3)
     values = {**dataclasses.asdict(config), **dataclasses.asdict(options)}
     argv = [arg for name, value in values.items() if value is not None for arg in (option_name(name), str(value))]
@@ -118,3 +118,12 @@ def test_n_latents_overrides_expansion():
     config = TrainConfig(lam=1.0, n_latents=64)
     assert config.expansion is None and config.dims(8, 8)["n_latents_in"] == 64
     assert TrainConfig(**dataclasses.asdict(config)) == config
+
+
+def test_auxk_k_defaults_to_half_the_width_within_the_latents():
+    dims = TrainConfig(lam=1.0, auxk_coef=1 / 32, k=4, expansion=4).dims(128, 64)
+    assert (dims["k_aux_in"], dims["k_aux_out"]) == (64, 32)  # Gao et al.: d / 2
+    dims = TrainConfig(lam=1.0, k=1, n_latents=10, n_latents_out=3).dims(128, 1)
+    assert (dims["k_aux_in"], dims["k_aux_out"]) == (10, 1)  # at most the latents, at least 1
+    dims = TrainConfig(lam=1.0, auxk_k=7).dims(128, 64)
+    assert (dims["k_aux_in"], dims["k_aux_out"]) == (7, 7)

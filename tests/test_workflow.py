@@ -167,6 +167,24 @@ def test_one_figure_builds_only_what_it_needs(tmp_path):
                       "figure": 1}
 
 
+@pytest.mark.parametrize("allow", [False, True])
+def test_pretrain_cap_and_summary_provenance_reach_the_commands(tmp_path, allow):
+    """The default study's step budget and cap reach `jsae pretrain`; the summary reads the model's pretrain.json."""
+    cfg = load("config.yaml")
+    cfg["models"][0]["pretrain"]["allow_time_cap"] = allow
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = snakemake("results/summary.md", "-n", "-p", "--configfile", str(path), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    pre = cfg["models"][0]["pretrain"]
+    pretrain_cmd = next(line for line in res.stdout.splitlines() if "python -m jsae pretrain" in line)
+    assert f"--minutes {pre['minutes']} --max-steps {pre['max_steps']}" in pretrain_cmd
+    assert ("--allow-time-cap" in pretrain_cmd) is allow
+    summary_cmd = next(line for line in res.stdout.splitlines() if "python -m jsae summary" in line)
+    assert "--pretrain results/models/tiny-neox/pretrain.json --out-md" in summary_cmd
+    assert "pretrain.json" not in summary_cmd.split("--pretrain")[0]  # not read as an evaluation input
+
+
 @pytest.mark.slow
 def test_lint_is_clean(tmp_path):
     res = snakemake("--lint", "--configfile", str(REPO / "config" / "config.yaml"), cwd=tmp_path)
@@ -205,6 +223,7 @@ def test_schema_fills_defaults():
     assert cfg["mlflow"] == {"enabled": True, "tracking_uri": "sqlite:///mlflow.db"}
     assert cfg["sae"] == {"k": 32, "expansion": 32}
     assert cfg["models"][0]["pretrain"]["hidden"] == 128
+    assert cfg["models"][0]["pretrain"]["allow_time_cap"] is False  # a cap that fires fails the rule by default
     assert cfg["corpora"]["default"]["validation_fraction"] == 0.05
     assert cfg["figures"]["names"][0] == "fig2" and cfg["reinit"]["enabled"] is True
 
@@ -218,6 +237,7 @@ def test_schema_fills_defaults():
     (lambda c: c["models"][0].update(name="a/b"), "does not match"),
     (lambda c: c.update(sae={"k": 0}), "0 is less than the minimum of 1"),
     (lambda c: c["models"].append({"name": "pythia", "layers": [3]}), "'spec' is a required property"),
+    (lambda c: c["models"][0].update(pretrain={"allow_time_cap": "yes"}), "'yes' is not of type 'boolean'"),
 ])
 def test_schema_rejects(mutate, message):
     from snakemake.exceptions import WorkflowError

@@ -10,6 +10,10 @@
   directory keeps every metric (``metrics.jsonl``) so nothing is lost.
 * Evaluation, probes and tables add their scalars and files to the pair's training run
   (:func:`log_to_pair_run`); the summary records one study-level run (:func:`log_study_run`).
+* One meaning per key in a pair's run: training logs under ``train/`` (:mod:`jsae.train.keys`),
+  evaluation, probes and the pair's headline numbers under ``eval/`` (:func:`eval_key`), at the
+  pair's final training step, so the runs table and Compare show evaluation's values. The files
+  (evaluation.json, probes.json) keep their unprefixed keys; the prefix is added here only.
 
 This is the only module of the package that talks to MLflow.
 """
@@ -36,6 +40,8 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 log = logging.getLogger("jsae.tracking")
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+#: The namespace of evaluation, probe and headline metrics in a pair's run (training's is ``train/``).
+EVAL_PREFIX = "eval/"
 DEFAULT_EXPERIMENT = "jsae"
 _MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value (8000 on recent stores; stay below)
 
@@ -81,6 +87,26 @@ def init_tracking_store(uri: str = DEFAULT_TRACKING_URI) -> dict[str, Any]:
 def run_name(model: str, layer: int, lam: float, control: str) -> str:
     """The MLflow run name of a pair: ``{model}/L{layer}/{control}/lam{lam}``."""
     return f"{model}/L{layer}/{control}/lam{lam:g}"
+
+
+def eval_key(name: str) -> str:
+    """The MLflow key of an evaluation or probe metric: ``eval/{name}`` (``eval/in/explained_variance``,
+    ``eval/probe/linear_frac``); a name already under ``eval/`` (``eval/n_tokens``) is not prefixed twice."""
+    return name if name.startswith(EVAL_PREFIX) else f"{EVAL_PREFIX}{name}"
+
+
+def pair_headlines(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The pair's headline numbers that are not in evaluation.json, computed from its metrics with the
+    report's own definitions: ``ce/score_mean`` (fig. 5's y-axis, :func:`jsae.report.results.ce_score_mean`)
+    when either CE loss score is present. Unprefixed, like evaluation.json's keys."""
+    from jsae.eval.metrics import CE_SCORE_MEAN_KEY, IN_CE_SCORE_KEY, OUT_CE_SCORE_KEY
+    from jsae.report.results import PairResult, ce_score_mean
+
+    if IN_CE_SCORE_KEY not in metrics and OUT_CE_SCORE_KEY not in metrics:
+        return {}
+    scores = {k: float(metrics[k]) for k in (IN_CE_SCORE_KEY, OUT_CE_SCORE_KEY) if k in metrics}
+    # A NaN mean (a refused or missing score, by the report's rule) is dropped by Tracker.log_metrics.
+    return {CE_SCORE_MEAN_KEY: ce_score_mean(PairResult("", 0, "", 0.0, metrics=scores))}
 
 
 def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -238,10 +264,14 @@ def upload_run(run_dir: str | os.PathLike[str], uri: str, experiment: str | None
     """Log a finished run directory to MLflow after the fact (its backend was unreachable, or another store).
 
     Params and tags from ``run.json``, every row of ``metrics.jsonl`` at its step, the final metrics,
-    and ``sae_in/``, ``sae_out/``, ``metrics.jsonl``, ``run.json`` as artifacts. ``run.json`` is then
+    and ``sae_in/``, ``sae_out/``, ``metrics.jsonl``, ``run.json`` as artifacts. Metric keys go under
+    ``train/`` as training logs them (a run directory written before the namespace existed has bare
+    keys; :func:`jsae.train.keys.train_key` maps both to the same names). ``run.json`` is then
     rewritten (atomically) with the new run id, so ``evaluate`` logs to it. Returns the run id.
     """
     import json
+
+    from jsae.train.keys import STEP, train_key
 
     run_dir = Path(run_dir)
     record = read_json(run_dir / "run.json")
@@ -256,8 +286,9 @@ def upload_run(run_dir: str | os.PathLike[str], uri: str, experiment: str | None
     lines = metrics_file.read_text().splitlines() if metrics_file.is_file() else []
     rows = [json.loads(line) for line in lines if line.strip()]
     for row in rows:
-        tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]))
-    tracker.log_metrics(record.get("metrics", {}), step=int(record.get("n_steps", 0)))
+        tracker.log_metrics({train_key(k): v for k, v in row.items() if k != STEP}, step=int(row[STEP]))
+    tracker.log_metrics({train_key(k): v for k, v in record.get("metrics", {}).items()},
+                        step=int(record.get("n_steps", 0)))
     for sub in ("sae_in", "sae_out"):
         if (run_dir / sub).is_dir():
             tracker.log_artifacts(run_dir / sub, sub)
@@ -280,20 +311,34 @@ def log_to_pair_run(
     run_id: str | None,
     metrics: Mapping[str, float],
     artifacts: Iterable[str | os.PathLike[str]] = (),
+    *,
+    step: int | None,
 ) -> bool:
-    """Log scalars (and files, under ``evaluation/``) to the pair's existing run; warn and return False if it cannot.
+    """Log evaluation scalars (and files, under ``evaluation/``) to the pair's existing run; warn and
+    return False if it cannot.
 
-    ``uri`` None or empty: tracking is off (no warning). ``run_id`` None: the pair was trained without
-    tracking, so there is no run to add to (a warning; the files are written regardless).
+    ``metrics`` are evaluation.json / probes.json's unprefixed keys; each is logged as :func:`eval_key`
+    of it, with :func:`pair_headlines` added, at ``step``: the pair's final training step (run.json's
+    ``n_steps``), so they are the run's latest values. ``uri`` None or empty: tracking is off (no
+    warning). ``run_id`` or ``step`` None: no run, or a run.json without ``n_steps``, to add to (a
+    warning; the files are written regardless).
     """
     if not uri:
         return False
     if not run_id:
         warnings.warn("no mlflow_run_id in run.json; the evaluation is written to files only", stacklevel=2)
         return False
+    if step is None:
+        warnings.warn("no n_steps in run.json; expected the pair's final training step, the evaluation is "
+                      "written to files only", stacklevel=2)
+        return False
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"step={step!r} is invalid; expected the pair's final training step, an integer >= 0")
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    scalars.update(pair_headlines(scalars))
     tracker = Tracker(uri)
     if tracker.attach(run_id):
-        tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=0)
+        tracker.log_metrics({eval_key(k): v for k, v in scalars.items()}, step=step)
         for path in artifacts:
             tracker.log_artifact(path, "evaluation")
     if tracker.error is not None:

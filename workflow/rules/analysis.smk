@@ -37,7 +37,9 @@ rule probes:
     params:
         spec=pair_spec,
         run=lambda wc, input: Path(input.run).parent,
-        samples=config["probes"]["n_samples"],
+        sweeps=config["probes"]["n_sweeps"],
+        cap=f"--n-samples {config['probes']['n_samples']}" if config["probes"].get("n_samples") else "",
+        tolerance=config["probes"]["tolerance"],
         seed=config["seed"],
         device=config["device"],
         mlflow=mlflow_args(with_experiment=False),
@@ -51,8 +53,8 @@ rule probes:
         "../../envs/jsae.yaml"
     shell:
         "OMP_NUM_THREADS={threads} python -m jsae probes --model {params.spec} --layer {wildcards.layer} "
-        "--run {params.run} --cache {input.cache} --out {output.metrics} --n-samples {params.samples} "
-        "--seed {params.seed} --device {params.device} {params.mlflow} 2> {log}"
+        "--run {params.run} --cache {input.cache} --out {output.metrics} --n-sweeps {params.sweeps} {params.cap} "
+        "--tolerance {params.tolerance} --seed {params.seed} --device {params.device} {params.mlflow} 2> {log}"
 
 
 rule tables:

@@ -31,9 +31,12 @@ rule summary:
     input:
         evaluations=lambda wc: pair_files("evaluation.json", pairs()),
         probes=lambda wc: pair_files("probes.json", pairs(lams=PROBE_LAMBDAS)) if config["probes"]["enabled"] else [],
+        # what the verdicts were made on: steps, max_steps, stopped_by and held-out loss of each pretrained model
+        pretrain=lambda wc: [marker for m in MODELS for marker in model_marker(m)],
     output:
         md=report(SUMMARY_MD, caption="../report/summary.rst", category="Summary"),
         csv=SUMMARY_CSV,
+        claims=CLAIMS_CSV,
     params:
         jsae_lam=JSAE_LAM,
     log:
@@ -44,5 +47,6 @@ rule summary:
     conda:
         "../../envs/jsae.yaml"
     shell:
-        "python -m jsae summary --inputs {input} --out-md {output.md} --out-csv {output.csv} "
-        "--jsae-lam {params.jsae_lam} 2> {log}"
+        "python -m jsae summary --inputs {input.evaluations} {input.probes} --pretrain {input.pretrain} "
+        "--out-md {output.md} --out-csv {output.csv} --out-claims {output.claims} --jsae-lam {params.jsae_lam} "
+        "2> {log}"

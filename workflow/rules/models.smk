@@ -33,6 +33,7 @@ rule pretrain:
             "--hidden {hidden} --layers {layers} --vocab-size {vocab_size} "
             "--context-length {context_length} --minutes {minutes}"
             + (" --max-steps {max_steps}" if MODELS[wc.model]["pretrain"].get("max_steps") else "")
+            + (" --allow-time-cap" if MODELS[wc.model]["pretrain"].get("allow_time_cap") else "")
         ).format(**MODELS[wc.model]["pretrain"]),
         seed=config["seed"],
         device=config["device"],

@@ -17,6 +17,7 @@ EVAL_DIR = f"{RESULTS}/eval/{PAIR}"
 FIGURE = f"{RESULTS}/figures/{{fig}}"  # + .pdf / .png
 SUMMARY_MD = f"{RESULTS}/summary.md"
 SUMMARY_CSV = f"{RESULTS}/summary.csv"
+CLAIMS_CSV = f"{RESULTS}/claims.csv"  # one row per site x claim: value, 95% interval, threshold, margin, verdict
 TRACKING_MARKER = f"{RESULTS}/tracking/store.json"
 STUDY_RUN = f"{RESULTS}/tracking/study_run.json"
 LOG_DIR = f"{RESULTS}/logs"

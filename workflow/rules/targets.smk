@@ -61,7 +61,7 @@ def analysis_targets():
 
 
 def final_targets():
-    targets = analysis_targets() + figure_targets() + [SUMMARY_MD, SUMMARY_CSV]
+    targets = analysis_targets() + figure_targets() + [SUMMARY_MD, SUMMARY_CSV, CLAIMS_CSV]
     if MLFLOW_URI:
         targets.append(STUDY_RUN)
     return targets

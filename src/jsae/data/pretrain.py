@@ -5,7 +5,10 @@ both trained here on a corpus directory, saved with ``save_pretrained`` so they 
 The architecture is Pythia's: parallel residual, rotary embeddings on a quarter of each head, GELU MLP
 of width 4 x hidden, untied input/output embeddings. Training is AdamW with a short warm-up and a
 cosine decay over the run; the run stops on a wall-clock budget (``--minutes``) or on ``--max-steps``
-(bit-reproducible for a seed; a time budget alone makes the step count depend on the machine).
+(bit-reproducible for a seed; a time budget alone makes the step count depend on the machine). With
+``--max-steps``, ``--minutes`` is only a cap: if it fires, pretraining fails (:class:`TimeCapError`), so a
+loaded machine cannot silently produce a different model, unless ``--allow-time-cap`` accepts that
+(``pretrain.json`` then records ``time_cap_fired``).
 Every context starts with the BOS token, as in the activation cache.
 """
 
@@ -39,6 +42,13 @@ from jsae.io import atomic_dir, setup_logging, write_json
 log = logging.getLogger("jsae.data.pretrain")
 
 SPECIAL_TOKEN = "<|endoftext|>"  # BOS, EOS, PAD and the document separator, as in GPT-2/Pythia
+
+
+class TimeCapError(ValueError):
+    """The time cap stopped a step-budgeted run early: the model would depend on the machine's speed.
+
+    A ValueError, so ``python -m jsae pretrain`` exits with one line naming the fix (the config's budget).
+    """
 
 
 def train_tokenizer(corpus_dir: str | os.PathLike[str], *, vocab_size: int = 4096, min_frequency: int = 2):
@@ -82,6 +92,7 @@ class PretrainConfig:
     warmup_steps: int = 20
     minutes: float = 6.0
     max_steps: int | None = None
+    allow_time_cap: bool = False  # with max_steps: accept a run the minutes cap stopped early (else fail)
     eval_every_s: float = 60.0
     eval_contexts: int = 64
     seed: int = 0
@@ -228,6 +239,10 @@ def pretrain(corpus_dir: str | os.PathLike[str], out: str | os.PathLike[str], cf
         "n_parameters": sum(p.numel() for p in model.parameters()), "torch_threads": torch.get_num_threads(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None, "curve": curve,
     }
+    time_cap_fired = cfg.max_steps is not None and stopped_by == "time_budget"
+    if time_cap_fired and not cfg.allow_time_cap:  # before anything is written: no marker, the rule fails
+        raise TimeCapError(time_cap_message(cfg, step, train_seconds))
+    result["time_cap_fired"] = time_cap_fired
     model.eval()
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
@@ -235,10 +250,24 @@ def pretrain(corpus_dir: str | os.PathLike[str], out: str | os.PathLike[str], cf
         write_json(Path(tmp) / "pretrain.json", result)
     log.info("tiny-neox: %d steps, %d tokens in %.0fs (%.0f tok/s); validation loss %.3f nats/token "
              "(unigram %.3f) -> %s", step, tokens, train_seconds, result["tokens_per_second"], final, baseline, out)
-    if cfg.max_steps is not None and stopped_by == "time_budget":
-        log.warning("the %g-minute cap stopped pretraining at step %d of max_steps=%d: this model depends on the "
-                    "machine's speed (raise minutes for the reproducible one)", cfg.minutes, step, cfg.max_steps)
+    if time_cap_fired:
+        log.warning("the %g-minute cap stopped pretraining at step %d of max_steps=%d (allowed by allow_time_cap): "
+                    "this model depends on the machine's speed; pretrain.json records time_cap_fired",
+                    cfg.minutes, step, cfg.max_steps)
     return result
+
+
+def time_cap_message(cfg: PretrainConfig, steps: int, seconds: float) -> str:
+    """One line: where the cap stopped the run, and the budget that would let this machine finish."""
+    if steps > 0 and seconds > 0:
+        # this machine's pace, with a 50% margin for load that changes during the run
+        need = math.ceil(1.5 * cfg.max_steps * seconds / steps / 60.0)
+        hint = f"raise pretrain.minutes (--minutes) to at least {need} for this machine's pace"
+    else:
+        hint = "raise pretrain.minutes (--minutes)"
+    return (f"the {cfg.minutes:g}-minute time cap stopped pretraining at step {steps} of max_steps={cfg.max_steps}, "
+            f"so the model would depend on this machine's speed; {hint}, or set pretrain.allow_time_cap: true "
+            "(--allow-time-cap) to accept a model stopped early")
 
 
 def set_threads(threads: int | None) -> int:
@@ -292,6 +321,9 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
     p.add_argument("--minutes", type=float, default=d.minutes, help="wall-clock training budget")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (bit-reproducible schedule)")
+    p.add_argument("--allow-time-cap", action="store_true",
+                   help="with --max-steps: accept a run the --minutes cap stopped early (recorded in pretrain.json) "
+                   "instead of failing")
     p.add_argument("--eval-every", type=float, default=d.eval_every_s, help="seconds between validation evaluations")
     p.add_argument("--seed", type=int, default=d.seed, help="initialisation and data-order seed (default: %(default)s)")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or mps")
@@ -304,6 +336,7 @@ def cli(argv: list[str]) -> int:
     set_threads(a.threads)
     cfg = PretrainConfig(hidden=a.hidden, layers=a.layers, heads=a.heads, vocab_size=a.vocab_size,
                          context_length=a.context_length, batch_size=a.batch_size, lr=a.lr, minutes=a.minutes,
-                         max_steps=a.max_steps, eval_every_s=a.eval_every, seed=a.seed, device=a.device)
+                         max_steps=a.max_steps, allow_time_cap=a.allow_time_cap, eval_every_s=a.eval_every,
+                         seed=a.seed, device=a.device)
     pretrain(a.corpus, a.out, cfg, tokenizer_dir=a.tokenizer)
     return 0

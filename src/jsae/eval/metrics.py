@@ -35,6 +35,17 @@ RARE_RATE = 1e-6
 #: Default |J| histogram: 1500 linear bins on [0, 1.5] plus an explicit overflow bin (fig. 32, 34).
 DEFAULT_HIST_MAX = 1.5
 DEFAULT_HIST_BINS = 1500
+#: Per-token statistics (``token_*`` arrays of jacobian_stats.npz) are kept for this many evaluation
+#: tokens, the first ones of the validation cache: what the claims' bootstrap intervals resample.
+DEFAULT_TOKEN_STATS = 20_000
+#: The log grid on which each token's count of |J| > tau is kept, so a share can be read at any tau
+#: afterwards (the headline tau is only known once the site's lambda = 0 pair is evaluated):
+#: tau_g = 10 ** (g / TAU_GRID_PER_DECADE) for integer g, from 1e-8 to 1e4 (steps of 7.5%). A log grid
+#: is scale-free: multiplying J by 10 shifts every count by exactly one decade of the grid.
+TAU_GRID_PER_DECADE = 32
+TAU_GRID_DECADES = (-8, 4)
+#: The headline tau of a site is this quantile of the non-zero |J| of its trained lambda = 0 pair (the median).
+HEADLINE_QUANTILE = 0.5
 
 
 def check_thresholds(thresholds: Sequence[float]) -> tuple[float, ...]:
@@ -106,8 +117,23 @@ JAC_HIST_OVERFLOW_KEY = "jac/hist_overflow_frac"
 JAC_GLOBAL_PAIRS_KEY = "jac/global_pairs"
 IN_EV_KEY, OUT_EV_KEY = (side_key(s, "explained_variance") for s in SIDES)
 IN_CE_SCORE_KEY, OUT_CE_SCORE_KEY = (side_key(s, "ce_loss_score") for s in SIDES)
+#: Per SAE, the splice's CE numbers beside the score (nats per token; docs/metrics.md):
+#: CE_recon - CE_clean, CE_zero - CE_clean, and 1.0 where the score was refused (0.0 otherwise).
+IN_CE_LOSS_DELTA_KEY, OUT_CE_LOSS_DELTA_KEY = (side_key(s, "ce_loss_delta") for s in SIDES)
+IN_CE_ABLATION_DELTA_KEY, OUT_CE_ABLATION_DELTA_KEY = (side_key(s, "ce_ablation_delta") for s in SIDES)
+IN_CE_SCORE_REFUSED_KEY, OUT_CE_SCORE_REFUSED_KEY = (side_key(s, "ce_score_refused") for s in SIDES)
+#: What :func:`ce_splice_metrics` returns per SAE, as ``{side}/{name}``.
+CE_SPLICE_METRICS = ("ce_loss_score", "ce_loss_delta", "ce_ablation_delta", "ce_score_refused")
 #: The report's fig. 5 y-axis: the mean of the two SAEs' CE loss scores (summary.csv).
 CE_SCORE_MEAN_KEY = "ce/score_mean"
+#: Scale-free Jacobian sparsity (summary.csv; computed by jsae.report.claims from the per-token arrays):
+#: the site's headline tau* (the HEADLINE_QUANTILE of the trained lambda = 0 pair's non-zero |J|, units
+#: of J) and each pair's share of k^2 with |J| > it; the lambda = 0 tau* of the pair's OWN model and the
+#: share above that (a re-init pair's unit-free reading; for a trained pair both coincide).
+HEADLINE_TAU_KEY = "jac/headline_tau"
+HEADLINE_FRAC_KEY = "jac/frac_above_headline_tau"
+OWN_HEADLINE_TAU_KEY = "jac/own_headline_tau"
+HEADLINE_FRAC_OWN_KEY = "jac/frac_above_own_headline_tau"
 #: Tokens behind the activation metrics and behind the CE/KL scores.
 N_TOKENS_KEY = "eval/n_tokens"
 CE_TOKENS_KEY = "eval/ce_tokens"
@@ -213,13 +239,72 @@ class ReconstructionAccumulator:
 def recovered_score(zero: float, recon: float, clean: float = 0.0) -> float:
     """``(zero - recon) / (zero - clean)``: 1 for a perfect splice, 0 for the zero ablation.
 
-    With means of CE losses this is the CE loss score; with means of KL(clean || spliced) and
-    ``clean = 0`` it is the KL score (appendix E; ratio of means, not a mean of per-token ratios).
+    With means of CE losses this is the CE loss score (evaluated through :func:`ce_loss_score`,
+    which refuses an ill-conditioned one); with means of KL(clean || spliced) and ``clean = 0`` it is
+    the KL score (appendix E; ratio of means, not a mean of per-token ratios). The KL score needs no
+    floor: KL >= 0 per token, so the score is <= 1 and its denominator is precise even when small
+    (re-initialised tiny-neox: KL_zero = 0.0082 nats, standard error 0.00001).
     """
     denom = zero - clean
     if denom == 0:
         return float("nan")
     return (zero - recon) / denom
+
+
+#: The CE loss score is refused (NaN) when zero-ablating the hooked activation costs less than this
+#: many nats per token: the score is then a ratio of two differences dominated by sampling noise.
+#: Measured on the default study (tiny-neox L2, ~20K tokens, per-token paired differences): the
+#: trained model's ablation costs 0.050 (in) / 0.044 (out) nats, standard error 0.002, score SE
+#: 0.006; the re-initialised model's costs 0.0015 nats, SE 0.0009 (not distinguishable from 0), and
+#: its "scores" 1.33 / 1.20 have SE 0.27 / 0.20. 0.01 nats is ~5 SEs at that token count.
+CE_SCORE_MIN_ABLATION_NATS = 0.01
+
+
+def ce_loss_delta(recon: float, clean: float) -> float:
+    """``CE_recon - CE_clean``: what splicing the reconstruction in costs, nats per token (< 0: it helps)."""
+    return recon - clean
+
+
+def ce_ablation_delta(zero: float, clean: float) -> float:
+    """``CE_zero - CE_clean``: what zero-ablating the hooked activation costs, nats per token."""
+    return zero - clean
+
+
+def ce_score_refused(zero: float, clean: float, min_ablation: float = CE_SCORE_MIN_ABLATION_NATS) -> bool:
+    """True when the ablation costs less than ``min_ablation`` nats, nothing at all, or is not finite: no score."""
+    check_min_ablation(min_ablation)
+    delta = ce_ablation_delta(zero, clean)
+    return not (math.isfinite(delta) and delta >= min_ablation and delta > 0)
+
+
+def ce_loss_score(zero: float, recon: float, clean: float,
+                  min_ablation: float = CE_SCORE_MIN_ABLATION_NATS) -> float:
+    """:func:`recovered_score` of the CE means, or NaN when :func:`ce_score_refused` (ill-conditioned)."""
+    if ce_score_refused(zero, clean, min_ablation):
+        return float("nan")
+    return recovered_score(zero, recon, clean)
+
+
+def ce_splice_metrics(side: str, clean: float, recon: float, zero: float,
+                      min_ablation: float = CE_SCORE_MIN_ABLATION_NATS) -> dict[str, float]:
+    """The ``{side}/…`` keys of :data:`CE_SPLICE_METRICS` from one SAE's mean CEs (nats per token)."""
+    if side not in SIDES:
+        raise ValueError(f"side={side!r} is invalid; expected one of {', '.join(SIDES)}")
+    return {
+        side_key(side, "ce_loss_score"): ce_loss_score(zero, recon, clean, min_ablation),
+        side_key(side, "ce_loss_delta"): ce_loss_delta(recon, clean),
+        side_key(side, "ce_ablation_delta"): ce_ablation_delta(zero, clean),
+        side_key(side, "ce_score_refused"): float(ce_score_refused(zero, clean, min_ablation)),
+    }
+
+
+def check_min_ablation(min_ablation: float) -> float:
+    """The CE score's floor must be a finite number of nats >= 0; returned as a float."""
+    if isinstance(min_ablation, bool) or not isinstance(min_ablation, (int, float)) \
+            or not math.isfinite(min_ablation) or min_ablation < 0:
+        raise ValueError(f"min_ablation={min_ablation!r} is invalid; expected a finite number of nats >= 0 "
+                         f"(default {CE_SCORE_MIN_ABLATION_NATS})")
+    return float(min_ablation)
 
 
 def _at_least_float32(t: Tensor) -> Tensor:
@@ -300,6 +385,103 @@ def effective_share(J: Tensor) -> Tensor:
     return torch.where(sq > 0, ratio, torch.zeros_like(l1))
 
 
+def tau_grid_exponents(per_decade: int = TAU_GRID_PER_DECADE,
+                       decades: tuple[int, int] = TAU_GRID_DECADES) -> np.ndarray:
+    """The integer grid exponents g of tau_g = 10 ** (g / per_decade), from ``decades[0]`` to ``decades[1]``."""
+    if not (isinstance(per_decade, int) and per_decade >= 1):
+        raise ValueError(f"per_decade={per_decade!r} is invalid; expected a positive integer such as 32")
+    lo, hi = decades
+    if not (isinstance(lo, int) and isinstance(hi, int) and lo < hi):
+        raise ValueError(f"decades={decades!r} is invalid; expected two integers lo < hi such as (-8, 4)")
+    return np.arange(lo * per_decade, hi * per_decade + 1, dtype=np.int64)
+
+
+def tau_grid(exponents: np.ndarray, per_decade: int = TAU_GRID_PER_DECADE) -> np.ndarray:
+    """tau_g = 10 ** (g / per_decade) for each grid exponent g (float64, units of J)."""
+    return 10.0 ** (np.asarray(exponents, dtype=np.float64) / per_decade)
+
+
+def counts_above_grid(J: Tensor, exponents: np.ndarray, per_decade: int = TAU_GRID_PER_DECADE) -> Tensor:
+    """Per token, how many of the k_out*k_in elements have ``|J| > tau_g``, for each grid tau_g: ``[T, G]``.
+
+    Equal to ``(|J| > tau_g).sum()`` per token and g (the float64 tau_g of :func:`tau_grid`), computed
+    with one log and one scatter per element instead of G comparisons.
+    """
+    exps = np.asarray(exponents, dtype=np.int64)
+    n_grid = len(exps)
+    if n_grid == 0 or np.any(np.diff(exps) != 1):
+        raise ValueError("exponents must be consecutive integers; expected tau_grid_exponents()")
+    a = J.detach().abs().flatten(1).double()
+    tau = torch.as_tensor(tau_grid(exps, per_decade), device=a.device)
+    # column of the largest tau_g below |J| (-1: none, i.e. |J| <= tau_0, zeros included) ...
+    v = torch.where(a > 0, per_decade * torch.log10(a.clamp_min(torch.finfo(torch.float64).tiny)),
+                    torch.full_like(a, -math.inf))
+    col = (torch.ceil(v) - 1 - int(exps[0])).clamp(-1, n_grid - 1)
+    col = torch.where(torch.isfinite(col), col, torch.full_like(col, -1)).long()
+    # ... corrected by one step where the log rounded across a grid point, so the count is exact
+    up = (col + 1 <= n_grid - 1) & (a > tau[(col + 1).clamp(max=n_grid - 1)])
+    col = col + up.long()
+    down = (col >= 0) & (a <= tau[col.clamp(min=0)])
+    col = col - down.long()
+    counted = col >= 0
+    hist = torch.zeros(a.shape[0], n_grid, dtype=torch.int64, device=a.device)
+    hist.scatter_add_(1, col.clamp(min=0), counted.long())
+    return hist.flip(1).cumsum(1).flip(1)  # count above tau_g = elements whose column is >= g
+
+
+def _grid_value(counts: np.ndarray, nonzero: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """counts[..., j] per row, extended below the stored columns by ``nonzero`` and above by 0 where the
+    stored edge column shows the extension is exact (else NaN)."""
+    n_grid = counts.shape[-1]
+    inside = np.take_along_axis(counts, np.clip(j, 0, n_grid - 1)[..., None], axis=-1)[..., 0]
+    below_ok = counts[..., 0] == nonzero  # every element above the first stored tau: all counted below it
+    above_ok = counts[..., -1] == 0
+    out = np.where(j < 0, np.where(below_ok, nonzero, np.nan), inside)
+    return np.where(j > n_grid - 1, np.where(above_ok, 0.0, np.nan), out)
+
+
+def grid_count_above(counts: np.ndarray, exponents: np.ndarray, nonzero: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The count of ``|J| > 10 ** (x / per_decade)`` from counts above consecutive grid points.
+
+    ``counts [..., G]`` (summed over tokens, any weights), ``nonzero [...]`` the count of non-zero
+    elements with the same weights, ``x [...]`` in grid units (``per_decade * log10(tau)``). Exact at grid
+    points; between two, linear in log tau (the true count lies between the two neighbours). NaN where
+    tau is outside the stored grid and the edge column cannot vouch for the value there.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    nonzero = np.asarray(nonzero, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64)
+    pos = x - float(np.asarray(exponents)[0])
+    j = np.floor(np.where(np.isfinite(pos), pos, 0)).astype(np.int64)
+    frac = pos - j
+    lo, hi = _grid_value(counts, nonzero, j), _grid_value(counts, nonzero, j + 1)
+    return np.where(np.isfinite(pos), lo + (hi - lo) * frac, np.nan)
+
+
+def grid_quantile(counts: np.ndarray, exponents: np.ndarray, nonzero: np.ndarray, q: float) -> np.ndarray:
+    """The ``q``-quantile of the non-zero |J|, in grid units (``per_decade * log10``), per row of ``counts``.
+
+    The smallest x at which :func:`grid_count_above` falls to ``(1 - q) * nonzero``; consistent with it,
+    so the share of non-zero elements above the returned tau is exactly ``1 - q``. NaN when the
+    quantile lies outside the stored grid or there is no non-zero element.
+    """
+    if not 0 < q < 1:
+        raise ValueError(f"q={q!r} is invalid; expected a quantile strictly between 0 and 1 (0.5: the median)")
+    counts = np.asarray(counts, dtype=np.float64)
+    nonzero = np.asarray(nonzero, dtype=np.float64)
+    target = (1 - q) * nonzero
+    n_grid = counts.shape[-1]
+    below = counts <= target[..., None]
+    j = np.where(below.any(-1), below.argmax(-1), n_grid)  # first column at or below the target
+    prev = _grid_value(counts, nonzero, j - 1)
+    cur = _grid_value(counts, nonzero, j)
+    step = prev - cur
+    with np.errstate(invalid="ignore", divide="ignore"):
+        x = (j - 1) + np.where(step > 0, (prev - target) / step, 1.0)
+    ok = (nonzero > 0) & np.isfinite(prev) & np.isfinite(cur) & (prev > target)
+    return np.where(ok, x + float(np.asarray(exponents)[0]), np.nan)
+
+
 def histogram_edges(max_value: float = DEFAULT_HIST_MAX, bins: int = DEFAULT_HIST_BINS) -> np.ndarray:
     """``bins + 1`` linear edges on ``[0, max_value]``; values above the last edge go to the overflow bin."""
     if not (isinstance(bins, int) and bins >= 1):
@@ -342,15 +524,28 @@ class JacobianAccumulator:
     """Streaming Jacobian statistics over batches of ``J [T, k_out, k_in]``.
 
     Accumulates: per-tau shares (summed over tokens), per-token Lp norms (sum and sum of squares),
-    the |J| histogram with overflow, the sum of |J| and the token count.
+    the |J| histogram with overflow, the sum of |J| and the token count; and, for the first
+    ``token_stats`` tokens in the order given, each token's own statistics (the ``token_*`` arrays:
+    shares above the thresholds, effective share, Lp norms, non-zero count and counts above the log
+    tau grid), which the claims' bootstrap resamples and the headline tau is read from.
     """
 
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
     edges: np.ndarray = field(default_factory=histogram_edges)
     ps: tuple[float, ...] = LP_NORMS
+    token_stats: int = DEFAULT_TOKEN_STATS
+    tau_per_decade: int = TAU_GRID_PER_DECADE
+    tau_decades: tuple[int, int] = TAU_GRID_DECADES
 
     def __post_init__(self) -> None:
         self.thresholds = check_thresholds(self.thresholds)
+        if isinstance(self.token_stats, bool) or not isinstance(self.token_stats, int) or self.token_stats < 0:
+            raise ValueError(f"token_stats={self.token_stats!r} is invalid; expected a number of tokens >= 0 "
+                             "(0: no per-token arrays)")
+        self.tau_exponents = tau_grid_exponents(self.tau_per_decade, self.tau_decades)
+        self._tok: dict[str, list[Tensor]] = {k: [] for k in ("frac_above", "effective", "lp", "nonzero", "counts")}
+        self._tok_n = 0
+        self.n_elements_per_token = 0
         self.n_tokens = 0
         self.n_elements = 0
         self.frac_sum = torch.zeros(len(self.thresholds), dtype=torch.float64)
@@ -371,11 +566,23 @@ class JacobianAccumulator:
             return
         self.n_tokens += J.shape[0]
         self.n_elements += J.numel()
-        self.frac_sum += frac_above(J, self.thresholds).sum(0).cpu()
+        self.n_elements_per_token = J.shape[1] * J.shape[2]
+        fa = frac_above(J, self.thresholds)
+        self.frac_sum += fa.sum(0).cpu()
         norms = lp_norms(J, self.ps).cpu()
         self.norm_sum += norms.sum(0)
         self.norm_sumsq += norms.pow(2).sum(0)
-        self.effective_sum += float(effective_share(J).sum())
+        eff = effective_share(J)
+        self.effective_sum += float(eff.sum())
+        keep = min(J.shape[0], self.token_stats - self._tok_n)
+        if keep > 0:
+            Jk = J[:keep]
+            self._tok["frac_above"].append(fa[:keep].float().cpu())
+            self._tok["effective"].append(eff[:keep].float().cpu())
+            self._tok["lp"].append(norms[:keep].float())
+            self._tok["nonzero"].append((Jk.flatten(1) != 0).sum(1).cpu())
+            self._tok["counts"].append(counts_above_grid(Jk, self.tau_exponents, self.tau_per_decade).cpu())
+            self._tok_n += keep
         a = J.abs()
         self.abs_sum += float(a.double().sum())
         self.max_abs = max(self.max_abs, float(a.max()))
@@ -408,7 +615,70 @@ class JacobianAccumulator:
             "lp_ps": np.array(self.ps),
             "lp_mean": mean,
             "lp_std": np.sqrt(np.maximum(var, 0.0)),
+            **self.token_arrays(),
         }
+
+    def token_arrays(self) -> dict[str, np.ndarray]:
+        """The per-token arrays of the first ``token_stats`` tokens (empty when none were kept).
+
+        ``token_count_above [T, G]``: per token the count of |J| > tau_g for the grid exponents
+        ``token_tau_exponents`` (tau_g = 10 ** (g / token_tau_per_decade)), trimmed to the columns that
+        vary plus one guard column each side: every token's count is ``token_nonzero`` below the first
+        stored tau and 0 above the last (unless that column is the grid's own end).
+        """
+        if self._tok_n == 0:
+            return {}
+        counts = torch.cat(self._tok["counts"]).numpy()
+        nonzero = torch.cat(self._tok["nonzero"]).numpy()
+        n_grid = counts.shape[1]
+        below = (counts == nonzero[:, None]).all(0)  # a prefix: every non-zero element is above tau_g
+        above = (counts == 0).all(0)  # a suffix: nothing above tau_g
+        n_below = int(np.argmin(below)) if not below.all() else n_grid
+        n_above = int(np.argmin(above[::-1])) if not above.all() else n_grid
+        start = max(min(n_below, n_grid - 1) - 1, 0)
+        stop = max(min(n_grid - n_above, n_grid - 1), start)
+        count_dtype = np.uint16 if self.n_elements_per_token <= np.iinfo(np.uint16).max else np.uint32
+        return {
+            "token_row": np.arange(self._tok_n, dtype=np.int64),
+            "token_frac_above": torch.cat(self._tok["frac_above"]).numpy(),
+            "token_effective_share": torch.cat(self._tok["effective"]).numpy(),
+            "token_lp": torch.cat(self._tok["lp"]).numpy(),
+            "token_nonzero": nonzero.astype(count_dtype),
+            "token_count_above": np.ascontiguousarray(counts[:, start : stop + 1]).astype(count_dtype),
+            "token_tau_exponents": self.tau_exponents[start : stop + 1].astype(np.int32),
+            "token_tau_per_decade": np.array(self.tau_per_decade, dtype=np.int64),
+            "token_n_elements": np.array(self.n_elements_per_token, dtype=np.int64),
+        }
+
+
+def global_shares(mean_abs: Tensor | np.ndarray, out_latent: Tensor | np.ndarray, in_latent: Tensor | np.ndarray,
+                  alive_out: Tensor | np.ndarray, alive_in: Tensor | np.ndarray,
+                  thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> np.ndarray:
+    """Share of the global mean-|J| matrix's alive entries above each tau (fig. 36; ``jac/global_frac_above_*``).
+
+    ``mean_abs`` holds the stored entries (output latent ``out_latent``, input latent ``in_latent``);
+    ``alive_out`` / ``alive_in`` mark the latents that fired on >= 1 evaluation token (the firing counts
+    behind ``dead_fraction``). 100% = alive outputs x alive inputs, and only entries between two alive
+    latents count: a dead latent has no entries, so counting it in the denominator would make an SAE
+    with more dead latents look sparser. NaN for every tau when no latent is alive on one side.
+    """
+    taus = check_thresholds(thresholds)
+    m = np.asarray(torch.as_tensor(mean_abs).detach().cpu(), dtype=np.float64)
+    ao = np.asarray(torch.as_tensor(alive_out).detach().cpu()).astype(bool)
+    ai = np.asarray(torch.as_tensor(alive_in).detach().cpu()).astype(bool)
+    o = np.asarray(torch.as_tensor(out_latent).detach().cpu(), dtype=np.int64)
+    i = np.asarray(torch.as_tensor(in_latent).detach().cpu(), dtype=np.int64)
+    if not (len(m) == len(o) == len(i)):
+        raise ValueError(f"mean_abs, out_latent, in_latent have lengths {len(m)}, {len(o)}, {len(i)}; "
+                         "expected one entry each")
+    if len(m) and (o.max() >= len(ao) or i.max() >= len(ai) or o.min() < 0 or i.min() < 0):
+        raise ValueError(f"latent indices exceed the alive masks ({len(ao)} outputs, {len(ai)} inputs); "
+                         "expected masks over every latent of each SAE")
+    total = float(ao.sum()) * float(ai.sum())
+    if total == 0:
+        return np.full(len(taus), np.nan)
+    m = m[ao[o] & ai[i]]
+    return np.array([float((m > t).sum()) / total for t in taus])
 
 
 class GlobalJacobianAccumulator:
@@ -553,11 +823,11 @@ class GlobalJacobianAccumulator:
             "std": std[order].numpy(),
         }
 
-    def sparsity_shares(self, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> np.ndarray:
-        """Share of all ``n_out * n_in`` global-mean entries above each tau (fig. 36's y-axis)."""
-        m = self.mean_abs_given_output_active()
-        total = self.n_out * self.n_in
-        return np.array([float((m > t).sum()) / total for t in check_thresholds(thresholds)])
+    def sparsity_shares(self, alive_out: Tensor | np.ndarray, alive_in: Tensor | np.ndarray,
+                        thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> np.ndarray:
+        """:func:`global_shares` of this matrix: fig. 36's y-axis, 100% = alive outputs x alive inputs."""
+        return global_shares(self.mean_abs_given_output_active(), self.out_latent, self.in_latent,
+                             alive_out, alive_in, thresholds)
 
     def arrays(self, prefix: str = "global_") -> dict[str, np.ndarray]:
         return {

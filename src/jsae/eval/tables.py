@@ -4,7 +4,8 @@
    non-zero |J| elements (:class:`jsae.eval.metrics.GlobalJacobianAccumulator`).
 2. Rank output latents by the mean of their non-zero |J| elements (appendix C), among latents active
    on at least ``min_active`` tokens (a latent seen once is not a finding); for each, its top input
-   latents by mean non-zero |J_ij| with the count, mean and std of those values.
+   latents by mean non-zero |J_ij| with the count, mean and std of those values, among inputs whose
+   J_ij is non-zero on at least ``min_count`` tokens (a mean over one token, std 0, is not a ranking).
 3. For every listed latent, the max-activating windows of 16 tokens ending at the token where it
    peaks (one window per context region: windows of one latent never overlap), taken from the
    cache's token ids and decoded with the tokenizer.
@@ -40,6 +41,8 @@ from jsae.tracking import log_to_pair_run
 log = logging.getLogger("jsae.eval.tables")
 
 WINDOW = 16  # tokens per example (appendix C)
+MIN_ACTIVE = 10  # output latents ranked only when active on >= this many evaluation tokens
+MIN_COUNT = 5  # input latents ranked only when their J_ij is non-zero on >= this many tokens
 
 
 @dataclass
@@ -78,8 +81,10 @@ class OutputEntry:
 @dataclass
 class TablesReport:
     entries: list[OutputEntry]
-    identity: dict[str, Any]
+    identity: dict[str, Any]  # the pair's identity; ``name``: the model's name for titles (else from ``model``)
     n_tokens: int
+    min_active: int = MIN_ACTIVE  # the minimum actually applied to output latents (1 when none reached it)
+    min_count: int = MIN_COUNT
 
 
 # --------------------------------------------------------------------------------------------------
@@ -101,24 +106,38 @@ def jacobian_connections(pair: JSAEPair, batches: Iterable[Tensor], *, max_entri
     return glob
 
 
+def _output_minimum(glob: GlobalJacobianAccumulator, min_active: int) -> int:
+    """``min_active``, or 1 (every active latent) when no output latent reached it."""
+    if bool((glob.out_active >= min_active).any()):
+        return min_active
+    log.warning("no output latent was active on >= %d tokens; ranking every active latent", min_active)
+    return 1
+
+
+def top_inputs(glob: GlobalJacobianAccumulator, out_latent: int, n: int, min_count: int) -> dict[str, np.ndarray]:
+    """:meth:`GlobalJacobianAccumulator.top_inputs` among inputs with J_ij non-zero on >= ``min_count`` tokens."""
+    ranked = glob.top_inputs(out_latent, glob.n_in)  # every input of this output latent, by mean non-zero |J_ij|
+    keep = np.flatnonzero(ranked["count"] >= min_count)[:n]
+    return {k: v[keep] for k, v in ranked.items()}
+
+
 def select_latents(glob: GlobalJacobianAccumulator, *, n_output_latents: int = 10, n_inputs: int = 10,
-                   min_active: int = 10) -> list[tuple[int, float, int, int, dict[str, np.ndarray]]]:
+                   min_active: int = MIN_ACTIVE,
+                   min_count: int = MIN_COUNT) -> list[tuple[int, float, int, int, dict[str, np.ndarray]]]:
     """Top output latents by mean non-zero |J| and, for each, its top inputs (step 2).
 
     Returns ``(latent, mean_abs, n_nonzero, n_active, top_inputs)`` per output latent.
     """
-    for name, v in (("n_output_latents", n_output_latents), ("n_inputs", n_inputs), ("min_active", min_active)):
+    for name, v in (("n_output_latents", n_output_latents), ("n_inputs", n_inputs), ("min_active", min_active),
+                    ("min_count", min_count)):
         check_positive_int(name, v)
     mean, nnz = glob.output_mean_abs()
-    eligible = glob.out_active >= min_active
-    if not bool(eligible.any()):
-        log.warning("no output latent was active on >= %d tokens; ranking every active latent", min_active)
-        eligible = glob.out_active > 0
+    eligible = glob.out_active >= _output_minimum(glob, min_active)
     score = torch.where(eligible & (nnz > 0), mean, torch.full_like(mean, -1.0))
     order = torch.argsort(score, descending=True)[:n_output_latents]
     order = order[score[order] >= 0]
-    return [(int(i), float(mean[i]), int(nnz[i]), int(glob.out_active[i]), glob.top_inputs(int(i), n_inputs))
-            for i in order]
+    return [(int(i), float(mean[i]), int(nnz[i]), int(glob.out_active[i]),
+             top_inputs(glob, int(i), n_inputs, min_count)) for i in order]
 
 
 class _TopTokens:
@@ -264,7 +283,8 @@ def make_tables(
     n_output_latents: int = 10,
     n_inputs: int = 10,
     n_examples: int = 8,
-    min_active: int = 10,
+    min_active: int = MIN_ACTIVE,
+    min_count: int = MIN_COUNT,
     identity: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> TablesReport:
@@ -275,7 +295,8 @@ def make_tables(
     n = total_rows if n_tokens is None else min(int(n_tokens), total_rows)
     n_batches = -(-n // batch_size) if n > 0 else 0
     glob = jacobian_connections(pair, cache_rows(cache, n, batch_size), total=n_batches, progress=progress)
-    chosen = select_latents(glob, n_output_latents=n_output_latents, n_inputs=n_inputs, min_active=min_active)
+    chosen = select_latents(glob, n_output_latents=n_output_latents, n_inputs=n_inputs, min_active=min_active,
+                            min_count=min_count)
     out_latents = [c[0] for c in chosen]
     in_latents = sorted({int(j) for c in chosen for j in c[4]["in_latent"]})
     log.info("top %d output latents; %d distinct input latents", len(out_latents), len(in_latents))
@@ -315,7 +336,7 @@ def make_tables(
         ]
         out_table = LatentTable("out", latent, by_key[("out", latent)])
         entries.append(OutputEntry(latent, mean_abs, nnz, n_active, out_table, in_tables))
-    return TablesReport(entries, identity or {}, n)
+    return TablesReport(entries, identity or {}, n, min_active=_output_minimum(glob, min_active), min_count=min_count)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -359,16 +380,49 @@ def _scale(t: LatentTable) -> float:
     return max((ex.max_activation for ex in t.examples), default=0.0)
 
 
+def model_name(identity: dict[str, Any]) -> str:
+    """The model's name for a title: ``identity['name']``, else the last part of its spec (never a path)."""
+    if identity.get("name"):
+        return str(identity["name"])
+    spec = str(identity.get("model") or "")
+    return spec.rstrip("/").rsplit("/", 1)[-1] or "model"
+
+
+def name_from_output(out: str | Path) -> str | None:
+    """The model's name from a workflow output path ``.../<model>/L<layer>/<control>/lam<lam>/<file>``."""
+    from jsae.report.results import PATH_PATTERN  # the result layout's one parser
+
+    m = PATH_PATTERN.search(Path(out).as_posix())
+    return m["model"] if m else None
+
+
+def title(report: TablesReport) -> str:
+    ident = report.identity
+    if not ident:
+        return "JSAE qualitative tables"
+    control = {"trained": "trained LM", "reinit": "re-initialised LM"}.get(str(ident.get("control")), "")
+    lam = f"λ = {float(ident['lam']):g}" if ident.get("lam") is not None else ""
+    detail = ", ".join(x for x in (control, lam) if x)
+    return (f"JSAE qualitative tables: {model_name(ident)} layer {ident.get('layer', '?')}"
+            + (f" ({detail})" if detail else ""))
+
+
+def ranking_text(report: TablesReport) -> str:
+    """How the latents were chosen, with the minimum counts (the page's and the markdown's header)."""
+    return (f"Output latents ranked by the mean of their non-zero |J| elements, among those active on "
+            f"≥ {report.min_active} evaluation tokens; input latents by mean non-zero |J_ij|, among those whose "
+            f"J_ij is non-zero on ≥ {report.min_count} tokens (a mean over fewer tokens is not ranked).")
+
+
 def render_html(report: TablesReport) -> str:
     """One self-contained page (inline CSS, no scripts or external resources)."""
     ident = report.identity
-    title = "JSAE qualitative tables" + (f": {ident.get('model')} layer {ident.get('layer')}" if ident else "")
-    parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>",
-             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+    head = title(report)
+    parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(head)}</title>",
+             f"<style>{_CSS}</style></head><body><h1>{html.escape(head)}</h1>"]
     desc = ", ".join(f"{k}={v}" for k, v in ident.items() if k in ("control", "lam", "k", "n_latents"))
     parts.append(f'<p class="meta">{html.escape(desc)}; {report.n_tokens} evaluation tokens. '
-                 "Output latents ranked by the mean of their non-zero |J| elements; "
-                 "input latents by mean non-zero |J<sub>ij</sub>|. "
+                 f"{html.escape(ranking_text(report))} "
                  "Token shading: the latent's activation divided by its maximum over the evaluation tokens.</p>")
     if not report.entries:
         parts.append("<p>No output latent was active on the evaluation tokens.</p>")
@@ -377,6 +431,8 @@ def render_html(report: TablesReport) -> str:
                      f"<p class=\"meta\">mean non-zero |J| = {e.mean_abs:.4g} "
                      f"over {e.n_nonzero} elements; active on {e.n_active} tokens</p>")
         parts.append(_examples_html(e.table, _scale(e.table)))
+        if not e.inputs:
+            parts.append(f'<p class="meta">no input latent has J non-zero on ≥ {report.min_count} tokens</p>')
         for t in e.inputs:
             parts.append(f"<h3>input latent {t.latent}</h3>"
                          f"<p class=\"meta\">rank {t.rank} for output latent {e.latent}: "
@@ -413,15 +469,16 @@ def _examples_md(t: LatentTable) -> list[str]:
 
 def render_markdown(report: TablesReport) -> str:
     ident = report.identity
-    lines = [f"# JSAE qualitative tables: {ident.get('model', '')} layer {ident.get('layer', '')}", "",
+    lines = [f"# {title(report)}", "",
              f"{', '.join(f'{k}={v}' for k, v in ident.items() if k in ('control', 'lam', 'k', 'n_latents'))}; "
-             f"{report.n_tokens} evaluation tokens. "
-             "Output latents ranked by mean non-zero |J|; inputs by mean non-zero |J_ij|.", ""]
+             f"{report.n_tokens} evaluation tokens. {_md_escape(ranking_text(report))}", ""]
     for rank, e in enumerate(report.entries):
         lines += [f"## #{rank + 1}: output latent {e.latent}", "",
                   f"mean non-zero |J| = {e.mean_abs:.4g} over {e.n_nonzero} elements; "
                   f"active on {e.n_active} tokens", ""]
         lines += _examples_md(e.table)
+        if not e.inputs:
+            lines += [f"_no input latent has J non-zero on ≥ {report.min_count} tokens_", ""]
         lines += ["| rank | input latent | count | mean | std |", "|---:|---:|---:|---:|---:|"]
         lines += [f"| {t.rank} | {t.latent} | {t.count} | {t.mean:.4g} | {t.std:.4g} |" for t in e.inputs]
         lines.append("")
@@ -460,7 +517,10 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--n-output-latents", type=int, default=10, help="output latents to show")
     p.add_argument("--n-inputs", type=int, default=10, help="input latents per output latent")
     p.add_argument("--n-examples", type=int, default=8, help="max-activating windows per latent")
-    p.add_argument("--min-active", type=int, default=10, help="rank only output latents active on >= this many tokens")
+    p.add_argument("--min-active", type=int, default=MIN_ACTIVE,
+                   help="rank only output latents active on >= this many tokens")
+    p.add_argument("--min-count", type=int, default=MIN_COUNT,
+                   help="rank only input latents whose J_ij is non-zero on >= this many tokens")
     p.add_argument("--n-tokens", type=int, default=None, help="evaluation tokens (default: the whole cache)")
     p.add_argument("--batch-size", type=int, default=2048, help="tokens per pair forward")
     return run_pair_command(p, argv, _tables_cli)
@@ -469,11 +529,14 @@ def cli(argv: list[str]) -> int:
 def _tables_cli(args: argparse.Namespace) -> int:
     inputs = load_inputs(args.model, args.layer, args.run, args.cache, device=args.device)
     identity = pair_identity(inputs.run, inputs.pair)
+    identity["name"] = name_from_output(args.out) or model_name(identity)  # titles name the model, not its path
     report = make_tables(inputs.pair, inputs.cache, token_decoder(inputs.tokenizer), n_tokens=args.n_tokens,
                          batch_size=args.batch_size, n_output_latents=args.n_output_latents, n_inputs=args.n_inputs,
-                         n_examples=args.n_examples, min_active=args.min_active, identity=identity,
+                         n_examples=args.n_examples, min_active=args.min_active, min_count=args.min_count,
+                         identity=identity,
                          progress=not args.no_progress)
     md = write_tables(args.out, report)
     log.info("wrote %s and %s (%d output latents)", args.out, md, len(report.entries))
-    log_to_pair_run(tracking_uri(args.mlflow_uri), run_field(inputs.run, "mlflow_run_id"), {}, [args.out, md])
+    log_to_pair_run(tracking_uri(args.mlflow_uri), run_field(inputs.run, "mlflow_run_id"), {}, [args.out, md],
+                    step=run_field(inputs.run, "n_steps"))
     return 0

@@ -47,6 +47,36 @@ class PairOutput:
     out_vals: Tensor
     out_idx: Tensor
     jacobian: Tensor | None  # [T, k_out, k_in]
+    #: AuxK's reconstructions of each SAE's error from its dead latents, in the SAE's (scaled) units
+    #: (``[T, d]``); None unless the forward was given an :class:`AuxK`.
+    in_aux_recon: Tensor | None = None
+    out_aux_recon: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class AuxK:
+    """AuxK (Gao et al. 2024, "Scaling and evaluating sparse autoencoders", section A.2) for one loss.
+
+    Each SAE's reconstruction error ``e`` (detached) is reconstructed from its ``k`` dead latents
+    with the largest pre-activations, ``e_hat = sum ReLU(pre_j) W_dec[j]`` (no ``b_dec``), and the
+    loss gains ``coef * (MSE(e_x, e_hat_x) + MSE(e_y, e_hat_y))``. The MSEs are eq. 5's (averaged
+    over tokens and features, in the SAEs' scaled units), so ``coef`` weighs them against eq. 5's
+    MSEs whatever the activation scale; Gao et al.'s code divides both their main MSE and this one by
+    the batch variance of the target, which eq. 5 does not. Gradients reach only the selected dead
+    latents' encoder rows, encoder biases and decoder rows. ``dead_in`` / ``dead_out``: bool
+    ``[n_latents]`` masks (training: :meth:`jsae.train.dead.DeadLatentTracker.dead_mask`).
+    """
+
+    coef: float
+    dead_in: Tensor
+    dead_out: Tensor
+    k_in: int
+    k_out: int
+
+    def __post_init__(self) -> None:
+        c = self.coef
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c <= 0:
+            raise ValueError(f"auxk coef={c!r} is invalid; expected a positive finite number (no AuxK: pass None)")
 
 
 @dataclass(frozen=True)
@@ -54,8 +84,10 @@ class LossParts:
     """Detached results of one :meth:`JSAEPair.loss`: eq. 5's terms and the tensors training needs.
 
     ``jac`` is the Jacobian term before lam (0 when lam = 0, J is then not computed and
-    ``jacobian`` is None); the MSEs are in the SAEs' (scaled) units. The latents (``in_vals``,
-    ``in_idx``, ``out_vals``, ``out_idx``) feed the dead-latent counts, ``jacobian`` the J metrics.
+    ``jacobian`` is None); the MSEs are in the SAEs' (scaled) units. ``loss`` is eq. 5's value
+    (without the AuxK term, so runs with and without AuxK compare); ``auxk_in`` / ``auxk_out`` are
+    the AuxK MSEs before ``coef`` (0 without AuxK). The latents (``in_vals``, ``in_idx``,
+    ``out_vals``, ``out_idx``) feed the dead-latent counts, ``jacobian`` the J metrics.
     """
 
     loss: Tensor
@@ -67,10 +99,13 @@ class LossParts:
     out_vals: Tensor
     out_idx: Tensor
     jacobian: Tensor | None
+    auxk_in: Tensor
+    auxk_out: Tensor
 
 
 class _Codes(NamedTuple):
-    """Both SAEs' top-k codes of a batch, with y = MLP(x) and the MLP's Jacobian factors at x."""
+    """Both SAEs' top-k codes of a batch, with y = MLP(x) and the MLP's Jacobian factors at x
+    (and, given an :class:`AuxK`, both SAEs' AuxK codes as ``(vals, idx)``)."""
 
     y: Tensor
     terms: list[tuple[Tensor, Tensor]]
@@ -78,6 +113,8 @@ class _Codes(NamedTuple):
     in_idx: Tensor
     out_vals: Tensor
     out_idx: Tensor
+    in_aux: tuple[Tensor, Tensor] | None = None
+    out_aux: tuple[Tensor, Tensor] | None = None
 
 
 def mse(target: Tensor, recon: Tensor) -> Tensor:
@@ -157,14 +194,20 @@ class JSAEPair(nn.Module):
         """Encode x and y = MLP(x), decode both, and (optionally) the differentiable active J."""
         return self._forward(x, with_jacobian)
 
-    def _encode(self, x: Tensor, *, with_terms: bool) -> _Codes:
+    def _encode(self, x: Tensor, *, with_terms: bool, aux: AuxK | None = None) -> _Codes:
         check_features(x, self.sae_in.d_in, "x")
         x = x.reshape(-1, self.sae_in.d_in)
         y, terms = self.mlp_terms(x, with_terms=with_terms)
         in_scale, out_scale = self.input_scale, self.output_scale
-        in_vals, in_idx = self.sae_in.encode(x * in_scale if in_scale != 1.0 else x)
-        out_vals, out_idx = self.sae_out.encode(y * out_scale if out_scale != 1.0 else y)
-        return _Codes(y, terms, in_vals, in_idx, out_vals, out_idx)
+        x_s = x * in_scale if in_scale != 1.0 else x
+        y_s = y * out_scale if out_scale != 1.0 else y
+        if aux is None:
+            in_vals, in_idx = self.sae_in.encode(x_s)
+            out_vals, out_idx = self.sae_out.encode(y_s)
+            return _Codes(y, terms, in_vals, in_idx, out_vals, out_idx)
+        in_vals, in_idx, *in_aux = self.sae_in.encode_with_aux(x_s, aux.dead_in, aux.k_in)
+        out_vals, out_idx, *out_aux = self.sae_out.encode_with_aux(y_s, aux.dead_out, aux.k_out)
+        return _Codes(y, terms, in_vals, in_idx, out_vals, out_idx, tuple(in_aux), tuple(out_aux))
 
     def _row_factor(self, codes: _Codes) -> Tensor:
         """``[T, k_out]``: the factor of each row of J for the ReLU and the two scales.
@@ -188,20 +231,22 @@ class JSAEPair(nn.Module):
             out_vals=codes.out_vals,
             out_idx=codes.out_idx,
             jacobian=J,
+            in_aux_recon=self.sae_in.decode_directions(*codes.in_aux) if codes.in_aux is not None else None,
+            out_aux_recon=self.sae_out.decode_directions(*codes.out_aux) if codes.out_aux is not None else None,
         )
 
-    def _forward(self, x: Tensor, with_jacobian: bool) -> PairOutput:
+    def _forward(self, x: Tensor, with_jacobian: bool, aux: AuxK | None = None) -> PairOutput:
         """The pair's forward; ``with_jacobian``: also the differentiable, ReLU-masked active J."""
-        codes = self._encode(x, with_terms=with_jacobian)
+        codes = self._encode(x, with_terms=with_jacobian, aux=aux)
         J = None
         if with_jacobian:
             row_factor = self._row_factor(codes)
             J = self._jacobian_value(codes.terms, codes.out_idx, codes.in_idx) * row_factor.unsqueeze(-1)
         return self._decode(codes, J)
 
-    def _forward_with_l1(self, x: Tensor) -> tuple[PairOutput, Tensor]:
+    def _forward_with_l1(self, x: Tensor, aux: AuxK | None = None) -> tuple[PairOutput, Tensor]:
         """The forward with J and eq. 5's Jacobian term (fused with J's computation for ``active``)."""
-        codes = self._encode(x, with_terms=True)
+        codes = self._encode(x, with_terms=True, aux=aux)
         row_factor = self._row_factor(codes)
         if self.jacobian_impl == "active":
             args = self._jacobian_args(codes.terms, codes.out_idx, codes.in_idx)
@@ -231,31 +276,41 @@ class JSAEPair(nn.Module):
         assert out.jacobian is not None
         return out.jacobian, out.in_idx, out.out_idx
 
-    def loss(self, x: Tensor, lam: float = 1.0) -> tuple[Tensor, LossParts]:
+    def loss(self, x: Tensor, lam: float = 1.0, auxk: AuxK | None = None) -> tuple[Tensor, LossParts]:
         """Eq. 5: ``MSE(x, x_hat) + MSE(y, y_hat) + lam / k^2 sum |J|``, averaged over tokens.
 
-        ``lam = 0`` trains two traditional SAEs (the Jacobian is then not computed). Returns the
-        differentiable loss and its detached :class:`LossParts`; with activation scales set, the
-        MSEs are in the SAEs' scaled units.
+        ``lam = 0`` trains two traditional SAEs (the Jacobian is then not computed). ``auxk``
+        adds the AuxK term (:class:`AuxK`) to the differentiable loss; None (the default) computes
+        exactly what it did before AuxK existed. Returns the differentiable loss and its detached
+        :class:`LossParts`; with activation scales set, the MSEs are in the SAEs' scaled units.
         """
         lam_value = float(lam)
         if not lam_value >= 0 or lam_value == float("inf"):
             raise ValueError(f"lam={lam!r} is invalid; expected a finite number >= 0")
         if lam_value > 0:
-            out, jac = self._forward_with_l1(x)
+            out, jac = self._forward_with_l1(x, auxk)
         else:
-            out, jac = self._forward(x, with_jacobian=False), None
+            out, jac = self._forward(x, with_jacobian=False, aux=auxk), None
         x = x.reshape(-1, self.sae_in.d_in)
         # In the SAEs' (scaled) units: MSE(c x, c x_hat) = c^2 MSE(x, x_hat).
         mse_in = mse(x, out.x_hat) * self.input_scale**2
         mse_out = mse(out.y, out.y_hat) * self.output_scale**2
         total = mse_in + mse_out
+        zero = torch.zeros((), dtype=total.dtype, device=total.device)
         if jac is None:
-            jac = torch.zeros((), dtype=total.dtype, device=total.device)
+            jac = zero
         else:
             total = total + lam_value * jac
+        eq5 = total.detach()
+        aux_in = aux_out = zero
+        if auxk is not None:
+            assert out.in_aux_recon is not None and out.out_aux_recon is not None
+            # The errors in raw units, their models back from the scaled units, then c^2: as mse_in / mse_out.
+            aux_in = self._aux_mse((x - out.x_hat).detach(), out.in_aux_recon, self.input_scale)
+            aux_out = self._aux_mse((out.y - out.y_hat).detach(), out.out_aux_recon, self.output_scale)
+            total = total + auxk.coef * (aux_in + aux_out)
         parts = LossParts(
-            loss=total.detach(),
+            loss=eq5,
             mse_in=mse_in.detach(),
             mse_out=mse_out.detach(),
             jac=jac.detach(),
@@ -264,8 +319,15 @@ class JSAEPair(nn.Module):
             out_vals=out.out_vals.detach(),
             out_idx=out.out_idx.detach(),
             jacobian=out.jacobian.detach() if out.jacobian is not None else None,
+            auxk_in=aux_in.detach(),
+            auxk_out=aux_out.detach(),
         )
         return total, parts
+
+    @staticmethod
+    def _aux_mse(error: Tensor, aux_recon_scaled: Tensor, scale: float) -> Tensor:
+        """``MSE(c e, e_hat)`` for the error ``e`` in raw units and its model ``e_hat`` in scaled units."""
+        return mse(error, aux_recon_scaled / scale if scale != 1.0 else aux_recon_scaled) * scale**2
 
     @torch.no_grad()
     def normalize_decoders_(self) -> None:

@@ -41,16 +41,54 @@ class _TopKEncode(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_vals: Tensor, _grad_idx: Tensor | None):  # type: ignore[override]
         x, W_enc, idx, active = ctx.saved_tensors
-        g = grad_vals * active
-        grad_x = grad_W = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = F.embedding_bag(idx, W_enc, per_sample_weights=g, mode="sum")
-        if ctx.needs_input_grad[1]:
-            grad_W = scatter_outer(idx, g, x, W_enc.shape[0])
-        if ctx.needs_input_grad[2]:
-            grad_b = torch.zeros(W_enc.shape[0], dtype=g.dtype, device=g.device)
-            grad_b.index_add_(0, idx.reshape(-1), g.reshape(-1))
-        return grad_x, grad_W, grad_b, None
+        return (*_sparse_encoder_grads(ctx.needs_input_grad, x, W_enc, idx, grad_vals * active), None)
+
+
+class _TopKEncodeAux(torch.autograd.Function):
+    """:class:`_TopKEncode` plus AuxK's codes from the same pre-activations (Gao et al. 2024, A.2).
+
+    Besides the top-k, returns the ``k_aux`` largest ReLU'd pre-activations among the latents in
+    ``aux_mask`` (the dead ones); a selected latent outside the mask or with a pre-activation <= 0
+    gets value 0 (so fewer than ``k_aux`` masked latents is fine). One dense matmul serves both;
+    the backward stays sparse over the ``k + k_aux`` selected latents per token.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, aux_mask: Tensor, k_aux: int):  # type: ignore[override]
+        pre = torch.addmm(b_enc, x, W_enc.t())
+        vals, idx = pre.topk(k, dim=-1, sorted=False)
+        active = vals > 0
+        vals = vals * active
+        masked = pre.masked_fill_(~aux_mask, float("-inf"))  # in place: pre is not needed again
+        aux_vals, aux_idx = masked.topk(k_aux, dim=-1, sorted=False)
+        del pre, masked
+        aux_active = aux_vals > 0  # False for -inf (not in the mask) and for pre-activations <= 0
+        aux_vals = torch.where(aux_active, aux_vals, torch.zeros_like(aux_vals))
+        ctx.save_for_backward(x, W_enc, torch.cat([idx, aux_idx], -1), torch.cat([active, aux_active], -1))
+        ctx.mark_non_differentiable(idx, aux_idx)
+        return vals, idx, aux_vals, aux_idx
+
+    @staticmethod
+    def backward(ctx, grad_vals: Tensor, _gi: Tensor | None, grad_aux: Tensor, _gai: Tensor | None):  # type: ignore[override]
+        x, W_enc, idx, active = ctx.saved_tensors
+        # A latent both in the top-k and in the aux selection gets both gradients (summed below).
+        g = torch.cat([grad_vals, grad_aux], -1) * active
+        return (*_sparse_encoder_grads(ctx.needs_input_grad, x, W_enc, idx, g), None, None, None)
+
+
+def _sparse_encoder_grads(
+    needs: tuple[bool, ...], x: Tensor, W_enc: Tensor, idx: Tensor, g: Tensor
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients wrt ``(x, W_enc, b_enc)`` of an encoder whose selected pre-activations ``idx`` got ``g``."""
+    grad_x = grad_W = grad_b = None
+    if needs[0]:
+        grad_x = F.embedding_bag(idx, W_enc, per_sample_weights=g, mode="sum")
+    if needs[1]:
+        grad_W = scatter_outer(idx, g, x, W_enc.shape[0])
+    if needs[2]:
+        grad_b = torch.zeros(W_enc.shape[0], dtype=g.dtype, device=g.device)
+        grad_b.index_add_(0, idx.reshape(-1), g.reshape(-1))
+    return grad_x, grad_W, grad_b
 
 
 def scatter_outer(idx: Tensor, weights: Tensor, rows: Tensor, n: int) -> Tensor:
@@ -127,12 +165,48 @@ class TopKSAE(nn.Module):
         )
         return vals.reshape(*lead, self.k), idx.reshape(*lead, self.k)
 
+    def encode_with_aux(self, x: Tensor, aux_mask: Tensor, k_aux: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """:meth:`encode`'s ``(vals, idx)`` plus AuxK's ``(aux_vals, aux_idx)``, each ``[..., k_aux]``.
+
+        ``aux_vals`` are the ``k_aux`` largest ReLU'd pre-activations among the latents where the
+        ``[n_latents]`` bool ``aux_mask`` is True (0 for a slot no such latent fills with a positive
+        value). Gao et al. (2024, A.2) reconstruct the main reconstruction's error from these with the
+        dead latents as the mask (:meth:`jsae.nn.pair.JSAEPair.loss`).
+        """
+        check_features(x, self.d_in, "x")
+        if isinstance(k_aux, bool) or not isinstance(k_aux, int) or not 1 <= k_aux <= self.n_latents:
+            raise ValueError(
+                f"k_aux={k_aux!r} is invalid; expected an integer with 1 <= k_aux <= n_latents={self.n_latents}"
+            )
+        if aux_mask.shape != (self.n_latents,) or aux_mask.dtype != torch.bool:
+            raise ValueError(
+                f"aux_mask has shape {tuple(aux_mask.shape)} and dtype {aux_mask.dtype}; "
+                f"expected a bool [{self.n_latents}] mask"
+            )
+        lead = x.shape[:-1]
+        vals, idx, aux_vals, aux_idx = _TopKEncodeAux.apply(
+            x.reshape(-1, self.d_in).to(self.W_enc.dtype), self.W_enc, self.b_enc, self.k,
+            aux_mask.to(self.W_enc.device), k_aux,
+        )
+        return (vals.reshape(*lead, self.k), idx.reshape(*lead, self.k), aux_vals.reshape(*lead, k_aux),
+                aux_idx.reshape(*lead, k_aux))
+
     def decode(self, vals: Tensor, idx: Tensor) -> Tensor:
         """Reconstruction from k (value, index) pairs per token, ``[..., d_in]``."""
         if vals.shape != idx.shape:
             raise ValueError(f"vals shape {tuple(vals.shape)} != idx shape {tuple(idx.shape)}; expected equal shapes")
         lead, kk = vals.shape[:-1], vals.shape[-1]
         out = sparse_decode(vals.reshape(-1, kk), idx.reshape(-1, kk), self.W_dec, self.b_dec)
+        return out.reshape(*lead, self.d_in)
+
+    def decode_directions(self, vals: Tensor, idx: Tensor) -> Tensor:
+        """``sum_a vals[:, a] * W_dec[idx[:, a]]`` without ``b_dec``, ``[..., d_in]``: a reconstruction of a
+        difference of activations (AuxK's model of the reconstruction error), where the bias cancels."""
+        if vals.shape != idx.shape:
+            raise ValueError(f"vals shape {tuple(vals.shape)} != idx shape {tuple(idx.shape)}; expected equal shapes")
+        lead, kk = vals.shape[:-1], vals.shape[-1]
+        weights = vals.reshape(-1, kk).to(self.W_dec.dtype)
+        out = F.embedding_bag(idx.reshape(-1, kk), self.W_dec, per_sample_weights=weights, mode="sum")
         return out.reshape(*lead, self.d_in)
 
     def forward(self, x: Tensor) -> Tensor:

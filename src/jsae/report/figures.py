@@ -3,13 +3,14 @@
 Each figure keeps the paper's number (Farnik et al., ICML 2025) and is written as PDF and PNG:
 
 * fig2  share of the k×k active Jacobian elements above thresholds, JSAE vs traditional (λ = 0)
-* fig4  reconstruction, performance preservation and sparsity metrics against λ
-* fig5  CE loss score against Jacobian sparsity across the λ sweep, each point labelled with λ
+* fig4  reconstruction, performance preservation and sparsity metrics against λ (sparsity: share of
+        |J| > τ*, the scale-free headline, beside the paper's absolute τ = 0.01 and the effective share)
+* fig5  CE loss score against Jacobian sparsity (share of |J| > τ*) across the λ sweep, labelled with λ
 * fig7  the same shares as fig2 on the trained model and on its random re-initialisation
 * fig8  linearity of f_s: example functions, linear/JumpReLU/other shares, |Δs_y| vs |J|
-* fig32 |J| histogram and CDF, JSAE vs traditional
+* fig32 |J| histogram and CDF (the whole share-vs-τ curve; τ* and the paper's τ marked), JSAE vs traditional
 * fig35 Lp norms of J against λ (relative to λ = 0)
-* fig36 global sparsity of the mean-|J| matrix over tokens
+* fig36 global sparsity of the mean-|J| matrix over tokens (100% = alive output × alive input latents)
 
 Inputs are the per-pair results as :mod:`jsae.report.results` reads them (``evaluation.json``,
 ``probes.json`` and their npz siblings). A "site" is one (model, layer); figures comparing λ = 0 with
@@ -30,15 +31,18 @@ from jsae.cli import HelpFormatter
 from jsae.eval.metrics import (
     DEFAULT_THRESHOLDS,
     EFFECTIVE_SHARE_KEY,
+    HEADLINE_FRAC_KEY,
     JAC_FRAC_KEY,
     SIDES,
-    global_threshold_key,
     lp_key,
     probe_frac_key,
     side_key,
+    tau_grid,
     threshold_key,
 )
+from jsae.eval.metrics import global_shares as metric_global_shares
 from jsae.io import atomic_path, setup_logging
+from jsae.report.claims import PAPER_TAU, TokenStats, headline_columns, headline_taus
 from jsae.report.results import (
     PairResult,
     ce_score_mean,
@@ -47,6 +51,7 @@ from jsae.report.results import (
     load_results,
     metric,
     pick_pair,
+    refused_sides,
     sites_of,
 )
 
@@ -103,6 +108,27 @@ def _save(fig, out_dir: Path, name: str) -> list[Path]:
     return written
 
 
+def _caption(fig, lines: Sequence[str]) -> None:
+    """Notes under the figure (kept in the PNG/PDF by ``bbox_inches='tight'``): what a reader must know."""
+    if lines:
+        fig.text(0.01, 0.0, "\n".join(lines), ha="left", va="top", fontsize=7.5, color="0.25")
+
+
+REFUSED_NOTE = "score refused by evaluation: zero-ablation costs < floor, so the ratio is ill-conditioned"
+
+
+def _finite_points(x: Sequence[float], y: Sequence[float], lams: Sequence[float]
+                   ) -> tuple[list[float], list[float], list[float]]:
+    """The λs whose point is not finite (skipped, to be named in the caption), and the kept x, y."""
+    keep = [i for i, (a, b) in enumerate(zip(x, y)) if math.isfinite(a) and math.isfinite(b)]
+    skipped = [lams[i] for i in range(len(lams)) if i not in keep]
+    return [x[i] for i in keep], [y[i] for i in keep], skipped
+
+
+def _lams_text(lams: Sequence[float]) -> str:
+    return ", ".join(f"{x:g}" for x in lams)
+
+
 def _threshold_shares(r: PairResult | None, thresholds: Sequence[float]) -> np.ndarray:
     return np.array([metric(r, threshold_key(t)) for t in thresholds]) * 100.0
 
@@ -121,7 +147,7 @@ def _grouped_bars(
                             fontsize=6.5, xytext=(0, 1), textcoords="offset points")
     ax.set_xticks(x)
     ax.set_xticklabels([f"{t:g}" for t in thresholds])
-    ax.set_xlabel("threshold τ on |J|")
+    ax.set_xlabel("threshold τ on |J| (the paper's τ, absolute units of J)")
     top = max((float(np.nanmax(v)) for _, v, _ in series if np.isfinite(v).any()), default=0.0)
     if percent_axis and top > 0:  # headroom above the bars for a legend placed at the top
         ax.set_ylim(0, top * (1.15 + 0.1 * len(series)))
@@ -183,24 +209,35 @@ def fig4(results: Sequence[PairResult], out_dir: Path) -> list[Path]:
     if not trained:
         raise ValueError("fig4 needs trained pairs; none among the inputs")
     lams = sorted({r.lam for r in trained})
+    headline = headline_columns(results)
     fig, axes = plt.subplots(2, 3, figsize=(12, 6.4))
     styles = ["-", "--", ":", "-."]
+    notes: list[str] = []
     for si, site in enumerate(sites_of(trained)):
         rs = sorted([r for r in trained if r.site == site], key=lambda r: r.lam)
-        x = [r.lam for r in rs]
+        lam_x = [r.lam for r in rs]
         ls = styles[si % len(styles)]
         tag = f" ({_site_title(site)})" if len(sites_of(trained)) > 1 else ""
         for ax, (key, ylabel, tf) in zip(axes.flat, FIG4_PANELS):
             for side, color in zip(SIDES, (COLORS["traditional"], COLORS["jsae"])):
+                name = f"{'input' if side == 'in' else 'output'} SAE"
                 y = [(tf or (lambda v: v))(metric(r, side_key(side, key))) for r in rs]
-                ax.plot(x, y, ls, marker="o", color=color, label=f"{'input' if side == 'in' else 'output'} SAE{tag}")
+                x, y, skipped = _finite_points(lam_x, y, lam_x)
+                ax.plot(x, y, ls, marker="o", color=color, label=f"{name}{tag}")
+                if skipped:
+                    refused = key == "ce_loss_score" and all(side in refused_sides(r) for r in rs if r.lam in skipped)
+                    why = REFUSED_NOTE if refused else "not measured"
+                    notes.append(f"{ylabel.split(' (')[0]}, {name}{tag}: λ = {_lams_text(skipped)} not drawn ({why}).")
             ax.set_ylabel(ylabel)
         ax = axes.flat[5]
+        y = [headline.get(r.key, {}).get(HEADLINE_FRAC_KEY, math.nan) * 100 for r in rs]
+        if not all(math.isnan(v) for v in y):
+            ax.plot(lam_x, y, ls, marker="D", color="#8c564b", label=f"|J| > τ* (λ = 0 median), scale-free{tag}")
         y = [metric(r, JAC_FRAC_KEY) * 100 for r in rs]
-        ax.plot(x, y, ls, marker="o", color="black", label=f"|J| > 0.01{tag}")
+        ax.plot(lam_x, y, ls, marker="o", color="black", label=f"|J| > 0.01, paper's τ (absolute units){tag}")
         y = [metric(r, EFFECTIVE_SHARE_KEY) * 100 for r in rs]
         if not all(math.isnan(v) for v in y):
-            ax.plot(x, y, ls, marker="s", color="0.55", label=f"effective share, scale-free{tag}")
+            ax.plot(lam_x, y, ls, marker="s", color="0.55", label=f"effective share, scale-free{tag}")
         ax.set_ylabel("Jacobian elements (% of k²)")
     for ax in axes.flat:
         _lam_axis(ax, lams)
@@ -208,21 +245,36 @@ def fig4(results: Sequence[PairResult], out_dir: Path) -> list[Path]:
     axes.flat[5].legend(frameon=False, fontsize=7)
     fig.suptitle("Fig. 4 — quality and sparsity against the Jacobian coefficient λ", fontweight="bold")
     fig.tight_layout()
+    _caption(fig, notes)
     return _save(fig, out_dir, "fig4")
 
 
 def fig5(results: Sequence[PairResult], out_dir: Path) -> list[Path]:
-    """CE loss score (mean of both SAEs) against the share of |J| > 0.01, one point per λ."""
+    """CE loss score (mean of both SAEs) against the share of |J| > τ*, one point per λ.
+
+    τ* is the site's headline τ (the median of its λ = 0 pair's non-zero |J|; summary.md); a site
+    evaluated without per-token arrays falls back to the paper's absolute τ = 0.01, and the axis says which.
+    """
     plt = _plt()
     trained = [r for r in results if r.control == "trained"]
     if not trained:
         raise ValueError("fig5 needs trained pairs; none among the inputs")
     fig, ax = plt.subplots(figsize=(6, 4.4))
     markers = ["o", "s", "^", "D"]
+    notes: list[str] = []
+    headline = headline_columns(results)
+    used_paper_tau = False
     for si, site in enumerate(sites_of(trained)):
         rs = sorted([r for r in trained if r.site == site], key=lambda r: r.lam)
-        x = [metric(r, JAC_FRAC_KEY) * 100 for r in rs]
-        y = [ce_score_mean(r) for r in rs]
+        shares = [headline.get(r.key, {}).get(HEADLINE_FRAC_KEY, math.nan) for r in rs]
+        if any(math.isnan(v) for v in shares):
+            shares, used_paper_tau = [metric(r, JAC_FRAC_KEY) for r in rs], True
+        x, y, skipped = _finite_points([v * 100 for v in shares], [ce_score_mean(r) for r in rs], [r.lam for r in rs])
+        if skipped:
+            refused = all(refused_sides(r) for r in rs if r.lam in skipped)
+            notes.append(f"{_site_title(site)}: λ = {_lams_text(skipped)} not drawn "
+                         f"({REFUSED_NOTE if refused else 'CE score or Jacobian share not measured'}).")
+        rs = [r for r in rs if r.lam not in skipped]
         ax.plot(x, y, "-", color="0.6", lw=1, zorder=1)
         cmap = plt.get_cmap("viridis").with_extremes(bad="0.75")
         sc = ax.scatter(x, y, c=[math.log10(r.lam) if r.lam > 0 else np.nan for r in rs], cmap=cmap,
@@ -230,8 +282,16 @@ def fig5(results: Sequence[PairResult], out_dir: Path) -> list[Path]:
                         plotnonfinite=True, label=_site_title(site))
         for r, xi, yi in zip(rs, x, y):
             ax.annotate(f"λ={r.lam:g}", (xi, yi), xytext=(5, 4), textcoords="offset points", fontsize=8)
+    if not any(len(c.get_offsets()) for c in ax.collections):
+        ax.text(0.5, 0.5, "no point to draw: see the note below", transform=ax.transAxes, ha="center", color="0.4")
     ax.margins(x=0.12, y=0.08)
-    ax.set_xlabel("active Jacobian elements with |J| > 0.01 (% of k²)  ← sparser")
+    if used_paper_tau:
+        ax.set_xlabel("active Jacobian elements with |J| > 0.01, the paper's absolute τ (% of k²)  ← sparser")
+        notes.append("No per-token arrays for some site (an older evaluation): its x is the share above the paper's "
+                     "τ = 0.01 in absolute units.")
+    else:
+        ax.set_xlabel("active Jacobian elements with |J| > τ* (% of k²)  ← sparser")
+        notes.append("τ* = the median of the non-zero |J| of the site's λ = 0 pair (summary.md, 'Headline τ').")
     ax.set_ylabel("CE loss score (mean of input and output SAE)")
     ax.set_title("Fig. 5 — reconstruction vs Jacobian sparsity across λ", fontweight="bold")
     if len(sites_of(trained)) > 1:
@@ -239,6 +299,7 @@ def fig5(results: Sequence[PairResult], out_dir: Path) -> list[Path]:
     cb = fig.colorbar(sc, ax=ax, pad=0.02)
     cb.set_label("log10 λ (λ = 0 in grey)")
     fig.tight_layout()
+    _caption(fig, notes)
     return _save(fig, out_dir, "fig5")
 
 
@@ -264,6 +325,9 @@ def fig7(results: Sequence[PairResult], jsae_lam: float, out_dir: Path) -> list[
         ax.set_title(_site_title(site))
         ax.legend(frameon=False, fontsize=7, loc="upper center", ncol=2)
     fig.suptitle("Fig. 7 — Jacobian sparsity: trained LM vs randomly re-initialised LM", fontweight="bold")
+    _caption(fig, ["τ is absolute and the two models' J are in different units, so these bars mix units and "
+                   "sparsity; the scale-free comparisons are in claims.csv (effective share; shares at each model's "
+                   "own λ = 0 τ*)."])
     return _save(fig, out_dir, "fig7")
 
 
@@ -348,9 +412,11 @@ def fig32(results: Sequence[PairResult], jsae_lam: float, out_dir: Path) -> list
     fig, axes = plt.subplots(len(sites), 2, figsize=(11, 3.8 * len(sites)), squeeze=False)
     for row, site in zip(axes, sites):
         base, jsae = _base_and_jsae(results, site, jsae_lam, "fig32")
-        xmax = 0.0
-        for r, lab, color in ((base, "traditional SAEs (λ = 0)", COLORS["traditional"]),
-                              (jsae, f"JSAEs (λ = {jsae_lam:g})", COLORS["jsae"])):
+        xmax, first_edge, xmax_cdf = 0.0, math.inf, 0.0
+        grid = [TokenStats.of(r) for r in (base, jsae)]
+        use_grid = all(g is not None for g in grid)  # the log grid spans any units; the histogram stops at 1.5
+        for r, g, lab, color in ((base, grid[0], "traditional SAEs (λ = 0)", COLORS["traditional"]),
+                                 (jsae, grid[1], f"JSAEs (λ = {jsae_lam:g})", COLORS["jsae"])):
             st = r.stats()
             edges, counts = st["hist_edges"], st["hist_counts"].astype(float)
             nonzero = np.flatnonzero(counts)
@@ -360,21 +426,45 @@ def fig32(results: Sequence[PairResult], jsae_lam: float, out_dir: Path) -> list
             total = counts.sum() + overflow
             row[0].stairs(counts / max(total, 1), edges, color=color, lw=1.5,
                           label=f"{lab}; {100 * overflow / max(total, 1):.2g}% above {edges[-1]:g}")
-            cdf = st.get("cdf", np.cumsum(counts) / max(total, 1))
-            row[1].plot(edges[1:], cdf, color=color, lw=1.5, label=lab)
+            if use_grid and g is not None:
+                # P(|J| <= tau_g) from each token's counts above the grid (exact at the grid points)
+                taus = tau_grid(g.exponents, g.per_decade)
+                cdf = 1 - g.counts.sum(0) / (g.n * g.n_elements)
+                row[1].plot(taus, cdf, color=color, lw=1.5, label=lab)
+                # the axis starts where the CDF leaves the zero rows' floor (+0.1%) and ends where it reaches 1
+                rising = np.flatnonzero(cdf > cdf[0] + 1e-3)
+                first_edge = min(first_edge, float(taus[max(rising[0] - 1, 0)]) if len(rising) else float(taus[0]))
+                xmax_cdf = max(xmax_cdf, float(taus[-1]))
+            else:
+                first_edge = min(first_edge, float(edges[1]))
+                cdf = st.get("cdf", np.cumsum(counts) / max(total, 1))
+                # the CDF is known at the bins' right edges (all > 0): P(|J| ≤ edge)
+                row[1].plot(edges[1:], cdf, color=color, lw=1.5, label=lab)
+        tau_star = headline_taus(results, site)["trained"]
+        for tau, style, name in ((tau_star, "-", f"headline τ* = {tau_star:.3g} (median of λ = 0 non-zero |J|)"),
+                                 (PAPER_TAU, ":", f"paper's τ = {PAPER_TAU:g} (absolute units)")):
+            if math.isfinite(tau):
+                row[1].axvline(tau, color="0.3", ls=style, lw=1, label=name)
         row[0].set_yscale("log")
         row[0].set_xlim(0, xmax * 1.05)
-        row[1].set_xlim(right=xmax * 1.5)
         row[0].set_xlabel("|J| of active elements")
         row[0].set_ylabel("fraction of elements per bin")
         row[0].set_title(f"(a) histogram — {_site_title(site)}")
         row[0].legend(frameon=False, fontsize=7)
-        row[1].set_xscale("symlog", linthresh=max(float(edges[1]), 1e-6))
-        row[1].set_xlabel("|J| of active elements")
+        # |J| ≥ 0: a log axis over the measured range (first bin edge .. last occupied bin); a symlog axis
+        # would also draw an empty negative half
+        row[1].set_xscale("log")
+        if use_grid:
+            row[1].set_xlim(first_edge, xmax_cdf)
+            row[1].set_xlabel("|J| (log scale; from each token's counts above a log grid, first "
+                              f"{grid[0].n if grid[0] else 0} tokens)")
+        else:
+            row[1].set_xlim(first_edge, max(xmax * 1.5, first_edge * 10))
+            row[1].set_xlabel(f"|J| of active elements (log scale, from the first bin edge {first_edge:g})")
         row[1].set_ylabel("P(|J| ≤ x)")
         row[1].set_ylim(0, 1.02)
         row[1].set_title("(b) cumulative distribution")
-        row[1].legend(frameon=False, fontsize=7, loc="lower right")
+        row[1].legend(frameon=False, fontsize=7, loc="upper left")
     fig.suptitle("Fig. 32 — distribution of Jacobian elements", fontweight="bold")
     fig.tight_layout()
     return _save(fig, out_dir, "fig32")
@@ -408,22 +498,43 @@ def fig35(results: Sequence[PairResult], out_dir: Path) -> list[Path]:
     return _save(fig, out_dir, "fig35")
 
 
-def global_shares(r: PairResult, thresholds: Sequence[float] = THRESHOLDS) -> np.ndarray:
-    """Share (%) of the full n_out × n_in mean-|J| matrix above each threshold (fig. 36)."""
-    keys = [global_threshold_key(t) for t in thresholds]
-    if all(k in r.metrics for k in keys):
-        return np.array([r.metrics[k] for k in keys]) * 100.0
+def alive_latents(r: PairResult) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks of the output and input latents alive on the evaluation tokens (fired on ≥ 1 token).
+
+    From the firing counts evaluation writes to ``jacobian_stats.npz`` (``out_fired_count``,
+    ``in_fired_count``; :func:`jsae.eval.metrics.firing_counts`, the same count behind ``dead_fraction``).
+    """
     st = r.stats()
-    mean_abs, shape = st["global_mean_abs"], st["global_shape"]
-    total = float(shape[0]) * float(shape[1])
-    return np.array([(mean_abs > t).sum() / total for t in thresholds]) * 100.0
+    missing = [k for k in ("out_fired_count", "in_fired_count") if k not in st]
+    if missing:
+        raise ValueError(f"jacobian_stats.npz of {r.label} has no {' / '.join(missing)}; expected the firing counts "
+                         "evaluation writes (re-run the evaluation of this pair)")
+    return np.asarray(st["out_fired_count"]) > 0, np.asarray(st["in_fired_count"]) > 0
+
+
+def global_shares(r: PairResult, thresholds: Sequence[float] = THRESHOLDS) -> np.ndarray:
+    """Fig. 36: share (%) of the alive × alive entries of the mean-|J| matrix above each threshold.
+
+    :func:`jsae.eval.metrics.global_shares` (the definition behind ``jac/global_frac_above_*``) on the
+    npz arrays: 100% = (alive output latents) × (alive input latents), alive = fired on ≥ 1 evaluation
+    token; entries touching a dead latent do not count.
+    """
+    st = r.stats()
+    alive_out, alive_in = alive_latents(r)
+    if "global_out_latent" not in st or "global_in_latent" not in st:
+        raise ValueError(f"jacobian_stats.npz of {r.label} has no global_out_latent / global_in_latent; expected "
+                         "the global matrix evaluation writes (re-run the evaluation of this pair)")
+    return metric_global_shares(st["global_mean_abs"], st["global_out_latent"], st["global_in_latent"],
+                                alive_out, alive_in, thresholds) * 100.0
 
 
 def fig36(results: Sequence[PairResult], jsae_lam: float, out_dir: Path) -> list[Path]:
-    """Global sparsity: the mean-|J| matrix over tokens (100% = n_out · n_in), traditional vs JSAE."""
+    """Global sparsity: the mean-|J| matrix over tokens (100% = alive n_out · alive n_in), traditional vs JSAE."""
     plt = _plt()
     sites = sites_of([r for r in results if r.control == "trained"])
     fig, axes = plt.subplots(len(sites), 2, figsize=(11, 3.8 * len(sites)), squeeze=False)
+    notes = ["(a) 100% = alive output latents × alive input latents (alive = fired on ≥ 1 evaluation token; "
+             "dead latents have no entries and are left out of the denominator)."]
     for row, site in zip(axes, sites):
         base, jsae = _base_and_jsae(results, site, jsae_lam, "fig36")
         _grouped_bars(row[0], THRESHOLDS, [
@@ -431,9 +542,10 @@ def fig36(results: Sequence[PairResult], jsae_lam: float, out_dir: Path) -> list
             (f"JSAEs (λ = {jsae_lam:g})", global_shares(jsae), COLORS["jsae"]),
         ], percent_axis=False)
         row[0].set_yscale("log")
-        row[0].set_ylabel("mean |J| > τ (% of n_out · n_in)")
+        row[0].set_ylabel("mean |J| > τ (% of alive n_out · alive n_in)")
         row[0].set_title(f"(a) global shares — {_site_title(site)}")
         row[0].legend(frameon=False, fontsize=7)
+        alive = []
         for r, lab, color in ((base, "traditional (λ = 0)", COLORS["traditional"]),
                               (jsae, f"JSAE (λ = {jsae_lam:g})", COLORS["jsae"])):
             st = r.stats()
@@ -441,6 +553,9 @@ def fig36(results: Sequence[PairResult], jsae_lam: float, out_dir: Path) -> list
             vals = vals[vals > 0]
             if len(vals):
                 row[1].plot(np.arange(1, len(vals) + 1), vals, color=color, lw=1.5, label=lab)
+            a_out, a_in = alive_latents(r)
+            alive.append(f"{lab}: {int(a_out.sum())} of {len(a_out)} output × {int(a_in.sum())} of {len(a_in)} input")
+        notes.append(f"{_site_title(site)}, alive latents — " + "; ".join(alive) + ".")
         row[1].set_xscale("log")
         row[1].set_yscale("log")
         row[1].set_xlabel("rank of (output, input) latent pair")
@@ -449,6 +564,7 @@ def fig36(results: Sequence[PairResult], jsae_lam: float, out_dir: Path) -> list
         row[1].legend(frameon=False, fontsize=7)
     fig.suptitle("Fig. 36 — global sparsity of the mean |J| over tokens", fontweight="bold")
     fig.tight_layout()
+    _caption(fig, notes)
     return _save(fig, out_dir, "fig36")
 
 

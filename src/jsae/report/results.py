@@ -17,7 +17,17 @@ from typing import Any
 
 import numpy as np
 
-from jsae.eval.metrics import IN_CE_SCORE_KEY, OUT_CE_SCORE_KEY, PROBE_PREFIX
+from jsae.eval.metrics import (
+    IN_CE_ABLATION_DELTA_KEY,
+    IN_CE_LOSS_DELTA_KEY,
+    IN_CE_SCORE_KEY,
+    IN_CE_SCORE_REFUSED_KEY,
+    OUT_CE_ABLATION_DELTA_KEY,
+    OUT_CE_LOSS_DELTA_KEY,
+    OUT_CE_SCORE_KEY,
+    OUT_CE_SCORE_REFUSED_KEY,
+    PROBE_PREFIX,
+)
 from jsae.io import read_json
 
 #: Where the workflow puts a pair's outputs: ``<model>/L<layer>/<control>/lam<lam>/<file>``.
@@ -35,6 +45,7 @@ class PairResult:
     metrics: dict[str, float] = field(default_factory=dict)
     probes: dict[str, float] = field(default_factory=dict)
     identity: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)  # evaluation's settings (e.g. the CE score's floor)
     stats_path: Path | None = None
     curves_path: Path | None = None
 
@@ -93,11 +104,14 @@ def load_results(paths: Iterable[str | Path]) -> list[PairResult]:
         res = by_key.setdefault(ident, PairResult(*ident))
         res.identity.update(doc.get("pair") or {})
         is_probe = any(k.startswith(PROBE_PREFIX) for k in metrics) or p.name.startswith("probes")
+        # a null value is a measured "no value" (e.g. a refused score): kept as NaN, not dropped
+        values = {k: float("nan") if v is None else float(v) for k, v in metrics.items() if v is None or _is_number(v)}
         if is_probe:
-            res.probes.update({k: float(v) for k, v in metrics.items() if _is_number(v)})
+            res.probes.update(values)
             res.curves_path = p.with_name(doc.get("arrays", "probe_curves.npz"))
         else:
-            res.metrics.update({k: float(v) for k, v in metrics.items() if _is_number(v)})
+            res.metrics.update(values)
+            res.settings.update(doc.get("settings") or {})
             res.stats_path = p.with_name(doc.get("arrays", "jacobian_stats.npz"))
     return sorted(by_key.values(), key=lambda r: r.key)
 
@@ -148,5 +162,77 @@ def metric(r: PairResult | None, key: str) -> float:
 
 
 def ce_score_mean(r: PairResult) -> float:
-    """The paper's fig. 5 y-axis: the mean of the input and output SAEs' CE loss scores."""
-    return float(np.nanmean([metric(r, IN_CE_SCORE_KEY), metric(r, OUT_CE_SCORE_KEY)]))
+    """The paper's fig. 5 y-axis: the mean of the input and output SAEs' CE loss scores.
+
+    NaN when either score is NaN (refused or absent): a mean over one side would be a different quantity.
+    """
+    return 0.5 * (metric(r, IN_CE_SCORE_KEY) + metric(r, OUT_CE_SCORE_KEY))
+
+
+#: Per SAE side: the CE loss score, CE_recon − CE_clean and CE_zero − CE_clean (nats/token), and the
+#: refusal flag evaluation writes beside them (jsae.eval.metrics.ce_splice_metrics).
+CE_SCORE_KEYS = {"in": IN_CE_SCORE_KEY, "out": OUT_CE_SCORE_KEY}
+CE_LOSS_DELTA_KEYS = {"in": IN_CE_LOSS_DELTA_KEY, "out": OUT_CE_LOSS_DELTA_KEY}
+CE_ABLATION_DELTA_KEYS = {"in": IN_CE_ABLATION_DELTA_KEY, "out": OUT_CE_ABLATION_DELTA_KEY}
+CE_SCORE_REFUSED_KEYS = {"in": IN_CE_SCORE_REFUSED_KEY, "out": OUT_CE_SCORE_REFUSED_KEY}
+
+
+def refused_sides(r: PairResult | None) -> list[str]:
+    """The SAE sides whose CE loss score evaluation refused (its zero-ablation delta is below evaluation's
+    floor): flagged by ``{side}/ce_score_refused`` = 1, or, without the flag, a score recorded as NaN.
+    A score that was never measured (key absent) is not "refused"."""
+    if r is None:
+        return []
+    sides = []
+    for side, key in CE_SCORE_KEYS.items():
+        flag = r.metrics.get(CE_SCORE_REFUSED_KEYS[side])
+        if flag is not None and math.isfinite(flag):
+            if flag >= 0.5:
+                sides.append(side)
+        elif key in r.metrics and math.isnan(r.metrics[key]):
+            sides.append(side)
+    return sides
+
+
+def ce_score_floor(r: PairResult) -> float:
+    """The floor (nats/token) below which evaluation refused the CE loss score; NaN when not recorded."""
+    v = r.settings.get("ce_score_min_ablation_nats")
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else float("nan")
+
+
+@dataclass
+class PretrainRecord:
+    """What a summary's verdicts were made on: one pretrained model's ``pretrain.json`` (jsae.data.pretrain)."""
+
+    model: str
+    steps: int
+    max_steps: int | None
+    stopped_by: str
+    minutes: float
+    allow_time_cap: bool
+    final_validation_loss: float  # nats/token on the held-out contexts
+    unigram_baseline_loss: float = float("nan")  # nats/token
+
+    @property
+    def stopped_early(self) -> bool:
+        """A step budget was set and the time cap ended the run before it (only possible when allowed)."""
+        return self.max_steps is not None and self.stopped_by == "time_budget"
+
+
+def load_pretrain(path: str | Path) -> PretrainRecord:
+    """Read ``results/models/<model>/pretrain.json``; the directory names the model, as in the result layout."""
+    p = Path(path)
+    doc = read_json(p)
+    cfg = doc.get("config") if isinstance(doc, dict) else None
+    missing = [k for k in ("steps", "stopped_by", "final_validation_loss") if not isinstance(doc, dict) or k not in doc]
+    if missing or not isinstance(cfg, dict) or "minutes" not in cfg:
+        what = ", ".join(missing) if missing else "config.minutes"
+        raise ValueError(f"{p} lacks {what}; expected a pretrain.json written by `python -m jsae pretrain`")
+    max_steps = cfg.get("max_steps")
+    return PretrainRecord(
+        model=p.parent.name, steps=int(doc["steps"]), max_steps=None if max_steps is None else int(max_steps),
+        stopped_by=str(doc["stopped_by"]), minutes=float(cfg["minutes"]),
+        allow_time_cap=bool(cfg.get("allow_time_cap", False)),
+        final_validation_loss=float(doc["final_validation_loss"]),
+        unigram_baseline_loss=float(doc.get("unigram_baseline_loss", float("nan"))),
+    )

@@ -1,6 +1,8 @@
 """The study summary: one row per pair with every scalar, and the paper's claims beside ours.
 
-Outputs ``results/summary.csv`` (the per-pair table) and ``results/summary.md`` (the claims table,
+Outputs ``results/summary.csv`` (the per-pair table, with the scale-free headline-τ shares),
+``results/claims.csv`` (one row per site × claim: value, 95% interval, threshold, margin, verdict;
+:mod:`jsae.report.claims`) and ``results/summary.md`` (the model, the headline τ, the claims table,
 then the per-pair table). ``--log-study`` instead records the study-level MLflow run
 (:func:`jsae.tracking.log_study_run`): the figures and the summary as artifacts, each pair's headline
 values (:func:`study_metrics`) as metrics.
@@ -12,7 +14,6 @@ import argparse
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,9 @@ from jsae.cli import HelpFormatter, tracking_uri
 from jsae.eval.metrics import (
     CE_SCORE_MEAN_KEY,
     EFFECTIVE_SHARE_KEY,
+    HEADLINE_FRAC_KEY,
+    HEADLINE_FRAC_OWN_KEY,
+    HEADLINE_QUANTILE,
     IN_CE_SCORE_KEY,
     IN_EV_KEY,
     JAC_FRAC_KEY,
@@ -29,41 +33,79 @@ from jsae.eval.metrics import (
     JAC_LINF_KEY,
     OUT_CE_SCORE_KEY,
     OUT_EV_KEY,
+    OWN_HEADLINE_TAU_KEY,
     probe_frac_key,
 )
 from jsae.io import atomic_path, setup_logging
+from jsae.report.claims import (
+    BOOT_SEED,
+    LEVEL,
+    N_BOOT,
+    PAPER_TAU,
+    RELATIVE_MARGIN,
+    Claim,
+    claims_frame,
+    headline_columns,
+    paper_claims,
+    paper_tau_saturation,
+)
 from jsae.report.results import (
+    CE_ABLATION_DELTA_KEYS,
+    CE_LOSS_DELTA_KEYS,
+    CE_SCORE_KEYS,
+    CE_SCORE_REFUSED_KEYS,
     PairResult,
+    PretrainRecord,
     ce_score_mean,
     default_jsae_lam,
     find_results,
+    load_pretrain,
     load_results,
-    metric,
-    pick_pair,
     sites_of,
 )
+
+__all__ = ["Claim", "claims_frame", "paper_claims", "pair_table", "write_summary"]  # claims live in jsae.report.claims
 from jsae.tracking import log_study_run, run_name
 
 log = logging.getLogger("jsae.report.summary")
 
 ID_COLUMNS = ["model", "layer", "control", "lam", "k", "n_latents"]
-# shown first in the markdown table; the CSV has every scalar
-KEY_COLUMNS = [IN_EV_KEY, OUT_EV_KEY, IN_CE_SCORE_KEY, OUT_CE_SCORE_KEY, JAC_FRAC_KEY, JAC_L1_KEY, JAC_LINF_KEY,
+# shown first in the markdown table; the CSV has every scalar. Each CE loss score sits beside the two
+# CE differences (nats) it is the ratio of, so a refused or ill-conditioned score can be read off them.
+KEY_COLUMNS = [IN_EV_KEY, OUT_EV_KEY,
+               IN_CE_SCORE_KEY, CE_LOSS_DELTA_KEYS["in"], CE_ABLATION_DELTA_KEYS["in"],
+               OUT_CE_SCORE_KEY, CE_LOSS_DELTA_KEYS["out"], CE_ABLATION_DELTA_KEYS["out"],
+               HEADLINE_FRAC_KEY, HEADLINE_FRAC_OWN_KEY, EFFECTIVE_SHARE_KEY, JAC_FRAC_KEY, JAC_L1_KEY, JAC_LINF_KEY,
                probe_frac_key("linear"), probe_frac_key("on_line")]
+#: markdown headers that carry a unit
+COLUMN_UNITS = {**{k: f"{k} (nats)" for k in (*CE_LOSS_DELTA_KEYS.values(), *CE_ABLATION_DELTA_KEYS.values())},
+                JAC_FRAC_KEY: f"{JAC_FRAC_KEY} (paper τ, absolute units)",
+                HEADLINE_FRAC_KEY: f"{HEADLINE_FRAC_KEY} (site's τ*)",
+                HEADLINE_FRAC_OWN_KEY: f"{HEADLINE_FRAC_OWN_KEY} (own model's τ*)"}
+#: the pretraining record of each pair's model, as summary.csv columns
+PRETRAIN_COLUMNS = ["pretrain/steps", "pretrain/max_steps", "pretrain/stopped_by", "pretrain/final_validation_loss"]
+REFUSED = "refused"  # a score cell evaluation recorded as NaN (zero-ablation delta below its floor)
 # each pair's values that become metrics of the study-level MLflow run
-STUDY_COLUMNS = (JAC_FRAC_KEY, CE_SCORE_MEAN_KEY)
+STUDY_COLUMNS = (HEADLINE_FRAC_OWN_KEY, JAC_FRAC_KEY, EFFECTIVE_SHARE_KEY, CE_SCORE_MEAN_KEY)
 
 
-def pair_table(results: Sequence[PairResult]) -> pd.DataFrame:
-    """One row per pair: identity, then every evaluation and probe scalar (columns sorted by name)."""
+def pair_table(results: Sequence[PairResult], pretrain: Sequence[PretrainRecord] = ()) -> pd.DataFrame:
+    """One row per pair: identity, then every evaluation and probe scalar and the headline-τ shares
+    (:func:`jsae.report.claims.headline_columns`; columns sorted by name), then the pretraining record of
+    the pair's model (:data:`PRETRAIN_COLUMNS`) where one is given."""
+    models = {p.model: p for p in pretrain}
+    headline = headline_columns(results)
     rows = []
     for r in results:
         row: dict[str, Any] = {"model": r.model, "layer": r.layer, "control": r.control, "lam": r.lam,
                                "k": r.identity.get("k"), "n_latents": r.identity.get("n_latents")}
-        values = {**r.metrics, **r.probes}
+        values = {**r.metrics, **r.probes, **headline.get(r.key, {})}
         if IN_CE_SCORE_KEY in values or OUT_CE_SCORE_KEY in values:
             values[CE_SCORE_MEAN_KEY] = ce_score_mean(r)
         row.update(dict(sorted(values.items())))
+        if r.model in models:  # the re-init control is a copy of this model: same record
+            p = models[r.model]
+            row.update(zip(PRETRAIN_COLUMNS, (p.steps, p.max_steps, p.stopped_by, p.final_validation_loss)))
         rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:
@@ -71,113 +113,6 @@ def pair_table(results: Sequence[PairResult]) -> pd.DataFrame:
     order = df["control"].map({"trained": 0, "reinit": 1}).fillna(2)  # trained pairs first
     return (df.assign(_order=order).sort_values(["model", "layer", "_order", "lam"], kind="stable")
             .drop(columns="_order").reset_index(drop=True))
-
-
-@dataclass
-class Claim:
-    """One headline claim of the paper, the paper's number, ours, and whether ours agrees."""
-
-    site: str
-    claim: str
-    paper: str
-    ours: str
-    criterion: str
-    holds: bool | None
-    value: float = float("nan")  # the scalar behind ``ours`` (logged to MLflow)
-    key: str = ""
-
-
-def _fmt(x: float, pct: bool = False) -> str:
-    if x is None or not math.isfinite(x):
-        return "n/a"
-    return f"{100 * x:.1f}%" if pct else f"{x:.3g}"
-
-
-def _holds(ok: bool, *values: float) -> bool | None:
-    return None if any(v is None or not math.isfinite(v) for v in values) else bool(ok)
-
-
-def paper_claims(results: Sequence[PairResult], jsae_lam: float | None = None) -> list[Claim]:
-    """The paper's claims (sections 5.1, 5.3, 5.4, appendices B, F.1) evaluated on our pairs, per site."""
-    lam = default_jsae_lam(results) if jsae_lam is None else float(jsae_lam)
-    claims: list[Claim] = []
-    for site in sites_of(results):
-        name = f"{site[0]} L{site[1]}"
-        base, jsae = pick_pair(results, site, "trained", 0.0), pick_pair(results, site, "trained", lam)
-        if base is None or jsae is None:
-            log.warning("%s: no trained pair at λ = 0 and λ = %g; skipping its claims", name, lam)
-            continue
-        rb, rj = pick_pair(results, site, "reinit", 0.0), pick_pair(results, site, "reinit", lam)
-        s0, s1 = metric(base, JAC_FRAC_KEY), metric(jsae, JAC_FRAC_KEY)
-        ratio = s0 / s1 if s1 > 0 else float("inf")
-        claims.append(Claim(
-            name, f"JSAEs make J sparser: share of |J| > 0.01, λ=0 ÷ λ={lam:g}",
-            "large reduction (fig. 2, Pythia-410m L15; read off the figure, no number in the text)",
-            f"{_fmt(s0, True)} → {_fmt(s1, True)} ({_fmt(ratio)}×)", "ratio > 2", _holds(ratio > 2, s0, s1),
-            ratio, "sparsity_ratio"))
-        c0, c1 = ce_score_mean(base), ce_score_mean(jsae)
-        claims.append(Claim(
-            name, f"Sweet spot: CE loss score at λ={lam:g} only slightly below λ=0",
-            "sweet spot λ≈0.5 (Pythia-410m, fig. 5), λ≈1 (Pythia-70m, fig. 29): 'only slightly worse'",
-            f"{_fmt(c0)} → {_fmt(c1)} (Δ {c1 - c0:+.3f})", "Δ ≥ −0.05", _holds(c1 - c0 >= -0.05, c0, c1),
-            c1, "sweet_spot_ce_loss_score"))
-        if rb is not None and rj is not None:
-            r0, r1 = metric(rb, JAC_FRAC_KEY), metric(rj, JAC_FRAC_KEY)
-            claims.append(Claim(
-                name, "Trained LM has sparser J than its re-initialisation (λ=0 and JSAE)",
-                "always substantially sparser (fig. 7, fig. 38)",
-                f"λ=0: {_fmt(s0, True)} vs {_fmt(r0, True)}; λ={lam:g}: {_fmt(s1, True)} vs {_fmt(r1, True)}",
-                "trained < re-init at both λ", _holds(s0 < r0 and s1 < r1, s0, r0, s1, r1),
-                (s1 / r1) if r1 > 0 else float("nan"), "trained_over_reinit"))
-            rratio = r0 / r1 if r1 > 0 else float("inf")
-            claims.append(Claim(
-                name, "JSAE's sparsity gain is larger on the trained LM than on the re-init",
-                "'much larger for trained than random LLMs' (section 5.3)",
-                f"trained {_fmt(ratio)}× vs re-init {_fmt(rratio)}×", "trained gain > re-init gain",
-                _holds(ratio > rratio, ratio, rratio), rratio, "reinit_sparsity_ratio"))
-        if jsae.probes:
-            lin, jr, other = (metric(jsae, probe_frac_key(k)) for k in ("linear", "jumprelu", "other"))
-            claims.append(Claim(
-                name, f"f_s is mostly linear (shares at λ={lam:g})",
-                "88% linear, 10% JumpReLU, 2% other (appendix B)",
-                f"{_fmt(lin, True)} linear, {_fmt(jr, True)} JumpReLU, {_fmt(other, True)} other",
-                "linear > 50%", _holds(lin > 0.5, lin), lin, "linear_frac"))
-            if base.probes:
-                lb = metric(base, probe_frac_key("linear"))
-                claims.append(Claim(
-                    name, "JSAEs make f_s more linear than traditional SAEs",
-                    "'noticeably higher' share of linear functions (fig. 8b)",
-                    f"{_fmt(lb, True)} → {_fmt(lin, True)}", "JSAE > λ=0", _holds(lin > lb, lb, lin),
-                    lin - lb, "linear_frac_gain"))
-            on = metric(jsae, probe_frac_key("on_line"))
-            claims.append(Claim(
-                name, "|Δs_y,i| ≈ |J_ij| when s_x,j is lowered by 1",
-                "97.7% (fig. 8c, Pythia-410m); 97.5% on the line, 2.1% cluster, 0.4% outliers (fig. 10, Pythia-70m)",
-                f"{_fmt(on, True)} on the line, {_fmt(metric(jsae, probe_frac_key('cluster')), True)} cluster, "
-                f"{_fmt(metric(jsae, probe_frac_key('outlier')), True)} outliers",
-                "on the line ≥ 90%", _holds(on >= 0.9, on), on, "on_line_frac"))
-        e0, e1 = metric(base, EFFECTIVE_SHARE_KEY), metric(jsae, EFFECTIVE_SHARE_KEY)
-        if not (math.isnan(e0) or math.isnan(e1)):
-            claims.append(Claim(
-                name, f"J's mass concentrates on fewer elements, scale-free (effective share, λ=0 → λ={lam:g})",
-                "implied by figs. 30–31 (normalised Jacobians) and appendix F.1; no number in the paper",
-                f"{_fmt(e0, True)} → {_fmt(e1, True)} of k²", "JSAE < λ=0", _holds(e1 < e0, e0, e1),
-                e1 / e0 if e0 > 0 else float("nan"), "effective_share_ratio"))
-        l1 = metric(jsae, JAC_L1_KEY) / metric(base, JAC_L1_KEY)
-        linf = metric(jsae, JAC_LINF_KEY) / metric(base, JAC_LINF_KEY)
-        claims.append(Claim(
-            name, f"J becomes sparser, not only smaller: L1 falls more than L∞ (λ={lam:g} ÷ λ=0)",
-            "L1, L2 fall while L4…L∞ stay roughly the same (fig. 35, appendix F.1)",
-            f"L1 ×{_fmt(l1)}, L∞ ×{_fmt(linf)}", "L1 ratio < L∞ ratio", _holds(l1 < linf, l1, linf),
-            l1 / linf if linf else float("nan"), "l1_over_linf_ratio"))
-    return claims
-
-
-def claims_frame(claims: Sequence[Claim]) -> pd.DataFrame:
-    verdict = {True: "yes", False: "no", None: "n/a"}
-    return pd.DataFrame([{"site": c.site, "claim": c.claim, "paper": c.paper, "ours": c.ours,
-                          "criterion": c.criterion, "holds": verdict[c.holds]} for c in claims],
-                        columns=["site", "claim", "paper", "ours", "criterion", "holds"])
 
 
 def _md_table(df: pd.DataFrame) -> str:
@@ -195,33 +130,162 @@ def _md_table(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_markdown(table: pd.DataFrame, claims: Sequence[Claim], jsae_lam: float) -> str:
+def _mark_refused(table: pd.DataFrame) -> pd.DataFrame:
+    """Score cells evaluation refused (NaN beside a measured zero-ablation ΔCE) read "refused", not blank."""
+    out = table.copy()
+    refused_any = pd.Series(False, index=out.index)
+    for side, key in CE_SCORE_KEYS.items():
+        if key not in out.columns:
+            continue
+        flag, ablation = CE_SCORE_REFUSED_KEYS[side], CE_ABLATION_DELTA_KEYS[side]
+        if flag in out.columns:  # evaluation's own flag (refused_sides reads the same)
+            refused = out[key].isna() & (out[flag].fillna(0) >= 0.5)
+        elif ablation in out.columns:
+            refused = out[key].isna() & out[ablation].notna()
+        else:
+            continue
+        refused_any |= refused
+        out[key] = out[key].astype(object).where(~refused, REFUSED)
+    if CE_SCORE_MEAN_KEY in out.columns:
+        out[CE_SCORE_MEAN_KEY] = out[CE_SCORE_MEAN_KEY].astype(object).where(~refused_any, REFUSED)
+    return out
+
+
+def model_section(pretrain: Sequence[PretrainRecord], results: Sequence[PairResult]) -> tuple[str, str]:
+    """(a warning for above the claims, or "", the table of the models the verdicts were made on)."""
+    rows, warnings = [], []
+    for p in pretrain:
+        if p.stopped_early:
+            stopped = f"time cap ({p.minutes:g} min) before max_steps — stopped early"
+            warnings.append(
+                f"**The verdicts below were made on a model stopped early.** The {p.minutes:g}-minute time cap "
+                f"stopped {p.model}'s pretraining at step {p.steps} of max_steps={p.max_steps} "
+                f"(allowed by pretrain.allow_time_cap: true); held-out loss "
+                f"{p.final_validation_loss:.3f} nats/token. The same config on a faster or idler machine trains a "
+                "different model, so these verdicts may not reproduce there.")
+        elif p.stopped_by == "time_budget":
+            stopped = f"time budget ({p.minutes:g} min; no max_steps, so the step count depends on the machine)"
+            warnings.append(f"Note: {p.model} was pretrained for a time budget ({p.minutes:g} min), not a step "
+                            "count; another machine trains a different model.")
+        else:
+            stopped = p.stopped_by
+        rows.append({"model": p.model, "pretraining steps": p.steps,
+                     "max_steps": "none" if p.max_steps is None else p.max_steps, "stopped by": stopped,
+                     "final held-out loss (nats/token)": round(p.final_validation_loss, 4),
+                     "unigram baseline (nats/token)": round(p.unigram_baseline_loss, 4)})
+    others = sorted({r.model for r in results} - {p.model for p in pretrain})
+    text = _md_table(pd.DataFrame(rows)) if rows else ""
+    if others:
+        text += (f"\n{', '.join(others)}: no pretrain.json among the inputs (a pretrained checkpoint, not trained "
+                 "by this study).\n")
+    return "\n\n".join(warnings), text
+
+
+def _interval(c: Claim) -> str:
+    if not math.isfinite(c.value):
+        return "n/a"
+    if math.isfinite(c.lo) and math.isfinite(c.hi):
+        return f"{c.value:.3g} [{c.lo:.3g}, {c.hi:.3g}]"
+    return f"{c.value:.3g} (no interval)"
+
+
+def claims_markdown(claims: Sequence[Claim]) -> pd.DataFrame:
+    """The claims table of summary.md: our value with its 95% interval, the bar it must clear, the verdict."""
+    return pd.DataFrame([{"site": c.site, "claim": c.claim, "paper": c.paper, "ours": c.ours,
+                          "statistic": c.statistic, "value [95% interval]": _interval(c),
+                          "threshold (margin)": c.bar, "verdict": c.verdict,
+                          "n": f"{c.n} {c.n_unit}" if c.n else "", "why": c.why} for c in claims],
+                        columns=["site", "claim", "paper", "ours", "statistic", "value [95% interval]",
+                                 "threshold (margin)", "verdict", "n", "why"])
+
+
+def headline_section(table: pd.DataFrame, results: Sequence[PairResult]) -> str:
+    """Which τ is the headline, per site, and why (the paper's absolute τ is in Pythia's units, not ours)."""
+    rows = []
+    for site in sites_of(results):
+        sel = table[(table["model"] == site[0]) & (table["layer"] == site[1])] if len(table) else table
+        taus = {}
+        for control in ("trained", "reinit"):
+            own = sel[sel["control"] == control] if "control" in sel.columns else sel
+            col = own.get(OWN_HEADLINE_TAU_KEY) if len(own) else None
+            taus[control] = float(col.dropna().iloc[0]) if col is not None and col.notna().any() else float("nan")
+        rows.append({"site": f"{site[0]} L{site[1]}", "τ* trained (units of J)": taus["trained"],
+                     "τ* re-init (units of J)": taus["reinit"],
+                     f"trained λ=0 non-zero |J| above the paper's τ = {PAPER_TAU:g}":
+                         paper_tau_saturation(results, site)})
+    return (
+        f"Shares of |J| > τ are read at each site's **τ\\* = the {HEADLINE_QUANTILE:g}-quantile (median) of the "
+        "non-zero |J| of its trained λ = 0 pair**, in that model's own units; every pair of the site is read at it "
+        f"(`{HEADLINE_FRAC_KEY}`), and each pair also at its own model's λ = 0 τ\\* (`{HEADLINE_FRAC_OWN_KEY}`: the "
+        "re-init control at the re-init's τ\\*, so trained vs re-init does not depend on either model's units). "
+        f"The paper's τ = {PAPER_TAU:g} is in Pythia-70m's units; where almost every element exceeds it (last "
+        "column) it measures scale, not sparsity, so it stays only as a secondary column labelled \"paper τ, "
+        "absolute units\". The whole share-vs-τ curve is fig. 32(b). Shares at τ\\* come from each token's counts "
+        "above a log grid of τ (32 points per decade): exact at grid points, log-linear in between.\n\n"
+        + _md_table(pd.DataFrame(rows))
+    )
+
+
+def render_markdown(table: pd.DataFrame, claims: Sequence[Claim], jsae_lam: float,
+                    pretrain: Sequence[PretrainRecord] = (), results: Sequence[PairResult] = ()) -> str:
     key = [c for c in ID_COLUMNS + KEY_COLUMNS + [CE_SCORE_MEAN_KEY] if c in table.columns]
+    warning, models = model_section(pretrain, results)
     parts = [
         "# JSAE study summary\n",
         f"{len(table)} pairs. JSAE compared with λ = 0 at **λ = {jsae_lam:g}**. Paper: Farnik et al., "
         "*Jacobian Sparse Autoencoders*, ICML 2025 (Pythia models; ours may be a much smaller model, so compare "
         "directions, not magnitudes).\n",
+        *([f"{warning}\n"] if warning else []),
+        "## The model the verdicts were made on\n",
+        models or "_(no pretrain.json given)_\n",
+        "## Headline τ\n",
+        headline_section(table, results),
         "## The paper's claims beside ours\n",
-        _md_table(claims_frame(claims)),
+        f"Each claim's value comes with a {100 * LEVEL:g}% interval: a bootstrap over the evaluation tokens "
+        f"({N_BOOT} resamples, seed {BOOT_SEED}), paired — the same tokens for every pair a claim compares, with "
+        "τ\\* re-estimated in each resample; probe shares: a cluster bootstrap over the distinct (token, input "
+        "latent) sweeps. A claim **holds** when the whole interval clears the threshold by the margin, **does not "
+        "hold** when the whole interval is on the wrong side of the threshold, and is **inconclusive** otherwise "
+        "(also without an interval, or when a CE score it needs was refused). Relative claims (\"falls\", "
+        f"\"sparser than\") carry a {RELATIVE_MARGIN:g} margin: the interval covers token sampling only, not "
+        "seeds or training runs. All statistics are scale-free; the paper's absolute τ = 0.01 appears only as "
+        "labelled text. Every number is in claims.csv.\n\n"
+        "A CE loss score is (CE_zero − CE_recon) / (CE_zero − CE_clean); where zero-ablation costs less than "
+        "evaluation's floor the score is refused (\"refused\" in the table) and a claim that needs it is "
+        "inconclusive. ΔCE values are CE_recon − CE_clean and CE_zero − CE_clean in nats.\n",
+        _md_table(claims_markdown(claims)),
         "## Pairs (key metrics; every scalar is in summary.csv)\n",
-        _md_table(table[key]),
+        _md_table(_mark_refused(table)[key].rename(columns=COLUMN_UNITS)),
     ]
     return "\n".join(parts)
 
 
 def write_summary(results: Sequence[PairResult], out_md: str | Path, out_csv: str | Path,
-                  jsae_lam: float | None = None) -> tuple[pd.DataFrame, list[Claim]]:
-    """Write the CSV (every scalar per pair) and the markdown (claims, key metrics), atomically."""
+                  jsae_lam: float | None = None, pretrain: Sequence[str | Path] = (),
+                  out_claims: str | Path | None = None) -> tuple[pd.DataFrame, list[Claim]]:
+    """Write the CSV (every scalar per pair), the claims CSV (when ``out_claims`` is given) and the markdown
+    (model, headline τ, claims, key metrics), atomically.
+
+    ``pretrain``: the ``pretrain.json`` of each model trained by the study; summary.md states what the
+    verdicts were made on (steps, max_steps, what stopped pretraining, held-out loss).
+    """
     if not results:
         raise ValueError("no evaluation results were given; expected evaluation.json / probes.json files")
+    records = [load_pretrain(p) for p in pretrain]
     lam = default_jsae_lam(results) if jsae_lam is None else float(jsae_lam)
-    table = pair_table(results)
+    table = pair_table(results, records)
     claims = paper_claims(results, lam)
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False)
+    if out_claims is not None:
+        with atomic_path(out_claims) as tmp:
+            claims_frame(claims).to_csv(tmp, index=False)
     with atomic_path(out_md) as tmp:
-        tmp.write_text(render_markdown(table, claims, lam))
+        tmp.write_text(render_markdown(table, claims, lam, records, results))
+    for p in records:
+        if p.stopped_early:
+            log.warning("%s was stopped early by the time cap (step %d of %d): summary.md says so above the claims",
+                        p.model, p.steps, p.max_steps)
     return table, claims
 
 
@@ -241,8 +305,9 @@ def study_metrics(summary_csv: str | Path) -> tuple[int, dict[str, float]]:
 def cli(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="python -m jsae summary",
-        description="Write results/summary.csv (one row per pair, every scalar) and results/summary.md (the "
-        "paper's claims beside ours), or with --log-study record the study-level MLflow run.",
+        description="Write results/summary.csv (one row per pair, every scalar), results/claims.csv (each claim's "
+        "value, 95% interval, threshold, margin and verdict) and results/summary.md (the paper's claims beside "
+        "ours), or with --log-study record the study-level MLflow run.",
         formatter_class=HelpFormatter,
     )
     p.add_argument("--inputs", nargs="+", metavar="FILE", help="evaluation.json / probes.json files "
@@ -250,7 +315,12 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--eval-root", default="results/eval", help="where to look when --inputs is not given")
     p.add_argument("--out-md", default="results/summary.md", help="markdown output")
     p.add_argument("--out-csv", default="results/summary.csv", help="CSV output")
+    p.add_argument("--out-claims", default=None, help="claims CSV output, one row per site × claim (default: "
+                   "claims.csv next to --out-csv)")
     p.add_argument("--jsae-lam", type=float, default=None, help="the λ compared with λ = 0 (default: largest λ ≤ 1)")
+    p.add_argument("--pretrain", nargs="*", default=None, metavar="FILE",
+                   help="pretrain.json of each model the study pretrained (results/models/<model>/pretrain.json); "
+                   "default: those under <eval-root>/../models when --inputs is not given")
     g = p.add_argument_group("study-level MLflow run (--log-study)")
     g.add_argument("--log-study", action="store_true", help="log the study-level run instead of writing the summary")
     g.add_argument("--mlflow-uri", default="sqlite:///mlflow.db", help="tracking URI ('none': off)")
@@ -269,7 +339,12 @@ def cli(argv: list[str]) -> int:
                  record["status"])
         return 0
     results = load_results(args.inputs if args.inputs else find_results(args.eval_root))
-    table, claims = write_summary(results, args.out_md, args.out_csv, args.jsae_lam)
-    log.info("wrote %s (%d pairs) and %s (%d claims, %d hold)", args.out_csv, len(table), args.out_md, len(claims),
-             sum(c.holds is True for c in claims))
+    pretrain = args.pretrain
+    if pretrain is None:
+        pretrain = [] if args.inputs else sorted((Path(args.eval_root).parent / "models").glob("*/pretrain.json"))
+    out_claims = args.out_claims if args.out_claims is not None else Path(args.out_csv).with_name("claims.csv")
+    table, claims = write_summary(results, args.out_md, args.out_csv, args.jsae_lam, pretrain, out_claims)
+    log.info("wrote %s (%d pairs), %s and %s (%d claims: %d hold, %d do not, %d inconclusive)", args.out_csv,
+             len(table), out_claims, args.out_md, len(claims), sum(c.holds is True for c in claims),
+             sum(c.holds is False for c in claims), sum(c.holds is None for c in claims))
     return 0

@@ -64,7 +64,13 @@ class TrainConfig:
     seed: int = field(default=0, metadata=_help(
         "seed of the SAE init (input SAE: seed, output SAE: seed + 1) and of the data order"))
     dead_window_tokens: int = field(default=10_000_000, metadata=_help(
-        "a latent that has not fired within this many tokens is dead (appendix E)"))
+        "a latent is dead when it has not fired within the last min(this, a quarter of the tokens seen so far) "
+        "tokens (appendix E's 10M; jsae.train.dead.DeadLatentTracker)"))
+    auxk_coef: float = field(default=0.0, metadata=_help(
+        "coefficient of the AuxK loss (Gao et al. 2024, A.2; they use 1/32): each SAE's reconstruction error is "
+        "reconstructed from its auxk_k dead latents (0 = off, the paper's recipe)"))
+    auxk_k: int | None = field(default=None, metadata=_help(
+        "dead latents per token in the AuxK loss (default: half the SAE's input width, as Gao et al.)"))
     dtype: str = field(default="float32", metadata=_help(
         "dtype of the SAE weights (CUDA adds bf16 autocast)", choices=TRAIN_DTYPES))
     normalize_activations: str = field(default="none", metadata=_help(
@@ -80,7 +86,7 @@ class TrainConfig:
             )
         for name in ("n_tokens", "batch_size", "dead_window_tokens", "k"):
             check_positive_int(name, getattr(self, name))
-        for name in ("n_latents", "k_out", "n_latents_out"):
+        for name in ("n_latents", "k_out", "n_latents_out", "auxk_k"):
             check_positive_int(name, getattr(self, name), allow_none=True)
         if self.n_steps < 1:
             raise ValueError(
@@ -111,6 +117,9 @@ class TrainConfig:
                 f"lr_warmup_frac + lr_decay_frac = {self.lr_warmup_frac + self.lr_decay_frac:g} > 1; "
                 "expected at most 1"
             )
+        c = self.auxk_coef
+        if not _is_finite(c) or c < 0:
+            raise ValueError(f"auxk_coef={c!r} is invalid; expected a finite number >= 0 (0 = no AuxK)")
         gc = self.grad_clip
         if gc is not None and (not _is_finite(gc) or gc <= 0):
             raise ValueError(f"grad_clip={gc!r} is invalid; expected a positive number or None (no clipping)")
@@ -128,7 +137,11 @@ class TrainConfig:
         return self.n_tokens // self.batch_size
 
     def dims(self, d_in: int, d_out: int) -> dict[str, int]:
-        """Resolved sizes: ``n_latents_in/out``, ``k_in/out`` (checked: 1 <= k <= latents)."""
+        """Resolved sizes: ``n_latents_in/out``, ``k_in/out``, ``k_aux_in/out`` (checked: 1 <= k <= latents).
+
+        ``k_aux``: AuxK's dead latents per token, ``auxk_k`` or by default half the SAE's input width
+        (Gao et al.'s "d_model / 2"), at least 1 and at most the SAE's latents.
+        """
         def from_expansion(d: int) -> int:
             return int(round(float(self.expansion) * d))  # type: ignore[arg-type]
 
@@ -149,7 +162,17 @@ class TrainConfig:
                 f"k={k_in} (input) / {k_out} (output) exceeds the number of latents {n_in} (input) / {n_out} "
                 "(output); expected 1 <= k <= latents for each SAE"
             ) from None
-        return {"n_latents_in": n_in, "n_latents_out": n_out, "k_in": k_in, "k_out": k_out}
+        if self.auxk_k is not None:
+            if self.auxk_k > min(n_in, n_out):
+                raise ValueError(
+                    f"auxk_k={self.auxk_k} exceeds the number of latents {n_in} (input) / {n_out} (output); "
+                    "expected 1 <= auxk_k <= latents for each SAE"
+                )
+            k_aux_in = k_aux_out = self.auxk_k
+        else:
+            k_aux_in, k_aux_out = min(max(1, d_in // 2), n_in), min(max(1, d_out // 2), n_out)
+        return {"n_latents_in": n_in, "n_latents_out": n_out, "k_in": k_in, "k_out": k_out,
+                "k_aux_in": k_aux_in, "k_aux_out": k_aux_out}
 
 
 @dataclass(frozen=True)

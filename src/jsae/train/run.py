@@ -61,6 +61,13 @@ def run_identity(config: TrainConfig, *, model: str, layer: int, control: str) -
     return {"model": model, "layer": layer, "control": control, **dataclasses.asdict(config)}
 
 
+def recorded_identity(identity: Mapping[str, Any]) -> dict[str, Any]:
+    """A finished run's recorded identity, with each :class:`TrainConfig` field it predates set to the field's
+    default (fields are added with defaults that reproduce the earlier training, e.g. ``auxk_coef = 0``)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    return {**defaults, **identity}
+
+
 def check_pair_args(*, layer: object, control: object) -> None:
     """One-line ``ValueError`` for a bad layer index or control."""
     if control not in CONTROLS:
@@ -86,7 +93,7 @@ def check_out_dir(
             log.warning("%s holds a finished run; --force: retraining and replacing it", out)
             return None
         record = read_json(run_json)
-        diff = fingerprint_diff(jsonable(record.get("identity", {})), jsonable(dict(identity)))
+        diff = fingerprint_diff(jsonable(recorded_identity(record.get("identity", {}))), jsonable(dict(identity)))
         if diff:
             raise ValueError(
                 f"{out} already holds a finished run with other settings ({diff}); "
@@ -373,10 +380,11 @@ def _train(
                                           params=record.params(), tags=record.tags(), run_id=trainer.mlflow_run_id)
     trainer.tracker = tracker
     d = record.dims
+    auxk = f", AuxK coef {config.auxk_coef:g} k_aux {trainer.auxk_k[0]}/{trainer.auxk_k[1]}" if config.auxk_coef else ""
     log.info(
-        "training %s layer %d (%s) lam=%g: %d steps x %d tokens, latents %d/%d, k %d/%d, device %s%s",
+        "training %s layer %d (%s) lam=%g: %d steps x %d tokens, latents %d/%d, k %d/%d%s, device %s%s",
         record.model_name, layer, control, config.lam, config.n_steps, config.batch_size, d["n_latents_in"],
-        d["n_latents_out"], d["k_in"], d["k_out"], dev, f", resumed at step {trainer.step}" if resumed else "",
+        d["n_latents_out"], d["k_in"], d["k_out"], auxk, dev, f", resumed at step {trainer.step}" if resumed else "",
     )
     wall0 = time.perf_counter()
     try:
@@ -387,7 +395,8 @@ def _train(
     except BaseException:
         tracker.finish("FAILED")
         raise
-    final = {k: v for k, v in result.metrics.items() if k not in (keys.STEP, keys.TOKENS)}
+    # run.json's metrics are exactly what MLflow shows for the run's train/ keys (the last logged row).
+    final = {k: v for k, v in result.metrics.items() if k != keys.STEP}
     final[keys.IN_DEAD_FRACTION] = trainer.dead_in.dead_fraction()
     final[keys.OUT_DEAD_FRACTION] = trainer.dead_out.dead_fraction()
     session_wall_s = time.perf_counter() - wall0
@@ -411,7 +420,8 @@ def _train(
     if tracker.error is not None and mlflow_uri:
         log.warning("MLflow tracking was unavailable (%s); all metrics are in %s", tracker.error,
                     out_dir / METRICS_FILENAME)
-    log.info("finished %s: loss %.4g, in/mse %.4g, out/mse %.4g, jac/l1 %.4g, dead %.3f/%.3f -> %s", record.model_name,
+    log.info("finished %s: train loss %.4g, in/mse %.4g, out/mse %.4g, jac/l1 %.4g, dead %.3f/%.3f -> %s",
+             record.model_name,
              *(final.get(k, float("nan")) for k in (keys.LOSS, keys.IN_MSE, keys.OUT_MSE, keys.JAC_L1)),
              final[keys.IN_DEAD_FRACTION], final[keys.OUT_DEAD_FRACTION], out_dir)
     return run_json

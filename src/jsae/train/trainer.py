@@ -4,7 +4,9 @@ paper's recipe from any :class:`~jsae.train.sources.BatchSource`, checkpointing 
 Recipe (appendix D, every value in :class:`~jsae.train.config.TrainConfig`): Adam, LR with linear
 warm-up, constant, linear decay to 0; lam warmed up linearly; both decoders renormalised to unit
 rows after every step; optional gradient-norm clipping. ``lam = 0`` trains the traditional-SAE
-baseline (two TopK SAEs; the Jacobian is then not part of the loss). Logged metrics: :mod:`jsae.train.keys`.
+baseline (two TopK SAEs; the Jacobian is then not part of the loss). Optional (``auxk_coef > 0``,
+off by default): the AuxK loss (:class:`jsae.nn.pair.AuxK`) on the latents the dead-latent trackers
+call dead before the step. Logged metrics: :mod:`jsae.train.keys`.
 
 Resume: the checkpoint holds both SAEs, the optimiser, the step (schedules are pure functions of
 it), RNG states, the reader position (batches consumed = step), dead-latent counters, the metric
@@ -33,7 +35,7 @@ from torch import Tensor
 from jsae.devices import autocast_dtype
 from jsae.eval.metrics import frac_above
 from jsae.io import atomic_path
-from jsae.nn.pair import JSAEPair, LossParts, jacobian_l1
+from jsae.nn.pair import AuxK, JSAEPair, LossParts, jacobian_l1
 from jsae.train import keys
 from jsae.train.config import RunOptions, TrainConfig
 from jsae.train.dead import DeadLatentTracker
@@ -149,6 +151,10 @@ class Trainer:
         )
         self.dead_in = DeadLatentTracker(pair.sae_in.n_latents, config.dead_window_tokens, self.device)
         self.dead_out = DeadLatentTracker(pair.sae_out.n_latents, config.dead_window_tokens, self.device)
+        self.auxk_k = (0, 0)
+        if config.auxk_coef > 0:
+            dims = config.dims(pair.sae_in.d_in, pair.sae_out.d_in)
+            self.auxk_k = (dims["k_aux_in"], dims["k_aux_out"])
         self.step = 0
         self.history: list[dict[str, float]] = []
         self.timing: dict[str, Any] = {"train_s": 0.0, "reader_wait_s": 0.0, "sessions": 0, "resumed_from": []}
@@ -244,8 +250,12 @@ class Trainer:
         lam = lam_at(self.step, self.n_steps, lam=cfg.lam, warmup_frac=cfg.lam_warmup_frac)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        auxk = None
+        if cfg.auxk_coef > 0:
+            # Dead as of the steps before this one (the trackers are checkpointed: resume is exact).
+            auxk = AuxK(cfg.auxk_coef, self.dead_in.dead_mask(), self.dead_out.dead_mask(), *self.auxk_k)
         with self._autocast():
-            loss, parts = self.pair.loss(x, lam)
+            loss, parts = self.pair.loss(x, lam, auxk)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip is not None:
@@ -259,7 +269,7 @@ class Trainer:
 
     @torch.no_grad()
     def jacobian_metrics(self, x: Tensor, J: Tensor | None = None) -> dict[str, float]:
-        """``jac/l1`` and ``jac/frac_above_0.01`` (:data:`keys.JAC_L1`, :data:`keys.JAC_FRAC`) on batch ``x``.
+        """``train/jac/l1`` and ``train/jac/frac_above_0.01`` (:data:`keys.JAC_L1`, :data:`keys.JAC_FRAC`) on ``x``.
 
         ``J`` is the step's own Jacobian when the loss computed it (lam > 0); otherwise (lam = 0, or
         the first steps of a zero warm-up) it is computed here with the current weights, so the
