@@ -603,7 +603,7 @@ def site_claims(results: Sequence[PairResult], site: tuple[str, int], lam: float
                 **_probe_claim([jsae, base], "linear", lambda s: s[0] - s[1])))
         on = metric(jsae, probe_frac_key("on_line"))
         claims.append(Claim(
-            name, "on_line_frac", "|Δs_y,i| ≈ |J_ij| when s_x,j is lowered by 1",
+            name, "on_line_frac", "|Δs_y,i| ≈ |J_ij| per unit when s_x,j is lowered by one step",
             "97.7% (fig. 8c, Pythia-410m); 97.5% on the line, 2.1% cluster, 0.4% outliers (fig. 10, Pythia-70m)",
             f"{_pct(on)} on the line, {_pct(metric(jsae, probe_frac_key('cluster')))} cluster, "
             f"{_pct(metric(jsae, probe_frac_key('outlier')))} outliers", "share of probed f_s on the line",

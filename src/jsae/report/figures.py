@@ -397,7 +397,7 @@ def fig8(results: Sequence[PairResult], jsae_lam: float, out_dir: Path) -> list[
         hi = float(max(jac.max(initial=0), delta.max(initial=0), 1e-3))
         ax.plot([0, hi], [0, hi], color="black", lw=0.8, ls="--", label="|Δs_y| = |J|")
         ax.set_xlabel("|J_ij| at the observed s_x")
-        ax.set_ylabel("|Δs_y,i| when s_x,j is lowered by 1")
+        ax.set_ylabel("|Δs_y,i| per unit, s_x,j lowered by one step")
         ax.set_title(f"(c) Jacobian predicts the change (λ = {jsae_lam:g}, ≤1000 samples)")
         ax.legend(frameon=False, fontsize=7)
     fig.suptitle("Fig. 8 — how linear is f_s?", fontweight="bold")
