@@ -28,6 +28,7 @@ rule study_run:
         figures=figure_targets(),
         summary=rules.summary.output.md,
         csv=rules.summary.output.csv,
+        claims=rules.summary.output.claims,
     output:
         run=STUDY_RUN,
     params:
@@ -42,5 +43,5 @@ rule study_run:
         "../../envs/jsae.yaml"
     shell:
         "python -m jsae summary --log-study --mlflow-uri '{params.uri}' "
-        "--experiment {params.experiment} --summary-csv {input.csv} --artifacts {input.figures} {input.summary} "
+        "--experiment {params.experiment} --summary-csv {input.csv} --artifacts {input.figures} {input.summary} {input.claims} "
         "--out-run {output.run} 2> {log}"
