@@ -8,7 +8,7 @@
 # `resources: gpu=1`. Put targets FIRST: after `--resources gpu=1` or `--configfile X` argparse reads
 # a target as one more resource / config file.
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -20,14 +20,12 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
-validate(config, schema="workflow/schemas/config.schema.yaml")
-
-
 report: "workflow/report/workflow.rst"
 
 
 # The environment every job inherits (PATH to the interpreter with jsae), then the helpers the rules
-# share: checks first, so a bad config fails before anything else is computed from it.
+# share: checks first (the schema, then what the config implies), so a bad config fails in one line
+# before anything is computed from it.
 include: "workflow/rules/environment.smk"
 include: "workflow/rules/paths.smk"
 include: "workflow/rules/checks.smk"

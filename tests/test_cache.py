@@ -140,6 +140,7 @@ def row_id_cache(cache32, tmp_path_factory):
     shutil.copy(cache32, path)
     with h5py.File(path, "r+") as f:
         f["x"][...] = np.repeat(np.arange(N, dtype=np.float32)[:, None], f["x"].shape[1], axis=1)
+    cache_mod.refresh_checksums(path)  # rewritten on purpose: its checksums follow
     return path
 
 

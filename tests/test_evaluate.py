@@ -304,6 +304,9 @@ def test_evaluate_pair_keeps_per_token_arrays_for_the_bootstrap(tmp_path):
     m = a["global_mean_abs"][alive_out[a["global_out_latent"]] & alive_in[a["global_in_latent"]]]
     assert ev.metrics["jac/global_frac_above_0.01"] == pytest.approx((m > 0.01).sum() / (alive_out.sum()
                                                                                          * alive_in.sum()))
+    with pytest.raises(ValueError, match=f"n_tokens={cache.n_tokens + 1} is invalid for an evaluation cache of "
+                       f"{cache.n_tokens} tokens"):  # not a silent clamp to fewer tokens than asked for
+        evaluate_pair(pair, cache, n_tokens=cache.n_tokens + 1, progress=False)
     none = evaluate_pair(pair, cache, n_tokens=20, token_stats=0, progress=False)
     assert not any(k.startswith("token_") for k in none.arrays)
     with pytest.raises(ValueError, match="token_stats"):

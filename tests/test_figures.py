@@ -62,11 +62,14 @@ def synthetic_probes(lam: float) -> dict[str, float]:
 N_TOKENS, K = 400, 6  # per-token arrays of a synthetic pair: tokens, k (J is k x k)
 
 
-def synthetic_jacobian(layer: int, control: str, lam: float, n_tokens: int = N_TOKENS, k: int = K) -> np.ndarray:
+def synthetic_jacobian(layer: int, control: str, lam: float, n_tokens: int = N_TOKENS, k: int = K, *,
+                       seed: int = 0, lam_gain: float = 1.0) -> np.ndarray:
     """J ``[T, k, k]`` of one pair, the same random draw whatever the scale it is later multiplied by: the
-    trained model's J grows sparser and smaller with lambda; the re-init's is denser and gains less."""
-    seed = 1000 * layer + (500 if control == "reinit" else 0) + int(round(100 * lam))
-    rng = np.random.default_rng(seed)
+    trained model's J grows sparser and smaller with lambda; the re-init's is denser and gains less.
+    ``seed``: another training seed (another draw); ``lam_gain`` scales how much lambda sparsifies it."""
+    draw = 1000 * layer + (500 if control == "reinit" else 0) + int(round(100 * lam)) + 7919 * seed
+    rng = np.random.default_rng(draw)
+    lam = lam * lam_gain
     p_large = (0.5 / (1 + 2 * lam)) if control == "trained" else (0.8 / (1 + 0.3 * lam))
     large = rng.random((n_tokens, k, k)) < p_large
     mag = np.where(large, np.exp(rng.normal(np.log(0.1), 0.5, large.shape)),
@@ -119,8 +122,13 @@ def _probe_arrays(rng: np.random.Generator, probes: dict[str, float], n: int = 3
 def write_synthetic_study(root: Path, *, model: str = "tiny-neox", layers: tuple[int, ...] = (2,),
                           lams: tuple[float, ...] = LAMS, reinit_lams: tuple[float, ...] = REINIT_LAMS,
                           probes: bool = True, jacobians: bool = False,
-                          scale: dict[str, float] | float = 1.0) -> list[Path]:
+                          scale: dict[str, float] | float = 1.0, seed: int | None = None,
+                          lam_gain: float = 1.0) -> list[Path]:
     """Write results/eval/<model>/L<layer>/<control>/lam<lam>/{evaluation,probes}.json + npz; return the JSONs.
+
+    ``seed``: write under .../lam<lam>/seed<seed>/ with that training seed in the pair record (None: the
+    older layout without a seed level); with ``jacobians``, another seed is another draw of J, and
+    ``lam_gain`` scales how strongly lambda sparsifies it (:func:`synthetic_jacobian`).
 
     ``jacobians``: the Jacobian metrics, the per-token arrays and the CE numbers are computed by jsae's own
     accumulators from :func:`synthetic_jacobian` and :func:`synthetic_ce`, with every J multiplied by
@@ -134,13 +142,15 @@ def write_synthetic_study(root: Path, *, model: str = "tiny-neox", layers: tuple
         for control, lam_set in (("trained", lams), ("reinit", reinit_lams)):
             for lam in lam_set:
                 d = root / "eval" / model / f"L{layer}" / control / f"lam{_fmt(lam)}"
+                if seed is not None:
+                    d = d / f"seed{seed}"
                 d.mkdir(parents=True, exist_ok=True)
                 pair = {"model": f"results/models/{model}", "layer": layer, "control": control, "lam": lam,
-                        "k": 16, "n_latents": 1024}
+                        "k": 16, "n_latents": 1024, **({"seed": seed} if seed is not None else {})}
                 metrics = synthetic_metrics(lam, control)
                 c = scale[control] if isinstance(scale, dict) else scale
                 if jacobians:
-                    J = synthetic_jacobian(layer, control, lam) * np.float32(c)
+                    J = synthetic_jacobian(layer, control, lam, seed=seed or 0, lam_gain=lam_gain) * np.float32(c)
                     jm, arrays = jacobian_outputs(J, synthetic_ce(control, lam))
                     metrics.update(jm)
                     absj = np.abs(J).reshape(-1)

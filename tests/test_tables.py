@@ -184,5 +184,5 @@ def test_bad_input(setup):
     pair, cache, _ = setup
     with pytest.raises(ValueError, match="n_examples"):
         make_tables(pair, cache, str, n_examples=0, progress=False)
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match="n_tokens=0 is invalid"):
         make_tables(pair, cache, str, n_tokens=0, progress=False)

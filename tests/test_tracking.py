@@ -79,7 +79,7 @@ def test_run_contents_read_back_with_mlflow_client(tmp_path: Path, store: str, m
     assert exp.artifact_location.endswith("/mlruns")  # artifacts next to the database
     [run] = client.search_runs([exp.experiment_id])
     assert run.info.run_id == rec["mlflow_run_id"] == read_run(tmp_path / "run")["mlflow_run_id"]
-    assert run.info.run_name == "tiny/L1/trained/lam0.5" and run.info.status == "FINISHED"
+    assert run.info.run_name == "tiny/L1/trained/lam0.5/seed0" and run.info.status == "FINISHED"
     tags = run.data.tags
     assert {k: tags[k] for k in ("model", "layer", "lam", "k", "expansion", "control")} == {
         "model": "tiny",
@@ -150,7 +150,7 @@ def test_unreachable_backend_does_not_stop_training(tmp_path: Path, store: str, 
     run_id = upload_run(tmp_path / "run", store, "study-c-later")
     client = MlflowClient(tracking_uri=store)
     logged = client.get_run(run_id)
-    assert logged.info.run_name == "tiny/L1/trained/lam0.5" and logged.info.status == "FINISHED"
+    assert logged.info.run_name == "tiny/L1/trained/lam0.5/seed0" and logged.info.status == "FINISHED"
     assert logged.data.tags["lam"] == "0.5" and logged.data.params["lr"] == "0.003"
     assert sorted(m.step for m in client.get_metric_history(run_id, "train/loss")) == [4, 8, 12, 12]
     assert logged.data.metrics == pytest.approx(run["metrics"])  # the same keys and values as training logs them
@@ -164,7 +164,7 @@ def test_tracker_disabled_and_helpers() -> None:
     assert t.start("x", params={}, tags={}) is None and t.status == "disabled"
     t.log_metrics({"a": 1.0}, step=1)  # no-ops
     t.finish()
-    assert run_name("pythia-70m", 3, 0.0, "reinit") == "pythia-70m/L3/reinit/lam0"
+    assert run_name("pythia-70m", 3, 0.0, "reinit", 2) == "pythia-70m/L3/reinit/lam0/seed2"
     assert flatten_params({"a": 1, "b": {"c": None, "d": [1, 2]}}) == {"a": "1", "b.c": "None", "b.d": "[1, 2]"}
     assert sqlite_path("sqlite:///mlflow.db") == Path("mlflow.db")
     assert sqlite_path("sqlite:////abs/m.db") == Path("/abs/m.db")

@@ -70,8 +70,8 @@ def test_loss_decreases_and_outputs_are_complete(tmp_path: Path, mlp, source) ->
     # run.json: identity, every hyper-parameter, cache attrs, evaluation point, timings, final metrics
     run = read_run(tmp_path / "run")
     assert run == json.loads(json.dumps(rec, default=str))
-    assert run["pair"] == {"model": "tiny", "layer": 0, "control": "trained", "lam": 1.0, "k": 3, "n_latents": 48,
-                           "k_out": 3, "n_latents_out": 48}
+    assert run["pair"] == {"model": "tiny", "layer": 0, "control": "trained", "lam": 1.0, "seed": 0, "k": 3,
+                           "n_latents": 48, "k_out": 3, "n_latents_out": 48}
     assert run["evaluation_point"] == EVALUATION_POINT
     assert run["cache"] == dict(source.attrs)
     assert run["params"]["lr"] == cfg.lr and run["params"]["n_steps"] == 60 and run["params"]["adam_beta2"] == 0.999

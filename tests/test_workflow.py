@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -58,6 +59,26 @@ def layout() -> dict:
     return namespace
 
 
+def study_pairs(cfg: dict) -> list[tuple[str, int, str, float, int]]:
+    """(model, layer, control, lam, seed) of every pair the config asks for, read from the config's own words:
+    every lambda (and reinit.lambdas on the control) with `seed`; the lambdas of seeds.lambdas (all when null)
+    also with seed + 1 ... seed + seeds.n - 1."""
+    base = cfg.get("seed", 0)
+    n_seeds = (cfg.get("seeds") or {}).get("n", 1)
+    seed_lams = (cfg.get("seeds") or {}).get("lambdas")
+    lams = {"trained": cfg["lambdas"]}
+    if cfg.get("reinit", {}).get("enabled", True):
+        lams["reinit"] = cfg["reinit"].get("lambdas") or cfg["lambdas"]
+    out = []
+    for m in cfg["models"]:
+        for layer in m["layers"]:
+            for control, values in lams.items():
+                for lam in values:
+                    replicated = seed_lams is None or lam in seed_lams
+                    out += [(m["name"], layer, control, lam, base + i) for i in range(n_seeds if replicated else 1)]
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # A bare `snakemake` from the repository root, and the result layout
 # --------------------------------------------------------------------------------------------------
@@ -78,11 +99,8 @@ def test_bare_snakemake_from_the_repository_root(tmp_path):
     # the default study, planned in full, at the paths of the workflow's layout
     cfg = load("config.yaml")
     paths = layout()
-    lams = {"trained": cfg["lambdas"]}
-    if cfg["reinit"]["enabled"]:
-        lams["reinit"] = cfg["reinit"].get("lambdas") or cfg["lambdas"]
-    pairs = [(m["name"], layer, control, lam) for m in cfg["models"] for layer in m["layers"]
-             for control in lams for lam in lams[control]]
+    pairs = study_pairs(cfg)
+    assert len({p[4] for p in pairs}) >= 3, "the default study trains >= 3 seeds of the pairs its claims compare"
     counts = job_counts(res.stdout)
     assert counts["all"] == 1 and counts["train"] == counts["evaluate"] == len(pairs), counts
     for pair in pairs:
@@ -101,13 +119,14 @@ def test_bare_snakemake_from_the_repository_root(tmp_path):
 
 
 def test_result_layout_agrees_with_the_result_loader(tmp_path):
-    """Paths built from the workflow's patterns give the loader back model, layer, control and lambda."""
+    """Paths built from the workflow's patterns give the loader back model, layer, control, lambda and seed."""
     from jsae.report.results import find_results, load_results
 
     paths = layout()
-    pairs = [("tiny-neox", 2, "trained", 0), ("tiny-neox", 2, "reinit", 0.3), ("pythia-70m", 3, "trained", 1e-05),
-             ("smollm2-135m", 15, "reinit", 10), ("a_b.c-d", 0, "trained", 2.5)]
-    expected = sorted((model, layer, control, float(lam)) for model, layer, control, lam in pairs)
+    pairs = [("tiny-neox", 2, "trained", 0, 0), ("tiny-neox", 2, "reinit", 0.3, 1),
+             ("pythia-70m", 3, "trained", 1e-05, 0), ("smollm2-135m", 15, "reinit", 10, 12),
+             ("a_b.c-d", 0, "trained", 2.5, 3), ("tiny-neox", 2, "trained", 0, 2)]
+    expected = sorted((model, layer, control, float(lam), seed) for model, layer, control, lam, seed in pairs)
     for pair in pairs:
         for directory in (paths["eval_dir"](*pair), paths["run_dir"](*pair)):
             path = tmp_path / directory / "evaluation.json"
@@ -130,17 +149,19 @@ def test_shipped_config_dry_run(tmp_path, name):
     assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-3000:]
     cfg = load(name)
     n_sites = sum(len(m["layers"]) for m in cfg["models"])
-    lams = {"trained": set(cfg["lambdas"])}
-    if cfg["reinit"]["enabled"]:
-        lams["reinit"] = set(cfg["reinit"].get("lambdas") or cfg["lambdas"])
+    pairs = study_pairs(cfg)
+    base = [p for p in pairs if p[4] == cfg.get("seed", 0)]
 
-    def n_pairs(subset=None):
-        return n_sites * sum(len(v if subset is None else v & set(subset)) for v in lams.values())
+    def n_pairs(of, subset=None):
+        return sum(1 for p in of if subset is None or p[3] in subset)
 
     counts = job_counts(res.stdout)
-    assert counts["train"] == counts["evaluate"] == n_pairs()
-    assert counts["probes"] == n_pairs(cfg["probes"].get("lambdas"))
-    assert counts["tables"] == n_pairs(cfg["tables"].get("lambdas"))
+    assert counts["train"] == counts["evaluate"] == len(pairs)
+    # probes: every base-seed pair at probes.lambdas, and the trained replicates (the probe claims' pairs)
+    replicas = [p for p in pairs if p[4] != cfg.get("seed", 0) and p[2] == "trained"]
+    probe_lams = cfg["probes"].get("lambdas")
+    assert counts["probes"] == n_pairs(base, probe_lams) + n_pairs(replicas, probe_lams)
+    assert counts["tables"] == n_pairs(base, cfg["tables"].get("lambdas"))
     assert counts["cache"] == 2 * n_sites * (2 if cfg["reinit"]["enabled"] else 1)
     assert counts["figure"] == 8 and counts["summary"] == 1 and counts["init_tracking"] == 1
     assert counts.get("pretrain", 0) == sum(m.get("source") == "pretrain" for m in cfg["models"])
@@ -248,21 +269,7 @@ def test_schema_rejects(mutate, message):
         validate(cfg)
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda c: c["models"][0].update(layers=[7]), "layer 7 is out of range; expected 0..3"),
-    pytest.param(lambda c: c.update(bogus_key=1), "'bogus_key' was unexpected", marks=pytest.mark.slow),
-    pytest.param(lambda c: c.update(eval_corpus="c4"), "eval_corpus='c4' is not a corpus in `corpora`",
-                 marks=pytest.mark.slow),
-    pytest.param(lambda c: c.update(lambdas=[0.1, 1]), "must include 0", marks=pytest.mark.slow),
-])
-def test_snakemake_reports_bad_config_in_one_line(tmp_path, mutate, message):
-    cfg = load("config.yaml")
-    mutate(cfg)
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    res = snakemake("-n", "--configfile", str(path), cwd=tmp_path)
-    assert res.returncode != 0
-    assert message in res.stdout + res.stderr
+# Bad configs refused by the real snakemake in one line: tests/test_faults_config.py
 
 
 # --------------------------------------------------------------------------------------------------
@@ -282,6 +289,7 @@ def _declared_outputs(res_stdout: str) -> list[tuple[str, str]]:
 
 
 @pytest.mark.slow
+@pytest.mark.faults
 def test_micro_study_end_to_end(tmp_path):
     shutil.copy(MICRO, tmp_path / "config.yaml")
     args = ("--configfile", "config.yaml")
@@ -300,12 +308,31 @@ def test_micro_study_end_to_end(tmp_path):
     assert "| site | claim |" in (tmp_path / "results" / "summary.md").read_text()
     assert (tmp_path / "mlflow.db").is_file()
 
+    # the replicate seed of lambda = 0 was trained and evaluated; the claims combine both seeds
+    assert (tmp_path / "results/eval/tiny-neox/L1/reinit/lam0/seed1/evaluation.json").is_file()
+    claims = pd.read_csv(tmp_path / "results" / "claims.csv")
+    assert set(claims["n_seeds"]) <= {0, 1}  # lambda 1 has one seed here: nothing to combine
+    assert "seed 0" in claims["seed_values"].iloc[0]
+
     # a finished study reruns nothing
     again = snakemake("-n", *args, cwd=tmp_path)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr, again.stdout[-3000:]
 
+    # fault injection: a deleted intermediate under existing downstream outputs is rebuilt, and what rests on it
+    # reruns (Snakemake alone would say "Nothing to be done": the files are the study's targets)
+    for lost, rule in (("results/runs/tiny-neox/L1/trained/lam1/seed0/sae_out/sae_weights.safetensors", "train"),
+                       ("results/models/tiny-neox/model.safetensors", "pretrain"),
+                       ("results/models/tiny-neox-reinit/model.safetensors", "reinit"),
+                       ("results/corpus/default/train.jsonl", "corpus")):
+        kept = tmp_path / "kept"
+        (tmp_path / lost).rename(kept)
+        plan = snakemake("-n", *args, cwd=tmp_path)
+        kept.rename(tmp_path / lost)
+        counts = job_counts(plan.stdout)
+        assert counts.get(rule) == 1 and counts.get("summary") == 1, (lost, counts)
+
     # deleting one pair's evaluation reruns only that evaluation and what reads it
-    (tmp_path / "results/eval/tiny-neox/L1/trained/lam1/evaluation.json").unlink()
+    (tmp_path / "results/eval/tiny-neox/L1/trained/lam1/seed0/evaluation.json").unlink()
     plan = snakemake("-n", *args, cwd=tmp_path)
     assert job_counts(plan.stdout) == {"evaluate": 1, "figure": 7, "summary": 1, "study_run": 1, "all": 1}
     rerun = snakemake(*args, cwd=tmp_path, timeout=900)

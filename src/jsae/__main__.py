@@ -1,15 +1,31 @@
 """``python -m jsae <command> ...``: one entry point; each command lives in the module that owns it.
 
-Bad input exits with status 2 and one line on stderr (``JSAE_DEBUG=1`` shows the traceback).
+Every command's known failures become one line on stderr and an exit status (:func:`jsae.cli.cli_failure`:
+2 bad input, 1 disk full, 130 interrupted; ``JSAE_DEBUG=1`` shows the traceback). SIGTERM (how Snakemake
+and SLURM stop a job) stops a command as Ctrl-C does, checkpoints kept. A job started by Snakemake stops
+the same way when that Snakemake is gone (killed with -9), instead of running on as an orphan.
 Modules are imported lazily so ``python -m jsae train --help`` does not import matplotlib, and a
 missing optional stage never breaks the others.
 """
 
 from __future__ import annotations
 
+import _thread
 import importlib
 import os
+import signal
+import socket
 import sys
+import threading
+import time
+
+from jsae.cli import cli_failure
+
+#: Set by the workflow (workflow/rules/environment.smk) to ``<host>:<pid>`` of the Snakemake process whose
+#: jobs inherit it; a job on that host watches the process.
+PARENT_ENV = "JSAE_SNAKEMAKE"
+WATCH_EVERY_S = 5.0
+GRACE_S = 60.0  # after the interrupt, time to write a checkpoint before the process is ended
 
 # command -> "module:function"; each function takes argv (list[str]) and returns an exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -33,6 +49,42 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def watch_snakemake(value: str | None = None) -> threading.Thread | None:
+    """Interrupt this process when the Snakemake that started it (``$JSAE_SNAKEMAKE``) no longer runs."""
+    value = os.environ.get(PARENT_ENV) if value is None else value
+    host, _, pid_text = (value or "").rpartition(":")
+    if not pid_text.isdigit() or host != socket.gethostname() or int(pid_text) == os.getpid():
+        return None
+    pid = int(pid_text)
+
+    def watch() -> None:
+        while _alive(pid):
+            time.sleep(WATCH_EVERY_S)
+        print(f"jsae: Snakemake (pid {pid}) is gone; stopping this job (re-run snakemake to resume)",
+              file=sys.stderr)
+        _thread.interrupt_main()
+        time.sleep(GRACE_S)
+        os._exit(130)
+
+    thread = threading.Thread(target=watch, name="watch-snakemake", daemon=True)
+    thread.start()
+    return thread
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -43,15 +95,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jsae: unknown command {name!r}; expected one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     module_name, func_name = COMMANDS[name][0].split(":")
-    func = getattr(importlib.import_module(module_name), func_name)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+        watch_snakemake()
     try:
+        func = getattr(importlib.import_module(module_name), func_name)
         return int(func(rest) or 0)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
-        # Bad input: the one-line message is the whole story; a traceback would bury it.
-        if os.environ.get("JSAE_DEBUG"):
+    except BaseException as exc:  # KeyboardInterrupt included; anything unknown keeps its traceback
+        outcome = cli_failure(exc)
+        if outcome is None or os.environ.get("JSAE_DEBUG"):
             raise
-        print(f"jsae {name}: error: {e}", file=sys.stderr)
-        return 2
+        # Bad input: the one-line message is the whole story; a traceback would bury it.
+        code, message = outcome
+        print(f"jsae {name}: error: {message}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

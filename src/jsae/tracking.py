@@ -1,10 +1,12 @@
 """MLflow tracking that can never stop training: every call is guarded, failures are logged once.
 
-* One experiment per study, one run per pair, named ``{model}/L{layer}/{control}/lam{lam}``.
+* One experiment per study, one run per pair, named ``{model}/L{layer}/{control}/lam{lam}/seed{seed}``.
 * Telemetry is off (``MLFLOW_DISABLE_TELEMETRY=true``) unless the user set it otherwise.
-* A fresh sqlite store is created by whichever process touches it first; several processes doing
-  so at once race (``duplicate column name: step``). :func:`init_tracking_store` creates it once,
-  before parallel jobs start (the workflow calls it; ``python -m jsae.tracking URI`` does too).
+* A fresh sqlite store is created (and migrated) under an exclusive lock on ``<db>.lock``: MLflow's own
+  migrations race when several processes touch a new store at once (``duplicate column name: step``).
+  The workflow still creates it once before parallel jobs start (``python -m jsae.tracking URI``).
+* A bad URI or a dead tracking server is one warning line; the command goes on (an http(s) server's
+  port is probed first, so a dead one costs seconds, not MLflow's retries).
 * With a ``sqlite:`` store the artifacts go to ``mlruns/`` next to the database file.
 * If the backend is unreachable, :class:`Tracker` logs a warning and becomes a no-op; the run
   directory keeps every metric (``metrics.jsonl``) so nothing is lost.
@@ -63,30 +65,36 @@ def default_artifact_root(uri: str) -> str | None:
 def init_tracking_store(uri: str = DEFAULT_TRACKING_URI) -> dict[str, Any]:
     """Create (or migrate) the tracking store once, before parallel training jobs touch it.
 
-    For sqlite this creates the tables (what ``mlflow db upgrade`` does for an existing file);
-    for a server it checks that it answers. Raises if the store cannot be initialised. Returns
-    ``{"uri", "database", "created", "experiments", "artifact_root"}`` for the workflow's marker.
+    For sqlite this creates the tables (what ``mlflow db upgrade`` does for an existing file) under
+    the store's lock (:meth:`Tracker.client`); for a server it checks that it answers. A store that
+    cannot be initialised (a bad URI, a dead server) is one warning, never an error: tracking must not
+    stop a study, and each job's run directory keeps its metrics. Returns ``{"uri", "database",
+    "created", "experiments", "artifact_root"}`` for the workflow's marker, plus ``"error"`` on failure.
     """
     db = sqlite_path(uri)
     existed = db is not None and db.is_file() and db.stat().st_size > 0
-    if db is not None:
-        db.resolve().parent.mkdir(parents=True, exist_ok=True)
-    from mlflow.tracking import MlflowClient
-
-    experiments = MlflowClient(tracking_uri=uri).search_experiments()
-    log.info("tracking store ready at %s (%d experiments)", uri, len(experiments))
-    return {
+    record: dict[str, Any] = {
         "uri": uri,
         "database": str(db.resolve()) if db is not None else None,
-        "created": db is not None and not existed,
-        "experiments": [e.name for e in experiments],
+        "created": False,
+        "experiments": [],
         "artifact_root": default_artifact_root(uri),
     }
+    try:
+        experiments = Tracker.client(uri).search_experiments()
+    except Exception as exc:
+        record["error"] = Tracker.describe(exc)
+        log.warning("MLflow tracking store %s cannot be initialised (%s); continuing without tracking: each job "
+                    "warns once and its run directory keeps every metric", uri, record["error"])
+        return record
+    log.info("tracking store ready at %s (%d experiments)", uri, len(experiments))
+    record.update(created=db is not None and not existed, experiments=[e.name for e in experiments])
+    return record
 
 
-def run_name(model: str, layer: int, lam: float, control: str) -> str:
-    """The MLflow run name of a pair: ``{model}/L{layer}/{control}/lam{lam}``."""
-    return f"{model}/L{layer}/{control}/lam{lam:g}"
+def run_name(model: str, layer: int, lam: float, control: str, seed: int) -> str:
+    """The MLflow run name of a pair: ``{model}/L{layer}/{control}/lam{lam}/seed{seed}`` (its result path)."""
+    return f"{model}/L{layer}/{control}/lam{lam:g}/seed{seed}"
 
 
 def eval_key(name: str) -> str:
@@ -125,14 +133,60 @@ def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str
 class Tracker:
     """One MLflow run; every method is a no-op after the first backend failure (logged once).
 
-    ``Tracker.disabled()`` gives a tracker that does nothing (``--mlflow-uri none``).
+    ``Tracker.disabled()`` gives a tracker that does nothing (``--mlflow-uri none``). ``quiet``: the
+    failure is only recorded (``error``, ``status``), for callers that warn in their own words.
     """
 
-    def __init__(self, uri: str | None, experiment: str = DEFAULT_EXPERIMENT) -> None:
+    #: Seconds to wait for a tracking server's TCP port before giving up (a dead server fails fast).
+    CONNECT_TIMEOUT_S = 3.0
+
+    def __init__(self, uri: str | None, experiment: str = DEFAULT_EXPERIMENT, *, quiet: bool = False) -> None:
         self.uri, self.experiment = uri, experiment
         self.run_id: str | None = None
         self.error: str | None = None if uri else "disabled"
+        self.quiet = quiet
         self._client: Any = None
+
+    @staticmethod
+    def describe(exc: BaseException) -> str:
+        """``Type: first line of the message``, at most 300 characters (for one log line and run.json)."""
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+
+    @classmethod
+    def client(cls, uri: str) -> Any:
+        """An ``MlflowClient`` whose store is ready; raises on a bad URI or an unreachable server.
+
+        A sqlite store is created or migrated under an exclusive lock on ``<db>.lock``: MLflow's alembic
+        migrations race when several fresh processes open a new database at once (all but one lose
+        tracking). An http(s) server's port is probed first, so a dead server costs
+        :attr:`CONNECT_TIMEOUT_S` at most instead of MLflow's retries with backoff.
+        """
+        import socket
+        import urllib.request
+        from urllib.parse import urlparse
+
+        from mlflow.tracking import MlflowClient
+
+        from jsae.io import file_lock
+
+        url = urlparse(uri)
+        # Behind a proxy the server's own port may be unreachable directly: leave that case to MLflow.
+        direct = not urllib.request.getproxies().get(url.scheme) or urllib.request.proxy_bypass(url.hostname or "")
+        if url.scheme in ("http", "https") and direct:
+            port = url.port or (443 if url.scheme == "https" else 80)
+            try:
+                socket.create_connection((url.hostname or "localhost", port), timeout=cls.CONNECT_TIMEOUT_S).close()
+            except OSError as exc:
+                raise ConnectionError(f"tracking server {url.hostname}:{port} is unreachable ({exc})") from None
+        db = sqlite_path(uri)
+        if db is None:
+            return MlflowClient(tracking_uri=uri)
+        db = db.resolve()
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with file_lock(db.with_name(f"{db.name}.lock")):
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)  # the tables exist before the lock is released
+        return client
 
     @classmethod
     def disabled(cls) -> Tracker:
@@ -150,12 +204,10 @@ class Tracker:
         return self.error if self.error == "disabled" else f"unreachable: {self.error}"
 
     def _fail(self, what: str, exc: BaseException) -> None:
-        msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
-        if self.error is None:
-            log.warning(
-                "MLflow tracking at %s failed while %s (%s); training continues, metrics stay in the run directory",
-                self.uri, what, msg,
-            )
+        msg = self.describe(exc)
+        if self.error is None and not self.quiet:
+            log.warning("MLflow tracking at %s failed while %s (%s); continuing without it, the output files keep "
+                        "every result", self.uri, what, msg)
         self.error = msg
 
     def start(self, name: str, *, params: Mapping[str, Any], tags: Mapping[str, Any],
@@ -165,9 +217,8 @@ class Tracker:
             return None
         try:
             from mlflow.entities import Param, RunTag
-            from mlflow.tracking import MlflowClient
 
-            self._client = MlflowClient(tracking_uri=self.uri)
+            self._client = self.client(self.uri)
             if run_id is not None:
                 try:
                     self._client.get_run(run_id)
@@ -197,9 +248,7 @@ class Tracker:
         if self.error is not None:
             return False
         try:
-            from mlflow.tracking import MlflowClient
-
-            self._client = MlflowClient(tracking_uri=self.uri)
+            self._client = self.client(self.uri)
             self._client.get_run(run_id)
             self.run_id = run_id
             return True
@@ -277,7 +326,7 @@ def upload_run(run_dir: str | os.PathLike[str], uri: str, experiment: str | None
     record = read_json(run_dir / "run.json")
     tracker = Tracker(uri, experiment or record.get("mlflow_experiment") or DEFAULT_EXPERIMENT)
     name = run_name(str(record.get("model_name") or record["model"]), int(record["layer"]), float(record["lam"]),
-                    str(record["control"]))
+                    str(record["control"]), int(record.get("seed") or 0))
     run_id = tracker.start(name, params=record.get("params", {}), tags=record.get("mlflow_tags", {}))
     if run_id is None:
         raise ValueError(f"cannot log {run_dir} to MLflow at {uri} ({tracker.status}); "
@@ -336,7 +385,7 @@ def log_to_pair_run(
         raise ValueError(f"step={step!r} is invalid; expected the pair's final training step, an integer >= 0")
     scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     scalars.update(pair_headlines(scalars))
-    tracker = Tracker(uri)
+    tracker = Tracker(uri, quiet=True)  # the warning below is the one line
     if tracker.attach(run_id):
         tracker.log_metrics({eval_key(k): v for k, v in scalars.items()}, step=step)
         for path in artifacts:

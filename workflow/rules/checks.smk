@@ -1,10 +1,33 @@
 # Config checks beyond the JSON schema (cross references, ranges that depend on other keys): each
 # raises a one-line error when this file is included, before anything is computed from the config.
 
+import json
+import math
+import os
+import sys
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
 
 def _fail(message):
-    """One-line config error, raised before Snakemake builds the DAG."""
-    raise ValueError(f"config error: {message}")
+    """One-line config error before Snakemake builds the DAG: the message on stderr, exit status 1, no traceback."""
+    print(f"config error: {message}", file=sys.stderr)
+    raise SystemExit(1)
+
+
+def validate_config(cfg, schema):
+    """The JSON schema (fills defaults), with jsonschema's verdict in one line: its first lines name the bad key
+    and where it is; the rest is a dump of the schema."""
+    try:
+        validate(cfg, schema=schema)
+    except WorkflowError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        what = next((line.removeprefix("ValidationError: ") for line in lines if line.startswith("ValidationError")),
+                    lines[-1] if lines else str(exc))
+        where = next((line.removeprefix("On instance").rstrip(":") for line in lines if line.startswith("On instance")),
+                     "")
+        _fail(f"{what}" + (f" (at config{where})" if where and where != "" else "") + "; see workflow/schemas/config.schema.yaml")
 
 
 def chosen_jsae_lam(cfg):
@@ -44,7 +67,7 @@ def _check_lambdas(cfg):
         _fail(f"lambdas {cfg['lambdas']} need at least one value > 0 (the JSAEs)")
     if "0" not in lams:
         _fail(f"lambdas {cfg['lambdas']} must include 0 (the traditional-SAE baseline every figure compares with)")
-    for key in ("probes.lambdas", "tables.lambdas", "reinit.lambdas"):
+    for key in ("probes.lambdas", "tables.lambdas", "reinit.lambdas", "seeds.lambdas"):
         section = key.split(".")[0]
         extra = [x for x in cfg[section]["lambdas"] or [] if fmt_lam(x) not in lams]
         if extra:
@@ -75,7 +98,70 @@ def _check_figure_pairs(cfg):
             )
 
 
+def _local_model_config(spec):
+    """config.json of a local save_pretrained directory, or None (a hub id: not derivable without loading)."""
+    path = Path(os.path.expanduser(str(spec)))
+    if path.is_dir() and (path / "config.json").is_file():
+        return json.loads((path / "config.json").read_text())
+    return None
+
+
+def _model_dims(m):
+    """(d_model, max context) of a configured model where the config determines them, else (None, None)."""
+    if m["source"] == "pretrain":
+        return m["pretrain"]["hidden"], m["pretrain"]["context_length"]
+    hf = _local_model_config(m["spec"]) or {}
+    width = next((hf[k] for k in ("hidden_size", "n_embd", "d_model") if isinstance(hf.get(k), int)), None)
+    context = next((hf[k] for k in ("max_position_embeddings", "n_positions", "n_ctx") if isinstance(hf.get(k), int)),
+                   None)
+    return width, context
+
+
+def _check_derived(cfg):
+    """What the jobs would only find out after heavy compute: each pair's training config (the package's own
+    TrainConfig, so its checks are the same ones), SAE sizes against the model's width, the pretrained model's
+    architecture, contexts and token budgets."""
+    from jsae.data.pretrain import PretrainConfig
+    from jsae.train.config import configs_from_values
+
+    for lam in cfg["lambdas"]:
+        if not math.isfinite(float(lam)):
+            _fail(f"lambdas value {lam} is invalid; expected finite numbers >= 0")
+    try:
+        train, _ = configs_from_values({**cfg["sae"], **cfg["train"], "lam": float(max(cfg["lambdas"])),
+                                        "seed": cfg["seed"]})
+    except (TypeError, ValueError) as exc:
+        _fail(f"sae/train: {exc}")
+    for m in cfg["models"]:
+        width, context = _model_dims(m)
+        if m["source"] == "pretrain":
+            p = m["pretrain"]
+            try:
+                PretrainConfig(hidden=p["hidden"], layers=p["layers"], vocab_size=p["vocab_size"],
+                               context_length=p["context_length"], minutes=p["minutes"],
+                               max_steps=p.get("max_steps")).validate()
+            except ValueError as exc:
+                _fail(f"model {m['name']!r} pretrain: {exc}")
+        if width is not None:
+            try:
+                train.dims(width, width)
+            except ValueError as exc:
+                _fail(f"model {m['name']!r} (width {width}): {exc}")
+        if context is not None and cfg["cache"]["context_length"] > context:
+            _fail(f"cache.context_length={cfg['cache']['context_length']} exceeds model {m['name']!r}'s context of "
+                  f"{context} tokens; expected <= {context}")
+    ev, cache = cfg["evaluate"], cfg["cache"]
+    for key in ("n_tokens", "ce_tokens"):
+        if ev[key] > cache["eval_tokens"]:
+            _fail(f"evaluate.{key}={ev[key]} exceeds cache.eval_tokens={cache['eval_tokens']} (the validation "
+                  f"tokens cached); expected <= {cache['eval_tokens']}")
+    if "fig7" in cfg["figures"]["names"] and not cfg["reinit"]["enabled"]:
+        _fail("figures.names has fig7 (trained vs re-initialised model) but reinit.enabled is false; "
+              "enable the control or remove fig7")
+
+
 def check_config(cfg):
+    validate_config(cfg, "../schemas/config.schema.yaml")
     corpora = cfg["corpora"]
     for key in ("train_corpus", "eval_corpus"):
         if cfg[key] not in corpora:
@@ -83,6 +169,7 @@ def check_config(cfg):
     _check_models(cfg)
     _check_lambdas(cfg)
     _check_figure_pairs(cfg)
+    _check_derived(cfg)
 
 
 check_config(config)

@@ -30,7 +30,7 @@ rule figure:
 rule summary:
     input:
         evaluations=lambda wc: pair_files("evaluation.json", pairs()),
-        probes=lambda wc: pair_files("probes.json", pairs(lams=PROBE_LAMBDAS)) if config["probes"]["enabled"] else [],
+        probes=lambda wc: pair_files("probes.json", probed_pairs()),
         # what the verdicts were made on: steps, max_steps, stopped_by and held-out loss of each pretrained model
         pretrain=lambda wc: [marker for m in MODELS for marker in model_marker(m)],
     output:

@@ -22,10 +22,14 @@ rule corpus:
 
 
 rule pretrain:
+    wildcard_constraints:
+        # only the models the workflow pretrains (not their -reinit copies, which share the file names)
+        model=_alternation([m for m in MODELS if MODELS[m]["source"] == "pretrain"]) or "(?!)",
     input:
         corpus=f"{corpus_dir(config['train_corpus'])}/corpus.json",
     output:
         marker=PRETRAIN_MARKER,
+        files=[f"{MODEL_DIR}/{name}" for name in MODEL_FILES],
     params:
         corpus=lambda wc, input: Path(input.corpus).parent,
         out=lambda wc, output: Path(output.marker).parent,
@@ -51,10 +55,13 @@ rule pretrain:
 
 
 rule reinit:
+    wildcard_constraints:
+        model=_alternation(MODELS),
     input:
         model=lambda wc: model_marker(wc.model),
     output:
         marker=REINIT_MARKER,
+        files=[f"{Path(REINIT_MARKER).parent}/{name}" for name in MODEL_FILES],
     params:
         spec=lambda wc: model_spec(wc.model),
         out=lambda wc, output: Path(output.marker).parent,

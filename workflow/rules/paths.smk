@@ -1,6 +1,6 @@
 # THE result layout, defined once: every rule's input, output and log path is built from these
 # patterns ({wildcards} as in the rules). jsae's result loader (jsae.report.results) reads the pair's
-# model, layer, control and lambda back from <model>/L<layer>/<control>/lam<lam>/ in these paths.
+# model, layer, control, lambda and training seed back from <model>/L<layer>/<control>/lam<lam>/seed<seed>/.
 # Plain Python on purpose (no Snakemake directives, no config read at load time):
 # tests/test_workflow.py execs this file to check the layout against that loader.
 
@@ -11,7 +11,8 @@ CORPUS_DIR = f"{RESULTS}/corpus/{{corpus}}"
 # {model}: a configured model name, or <name>-reinit for its randomly re-initialised copy
 MODEL_DIR = f"{RESULTS}/models/{{model}}"
 CACHE = f"{RESULTS}/cache/{{model}}/L{{layer}}/{{split}}.h5"
-PAIR = "{model}/L{layer}/{control}/lam{lam}"
+# {seed}: the SAE training seed (`seed`, and seed + 1 ... for the replicates of `seeds`)
+PAIR = "{model}/L{layer}/{control}/lam{lam}/seed{seed}"
 RUN_DIR = f"{RESULTS}/runs/{PAIR}"
 EVAL_DIR = f"{RESULTS}/eval/{PAIR}"
 FIGURE = f"{RESULTS}/figures/{{fig}}"  # + .pdf / .png
@@ -21,10 +22,12 @@ CLAIMS_CSV = f"{RESULTS}/claims.csv"  # one row per site x claim: value, 95% int
 TRACKING_MARKER = f"{RESULTS}/tracking/store.json"
 STUDY_RUN = f"{RESULTS}/tracking/study_run.json"
 LOG_DIR = f"{RESULTS}/logs"
-PAIR_LOG = "{model}_L{layer}_{control}_lam{lam}"  # a per-pair job's log name under LOG_DIR/<job>/
+PAIR_LOG = "{model}_L{layer}_{control}_lam{lam}_seed{seed}"  # a per-pair job's log name under LOG_DIR/<job>/
 REINIT_SUFFIX = "-reinit"
 
 PRETRAIN_MARKER = f"{MODEL_DIR}/pretrain.json"
+# the files of a model directory the workflow writes (save_pretrained): declared, so a deleted one is rebuilt
+MODEL_FILES = ("config.json", "model.safetensors")
 # results/models/{model}-reinit/reinit.json: the reinit rule's {model} is the trained model it copies
 REINIT_MARKER = f"{MODEL_DIR.format(model=f'{{model}}{REINIT_SUFFIX}')}/reinit.json"
 
@@ -51,12 +54,12 @@ def cache_path(model, layer, split):
     return CACHE.format(model=model, layer=layer, split=split)
 
 
-def run_dir(model, layer, control, lam):
-    return RUN_DIR.format(model=model, layer=layer, control=control, lam=fmt_lam(lam))
+def run_dir(model, layer, control, lam, seed):
+    return RUN_DIR.format(model=model, layer=layer, control=control, lam=fmt_lam(lam), seed=seed)
 
 
-def eval_dir(model, layer, control, lam):
-    return EVAL_DIR.format(model=model, layer=layer, control=control, lam=fmt_lam(lam))
+def eval_dir(model, layer, control, lam, seed):
+    return EVAL_DIR.format(model=model, layer=layer, control=control, lam=fmt_lam(lam), seed=seed)
 
 
 def figure_file(fig, ext):
@@ -89,7 +92,7 @@ def model_marker(variant):
 
 # --- input functions: the files a job reads, from its wildcards ---------------------------------------
 def pair_files(name, selected):
-    """<eval dir>/<name> of each selected pair (dicts of model, layer, control, lam)."""
+    """<eval dir>/<name> of each selected pair (dicts of model, layer, control, lam, seed)."""
     return [f"{eval_dir(**p)}/{name}" for p in selected]
 
 
@@ -105,7 +108,7 @@ def pair_inputs(wildcards):
     """Inputs of the per-pair analyses: the trained pair, the validation cache and the model."""
     variant = model_variant(wildcards.model, wildcards.control)
     return {
-        "run": f"{run_dir(wildcards.model, wildcards.layer, wildcards.control, wildcards.lam)}/run.json",
+        "run": f"{run_dir(wildcards.model, wildcards.layer, wildcards.control, wildcards.lam, wildcards.seed)}/run.json",
         "cache": cache_path(variant, wildcards.layer, "validation"),
         "model": model_marker(variant),
     }

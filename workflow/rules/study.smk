@@ -17,6 +17,11 @@ GPU = 0 if config["device"] == "cpu" else 1
 PROBE_LAMBDAS = [fmt_lam(x) for x in config["probes"]["lambdas"]] if config["probes"]["lambdas"] is not None else None
 TABLE_LAMBDAS = [fmt_lam(x) for x in config["tables"]["lambdas"]] if config["tables"]["lambdas"] is not None else None
 JSAE_LAM = chosen_jsae_lam(config)
+# Training seeds: `seed` trains every pair; the replicates seed + 1 ... seed + n - 1 train the pairs the
+# claims compare (seeds.lambdas, trained and re-init), so a claim's interval covers training variation.
+SEED = config["seed"]
+SEEDS = [SEED + i for i in range(config["seeds"]["n"])]
+SEED_LAMBDAS = [fmt_lam(x) for x in config["seeds"]["lambdas"]] if config["seeds"]["lambdas"] is not None else LAMBDAS
 
 
 def _alternation(values):
@@ -27,6 +32,7 @@ wildcard_constraints:
     model=_alternation(list(MODELS) + [model_variant(m, "reinit") for m in MODELS]),
     corpus=_alternation(config["corpora"]),
     layer=r"\d+",
+    seed=r"\d+",
     lam=_alternation(LAMBDAS),
     control="trained|reinit",
     split="train|validation",
@@ -48,7 +54,7 @@ def pair_spec(wildcards):
 def train_config_json(wildcards):
     """The pair's TrainConfig and RunOptions as JSON, keyed by field name (= the schema's sae: and train: keys)."""
     return json.dumps(
-        {**config["sae"], **config["train"], "lam": float(wildcards.lam), "seed": config["seed"]}, sort_keys=True
+        {**config["sae"], **config["train"], "lam": float(wildcards.lam), "seed": int(wildcards.seed)}, sort_keys=True
     )
 
 

@@ -1,8 +1,9 @@
 # What the study builds: its pairs, the per-pair files each figure reads, and the final targets.
 
 
-def pairs(controls=None, lams=None):
-    """Every (model, layer, control, lam) of the study, optionally restricted."""
+def pairs(controls=None, lams=None, replicates=True):
+    """Every (model, layer, control, lam, seed) of the study, optionally restricted; replicates=False keeps
+    only the pairs of the base `seed` (what the figures and qualitative tables show)."""
     out = []
     for m in config["models"]:
         for layer in m["layers"]:
@@ -12,8 +13,18 @@ def pairs(controls=None, lams=None):
                 for lam in LAMBDAS if control == "trained" else REINIT_LAMBDAS:
                     if lams is not None and lam not in lams:
                         continue
-                    out.append(dict(model=m["name"], layer=layer, control=control, lam=lam))
+                    seeds = SEEDS if replicates and lam in SEED_LAMBDAS else [SEED]
+                    out += [dict(model=m["name"], layer=layer, control=control, lam=lam, seed=s) for s in seeds]
     return out
+
+
+def probed_pairs():
+    """The pairs whose linearity is probed: every control's base-seed pair at probes.lambdas, and the trained
+    replicates (the probe claims compare trained pairs only)."""
+    if not config["probes"]["enabled"]:
+        return []
+    base = pairs(lams=PROBE_LAMBDAS, replicates=False)
+    return base + [p for p in pairs(controls=["trained"], lams=PROBE_LAMBDAS) if p["seed"] != SEED]
 
 
 # Which per-pair outputs each figure reads: `snakemake results/figures/fig5.pdf` builds only these.
@@ -42,7 +53,7 @@ def figure_inputs(wildcards):
         raise ValueError("fig8 needs the linearity probes; set probes.enabled: true")
     if "probes.json" in names and PROBE_LAMBDAS is not None:
         lams = [lam for lam in lams if lam in PROBE_LAMBDAS]
-    selected = pairs(controls=controls, lams=lams)
+    selected = pairs(controls=controls, lams=lams, replicates=False)
     return [f for name in names for f in pair_files(name, selected)]
 
 
@@ -52,16 +63,33 @@ def figure_targets():
 
 
 def analysis_targets():
-    out = pair_files("evaluation.json", pairs())
-    if config["probes"]["enabled"]:
-        out += pair_files("probes.json", pairs(lams=PROBE_LAMBDAS))
+    out = pair_files("evaluation.json", pairs()) + pair_files("probes.json", probed_pairs())
     if config["tables"]["enabled"]:
-        out += pair_files("tables.html", pairs(lams=TABLE_LAMBDAS))
+        out += pair_files("tables.html", pairs(lams=TABLE_LAMBDAS, replicates=False))
     return out
 
 
+def built_files():
+    """Every file the study's results rest on that a rule writes — corpora, model directories, each pair's run
+    (run.json and both SAEs) — but not the activation caches (large, and rebuilt on demand when a pair needs
+    retraining). Snakemake does not rebuild a missing intermediate whose consumers' outputs exist, so these are
+    targets: a deleted or failed-and-removed one is rebuilt, and everything downstream of it reruns."""
+    corpora = {config["train_corpus"], config["eval_corpus"]}
+    files = [f"{corpus_dir(c)}/{name}" for c in sorted(corpora) for name in ("corpus.json", "train.jsonl",
+                                                                            "validation.jsonl")]
+    for m in MODELS:
+        for variant in [m] + ([model_variant(m, "reinit")] if "reinit" in CONTROLS else []):
+            markers = model_marker(variant)
+            files += markers + [f"{Path(marker).parent}/{name}" for marker in markers for name in MODEL_FILES]
+    for p in pairs():
+        run = run_dir(**p)
+        files += [f"{run}/run.json"] + [f"{run}/{sae}/{name}" for sae in ("sae_in", "sae_out")
+                                        for name in ("cfg.json", "sae_weights.safetensors")]
+    return files
+
+
 def final_targets():
-    targets = analysis_targets() + figure_targets() + [SUMMARY_MD, SUMMARY_CSV, CLAIMS_CSV]
+    targets = built_files() + analysis_targets() + figure_targets() + [SUMMARY_MD, SUMMARY_CSV, CLAIMS_CSV]
     if MLFLOW_URI:
         targets.append(STUDY_RUN)
     return targets

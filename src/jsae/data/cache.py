@@ -15,6 +15,12 @@ Position 0 (the BOS, an attention sink with outlier activations) is never stored
 attrs ``first_position = "excluded"``. The file records model, layer, hook, corpus sha256, context
 length, dtype, token count, d_model, seed, split and package version in its attributes.
 
+Integrity (cache ``format`` 2): ``x_crc32`` ``[n_blocks]`` holds the CRC-32 of each block of
+``checksum_rows`` rows of x (one HDF5 chunk) as stored, and every other dataset carries a ``crc32``
+attribute. Each block is verified the first time it is read (not every epoch); a mismatch is a one-line
+``ValueError`` naming the file and the rows, with the remedy (delete the file and re-run to rebuild it).
+A cache written before checksums existed (no ``format`` attribute) is read with a warning, unverified.
+
 Writing goes to ``.FILE.h5.partial`` next to the output, flushed after every batch with the number of
 contexts done; a re-run with the same request resumes from there (another request starts afresh), and
 only a complete file is renamed onto ``FILE.h5``. A killed job therefore never leaves a file that looks
@@ -26,11 +32,14 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
+import errno
 import json
 import logging
 import math
 import os
 import time
+import zlib
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
@@ -42,12 +51,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from jsae.checks import check_positive_int
-from jsae.cli import HelpFormatter
+from jsae.cli import HelpFormatter, run_cli
 from jsae.data.corpus import SPLITS, context_windows, corpus_info, make_contexts, tokenize_split
 from jsae.data.hooks import capture_mlp_input, check_layer, mlp_module
 from jsae.data.pretrain import set_threads
 from jsae.devices import CACHE_DTYPES, resolve_device
-from jsae.io import setup_logging
+from jsae.io import disk_full_error, free_bytes, setup_logging
 from jsae.nn.mlp import mlp_from_module
 
 log = logging.getLogger("jsae.data.cache")
@@ -57,7 +66,11 @@ FIRST_POSITION = "excluded"
 REQUIRED_ATTRS = ("model", "layer", "hook", "corpus_sha256", "context_length", "dtype", "n_tokens", "d_model", "seed",
                   "split", "jsae_version", "first_position")
 _DATASETS = ("x", "token_ids", "context_index", "position", "document", "contexts")
+_METADATA = _DATASETS[1:]  # checksummed whole (crc32 attribute); x is checksummed per block
 _CHUNK_BYTES = 1 << 20
+#: Version of the file layout: 2 added the checksums (x_crc32, checksum_rows, each dataset's crc32).
+CACHE_FORMAT = 2
+CHECKSUMS = "x_crc32"
 
 
 def _version() -> str:
@@ -89,6 +102,30 @@ def _to_storage(x: Tensor, dtype: str) -> np.ndarray:
 
 def _chunk_rows(d_model: int, itemsize: int, n_rows: int) -> int:
     return max(1, min(n_rows, _CHUNK_BYTES // max(1, d_model * itemsize)))
+
+
+def crc32(arr: np.ndarray) -> int:
+    """CRC-32 of an array's bytes in little-endian order (the same value on any machine)."""
+    return zlib.crc32(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).view(np.uint8))
+
+
+def _rebuild_hint(path: Path) -> str:
+    return f"delete {path} and re-run to rebuild it (python -m jsae cache, or the workflow rule that writes it)"
+
+
+def store_block_checksums(f: h5py.File, rows_done: int) -> None:
+    """Checksum every block of x that ``rows_done`` written rows complete (the last block once all are written).
+
+    Blocks are read back from the file, so a resumed build checksums what an earlier process wrote.
+    """
+    x, sums = f["x"], f[CHECKSUMS]
+    block = int(f.attrs["checksum_rows"])
+    n = x.shape[0]
+    first = int(f.attrs.get("blocks_checksummed", 0))
+    last = math.ceil(n / block) if rows_done >= n else rows_done // block
+    for k in range(first, last):
+        sums[k] = crc32(x[k * block : min(n, (k + 1) * block)])
+    f.attrs["blocks_checksummed"] = max(first, last)
 
 
 def hook_name(model: torch.nn.Module, layer: int) -> str:
@@ -141,6 +178,7 @@ def build_cache(model: str, layer: int, corpus: str | os.PathLike[str], split: s
         raise ValueError(f"the tokenizer of {model!r} has neither a BOS nor an EOS token; "
                          "expected one to start contexts")
     n_vocab = lm.get_input_embeddings().weight.shape[0]
+    _check_free_space(out, n_tokens, mlp.d_in, dtype, context_length)
 
     stream = tokenize_split(tokenizer, corpus, split)
     if int(stream.ids.max()) >= n_vocab:
@@ -166,10 +204,17 @@ def build_cache(model: str, layer: int, corpus: str | os.PathLike[str], split: s
 
     partial = _partial_path(out)
     f, done = _open_partial(partial, request)
+    finished = False
     try:
         if f is None:
-            f = _create(partial, attrs, request, contexts, ctx_docs, n_tokens, d_model, dtype)
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            f = h5py.File(partial, "w")  # opened here so that a failure while creating still closes it below
+            _create(f, attrs, request, contexts, ctx_docs, n_tokens, d_model, dtype)
             done = 0
+        # Rows from context `done` on are written again (a GPU forward need not repeat bit for bit):
+        # their blocks are checksummed again too.
+        f.attrs["blocks_checksummed"] = min(int(f.attrs["blocks_checksummed"]),
+                                            min(n_tokens, done * body) // int(f.attrs["checksum_rows"]))
         x_ds = f["x"]
         bar = tqdm(total=n_tokens, initial=min(n_tokens, done * body), unit="tok", unit_scale=True,
                    desc=f"cache L{layer} {split}", disable=not progress, dynamic_ncols=True)
@@ -180,6 +225,7 @@ def build_cache(model: str, layer: int, corpus: str | os.PathLike[str], split: s
             x = capture_mlp_input(lm, layer, ids)[:, 1:].reshape(-1, d_model)  # drop position 0 (BOS)
             r0, r1 = c0 * body, min(n_tokens, c1 * body)
             x_ds[r0:r1] = _to_storage(x[: r1 - r0].cpu(), dtype)
+            store_block_checksums(f, r1)  # before contexts_done: a resumed build never skips a block
             f.attrs["contexts_done"] = c1
             f.flush()
             bar.update(r1 - r0)
@@ -187,13 +233,62 @@ def build_cache(model: str, layer: int, corpus: str | os.PathLike[str], split: s
         rate = (n_tokens - rows0) / max(time.perf_counter() - t0, 1e-9)
         f.attrs["complete"] = True
         f.attrs["tokens_per_second"] = float(rate)
+        finished = True
+    except (OSError, RuntimeError) as exc:
+        full = disk_full_error(exc, partial)
+        if full is None:
+            raise
+        # HDF5 cannot close a file whose metadata it cannot write, and crashes at exit; give the space back first
+        # (the partial file is lost: its unwritten metadata would not let a re-run resume from it anyway).
+        with contextlib.suppress(OSError):
+            os.truncate(partial, 0)
+        raise full from None
     finally:
         if f is not None:
-            f.close()
+            try:
+                f.close()
+            except (OSError, RuntimeError):
+                if finished:
+                    raise  # otherwise the error already on its way out is the one to report
     os.replace(partial, out)
     log.info("cached %d tokens x %d dims of %s layer %d (%s, %s) at %.0f tokens/s -> %s", n_tokens, d_model, model,
              layer, split, dtype, rate, out)
     return attrs
+
+
+def _check_free_space(out: Path, n_tokens: int, d_model: int, dtype: str, context_length: int) -> None:
+    """``OSError(ENOSPC)`` before any forward when the file system of ``out`` cannot hold the cache."""
+    need = n_tokens * (d_model * np.dtype(_STORAGE[dtype]).itemsize + 4 * 4)  # x and four int32 row datasets
+    need += math.ceil(n_tokens / max(1, context_length - 1)) * context_length * 4 + (1 << 20)  # contexts, headers
+    where = out.parent.resolve()
+    while not where.exists() and where != where.parent:  # the folder is created later: ask its nearest ancestor
+        where = where.parent
+    free = free_bytes(where)
+    partial = _partial_path(out)
+    if free is None:
+        return
+    free += partial.stat().st_size if partial.is_file() else 0  # reused or replaced
+    if free < need:
+        raise OSError(errno.ENOSPC, f"No space left on device: the cache needs about {need / 2**20:,.0f} MiB but "
+                      f"{where} has {free / 2**20:,.0f} MiB free", str(out))
+
+
+def refresh_checksums(path: str | os.PathLike[str]) -> None:
+    """Recompute every checksum of a cache file in place, making it cache format 2.
+
+    Only for files edited on purpose (tests, synthetic benchmark caches): it blesses whatever the file
+    holds, corrupt rows included.
+    """
+    with h5py.File(path, "r+") as f:
+        n, d = f["x"].shape
+        block = int((f["x"].chunks or (_chunk_rows(d, f["x"].dtype.itemsize, n),))[0])
+        if CHECKSUMS in f:
+            del f[CHECKSUMS]
+        f.create_dataset(CHECKSUMS, shape=(math.ceil(n / block),), dtype=np.uint32)
+        for name in _METADATA:
+            f[name].attrs["crc32"] = crc32(f[name][()])
+        f.attrs.update({"format": CACHE_FORMAT, "checksum": "crc32", "checksum_rows": block, "blocks_checksummed": 0})
+        store_block_checksums(f, n)
 
 
 def _open_partial(partial: Path, request: str) -> tuple[h5py.File | None, int]:
@@ -202,7 +297,7 @@ def _open_partial(partial: Path, request: str) -> tuple[h5py.File | None, int]:
         return None, 0
     try:
         f = h5py.File(partial, "r+")
-        if f.attrs.get("request") == request and "x" in f:
+        if f.attrs.get("request") == request and "x" in f and CHECKSUMS in f:
             done = int(f.attrs.get("contexts_done", 0))
             log.info("resuming %s from context %d", partial, done)
             return f, done
@@ -214,27 +309,38 @@ def _open_partial(partial: Path, request: str) -> tuple[h5py.File | None, int]:
     return None, 0
 
 
-def _create(partial: Path, attrs: dict, request: str, contexts: np.ndarray, ctx_docs: np.ndarray, n_tokens: int,
-            d_model: int, dtype: str) -> h5py.File:
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    f = h5py.File(partial, "w")
+def _create(f: h5py.File, attrs: dict, request: str, contexts: np.ndarray, ctx_docs: np.ndarray, n_tokens: int,
+            d_model: int, dtype: str) -> None:
     storage = np.dtype(_STORAGE[dtype])
     chunks = (_chunk_rows(d_model, storage.itemsize, n_tokens), d_model)
     f.create_dataset("x", shape=(n_tokens, d_model), dtype=storage, chunks=chunks)
+    f.create_dataset(CHECKSUMS, shape=(math.ceil(n_tokens / chunks[0]),), dtype=np.uint32)
     body = contexts.shape[1] - 1
     row_ctx = np.repeat(np.arange(len(contexts)), body)[:n_tokens]
     row_pos = np.tile(np.arange(1, body + 1), len(contexts))[:n_tokens]
-    f.create_dataset("token_ids", data=contexts[:, 1:].reshape(-1)[:n_tokens].astype(np.int32))
-    f.create_dataset("context_index", data=row_ctx.astype(np.int32))
-    f.create_dataset("position", data=row_pos.astype(np.int32))
-    f.create_dataset("document", data=ctx_docs[:, 1:].reshape(-1)[:n_tokens].astype(np.int32))
-    f.create_dataset("contexts", data=contexts.astype(np.int32))
+    metadata = {
+        "token_ids": contexts[:, 1:].reshape(-1)[:n_tokens],
+        "context_index": row_ctx,
+        "position": row_pos,
+        "document": ctx_docs[:, 1:].reshape(-1)[:n_tokens],
+        "contexts": contexts,
+    }
+    for name, values in metadata.items():
+        data = np.ascontiguousarray(values, dtype=np.int32)
+        f.create_dataset(name, data=data).attrs["crc32"] = crc32(data)
     for key, value in attrs.items():
         f.attrs[key] = value
+    f.attrs["format"] = CACHE_FORMAT
+    f.attrs["checksum"] = "crc32"
+    f.attrs["checksum_rows"] = chunks[0]
+    f.attrs["blocks_checksummed"] = 0
     f.attrs["request"] = request
     f.attrs["contexts_done"] = 0
     f.attrs["complete"] = False
-    return f
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0][:160]
 
 
 def _plain(value: object) -> object:
@@ -258,6 +364,11 @@ class ActivationCache:
         self.n_tokens: int = int(self.attrs["n_tokens"])
         self.context_length: int = int(self.attrs["context_length"])
         self.chunk_rows: int = int((self._x.chunks or (4096,))[0])
+        # Checksums (None: a cache from before format 2, read unverified); set by open() after its checks.
+        self._sums: np.ndarray | None = None
+        self._block_rows = self.chunk_rows
+        self._verified = np.zeros(0, dtype=bool)
+        self._verified_metadata: set[str] = set()
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, expect: dict | None = None) -> ActivationCache:
@@ -271,27 +382,60 @@ class ActivationCache:
         try:
             f = h5py.File(p, "r")
         except OSError as e:
-            raise ValueError(f"activation cache {p} is not a readable HDF5 file ({str(e).splitlines()[0][:120]}); "
-                             "expected a complete cache (delete it and re-run)") from None
+            raise ValueError(f"activation cache {p} is not a readable HDF5 file, e.g. truncated ({_first_line(e)}); "
+                             f"expected a complete cache: {_rebuild_hint(p)}") from None
         missing = [k for k in REQUIRED_ATTRS if k not in f.attrs] + [d for d in _DATASETS if d not in f]
         if missing or not bool(f.attrs.get("complete", False)):
             f.close()
             what = f"lacks {', '.join(missing)}" if missing else "is marked incomplete"
             raise ValueError(f"activation cache {p} {what}; "
                              "expected a complete cache written by `python -m jsae cache`")
-        cache = cls(p, f)
+        try:
+            cache = cls(p, f)
+        except (TypeError, ValueError, KeyError, OSError) as e:
+            f.close()
+            raise ValueError(f"activation cache {p} has unreadable attributes or datasets ({_first_line(e)}); "
+                             f"{_rebuild_hint(p)}") from None
         if cache._x.shape != (cache.n_tokens, cache.d_model):
             cache.close()
             raise ValueError(f"activation cache {p} has x of shape {cache._x.shape}; "
                              f"expected ({cache.n_tokens}, {cache.d_model}) from its attrs")
+        try:
+            cache._load_checksums()
+        except ValueError:
+            cache.close()
+            raise
         if expect:
             cache.check(expect)
         return cache
+
+    def _load_checksums(self) -> None:
+        """Read the per-block checksums of x (and check the others exist); warn for a pre-checksum cache."""
+        fmt = self.attrs.get("format")
+        if fmt is None:
+            log.warning("activation cache %s has no checksums (written before cache format %d), so corrupt rows "
+                        "would go unnoticed; %s", self.path, CACHE_FORMAT, _rebuild_hint(self.path))
+            return
+        if not isinstance(fmt, int) or fmt > CACHE_FORMAT:
+            raise ValueError(f"activation cache {self.path} has format {fmt!r}; expected <= {CACHE_FORMAT} "
+                             "(written by a newer jsae: upgrade jsae, or delete it and re-run to rebuild it)")
+        block = self.attrs.get("checksum_rows")
+        n_blocks = math.ceil(self.n_tokens / block) if isinstance(block, int) and block > 0 else -1
+        missing = [d for d in _METADATA if "crc32" not in self._file[d].attrs]
+        sums = self._file.get(CHECKSUMS)
+        if n_blocks < 0 or sums is None or sums.shape != (n_blocks,) or missing:
+            what = f"no crc32 on {', '.join(missing)}" if missing else f"no valid {CHECKSUMS} / checksum_rows"
+            raise ValueError(f"activation cache {self.path} has {what}; expected the checksums of cache format "
+                             f"{CACHE_FORMAT}: {_rebuild_hint(self.path)}")
+        self._sums = self._read("its checksums", sums.__getitem__, ())
+        self._block_rows = int(block)
+        self._verified = np.zeros(n_blocks, dtype=bool)
 
     def check(self, expect: dict) -> None:
         """``ValueError`` naming the first attribute that differs from ``expect`` (e.g. another model or layer)."""
         for key, want in expect.items():
             if key not in self.attrs:
+                self.close()
                 raise ValueError(f"activation cache {self.path} has no attribute {key!r}; "
                                  f"expected one of {', '.join(sorted(self.attrs))}")
             have = self.attrs[key]
@@ -319,8 +463,53 @@ class ActivationCache:
         return (f"ActivationCache({self.path}, model={self.attrs['model']!r}, layer={self.attrs['layer']}, "
                 f"n_tokens={self.n_tokens}, d_model={self.d_model}, dtype={self.dtype})")
 
+    def _read(self, what: str, fn, *args):
+        """``fn(*args)``, an HDF5 read; a damaged or truncated file becomes one line with the remedy."""
+        try:
+            return fn(*args)
+        except (OSError, RuntimeError) as e:  # h5py: "Can't read data", "truncated file", a bad checksum ...
+            raise ValueError(f"activation cache {self.path} cannot be read at {what} ({_first_line(e)}); "
+                             f"{_rebuild_hint(self.path)}") from None
+
+    def _check_block(self, k: int, raw: np.ndarray) -> None:
+        """Verify block ``k`` (its stored rows ``raw``) against its checksum, once."""
+        if self._sums is None or self._verified[k]:
+            return
+        if crc32(raw) != int(self._sums[k]):
+            a = k * self._block_rows
+            b = min(self.n_tokens, a + self._block_rows)
+            raise ValueError(f"activation cache {self.path} is corrupt: rows {a}:{b} (block {k}) do not match "
+                             f"their crc32 checksum; {_rebuild_hint(self.path)}")
+        self._verified[k] = True
+
+    def _raw(self, start: int, stop: int) -> np.ndarray:
+        """Stored rows ``[start, stop)``; any block among them read for the first time is verified."""
+        rows = lambda a, b: self._read(f"rows {a}:{b}", self._x.__getitem__, np.s_[a:b])
+        if self._sums is None or start >= stop:
+            return rows(start, stop)
+        size = self._block_rows
+        k0, k1 = start // size, math.ceil(stop / size)
+        if self._verified[k0:k1].all():
+            return rows(start, stop)
+        a, b = k0 * size, min(self.n_tokens, k1 * size)  # whole blocks: one read serves both
+        raw = rows(a, b)
+        for k in range(k0, k1):
+            self._check_block(k, raw[k * size - a : min(b, (k + 1) * size) - a])
+        return raw[start - a : stop - a]
+
     def _rows(self, start: int, stop: int) -> np.ndarray:
-        return _from_storage(self._x[start:stop], self.dtype)
+        return _from_storage(self._raw(start, stop), self.dtype)
+
+    def _metadata(self, name: str) -> np.ndarray:
+        """A whole row-metadata dataset, verified against its crc32 attribute the first time."""
+        ds = self._file[name]
+        data = self._read(f"dataset {name!r}", ds.__getitem__, ())
+        if self._sums is not None and name not in self._verified_metadata:
+            if crc32(data) != int(ds.attrs["crc32"]):
+                raise ValueError(f"activation cache {self.path} is corrupt: dataset {name!r} does not match its "
+                                 f"crc32 checksum; {_rebuild_hint(self.path)}")
+            self._verified_metadata.add(name)
+        return data
 
     def read(self, start: int = 0, stop: int | None = None) -> Tensor:
         """Rows ``[start, stop)`` of x as a float32 tensor ``[rows, d_model]``."""
@@ -332,23 +521,23 @@ class ActivationCache:
 
     def contexts(self) -> np.ndarray:
         """Token ids of every context ``[n_contexts, context_length]`` (position 0 is the BOS)."""
-        return self._file["contexts"][()]
+        return self._metadata("contexts")
 
     @cached_property
     def token_ids(self) -> np.ndarray:
-        return self._file["token_ids"][()]
+        return self._metadata("token_ids")
 
     @cached_property
     def context_index(self) -> np.ndarray:
-        return self._file["context_index"][()]
+        return self._metadata("context_index")
 
     @cached_property
     def position(self) -> np.ndarray:
-        return self._file["position"][()]
+        return self._metadata("position")
 
     @cached_property
     def document(self) -> np.ndarray:
-        return self._file["document"][()]
+        return self._metadata("document")
 
     # ---- shuffled training stream -------------------------------------------------------------------------
     def _groups(self, epoch: int, seed: int, buffer_chunks: int) -> list[np.ndarray]:
@@ -367,7 +556,14 @@ class ActivationCache:
         raw = np.empty((sum(b - a for a, b in spans), self.d_model), dtype=self._x.dtype)
         offset = 0
         for a, b in spans:
-            self._x.read_direct(raw, np.s_[a:b], np.s_[offset : offset + b - a])
+            dest = np.s_[offset : offset + b - a]
+            self._read(f"rows {a}:{b}", self._x.read_direct, raw, np.s_[a:b], dest)
+            if self._sums is not None:
+                k = a // self._block_rows
+                if a % self._block_rows == 0 and b == min(self.n_tokens, a + self._block_rows):
+                    self._check_block(k, raw[dest])  # a whole block: verified from the buffer itself
+                elif not self._verified[k : math.ceil(b / self._block_rows)].all():
+                    self._raw(a, b)  # spans that are not blocks (chunk_rows was changed): read them again
             offset += b - a
         perm = np.random.default_rng([seed, epoch, group, 1]).permutation(len(raw))
         return _from_storage(raw[perm], self.dtype)
@@ -456,6 +652,10 @@ def cli(argv: list[str]) -> int:
     a = p.parse_args(argv)
     setup_logging(log_file=a.log_file)
     set_threads(a.threads)
+    return run_cli(_cache_cli, a)
+
+
+def _cache_cli(a: argparse.Namespace) -> int:
     build_cache(a.model, a.layer, a.corpus, a.split, a.n_tokens, a.context_length, a.out, dtype=a.dtype,
                 batch_size=a.batch_size, seed=a.seed, device=a.device)
     return 0

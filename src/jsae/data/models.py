@@ -12,6 +12,10 @@ A SPEC is one of
   (``HF_HUB_OFFLINE=1`` or no route to the hub) and not in the local HF cache, it fails at once with a
   one-line message instead of retrying downloads.
 
+A SPEC that looks like a path (``./x``, ``/x``, ``~/x``, ``a/b/c``, a trailing ``/``, a backslash, or
+``a/b`` whose ``a`` is a local directory, e.g. ``results/x``) is a local directory and never reaches the
+network: if it does not exist that is a one-line error at once, not minutes of hub retries.
+
 Models are returned in eval mode on the requested device and dtype. The MLP of a layer and the hook
 on its input live in :mod:`jsae.data.hooks`.
 """
@@ -24,6 +28,7 @@ import logging
 import os
 import re
 import socket
+import threading
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -31,7 +36,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from jsae.cli import HelpFormatter
+from jsae.cli import HelpFormatter, run_cli
 from jsae.io import atomic_dir, setup_logging, write_json
 
 log = logging.getLogger("jsae.data.models")
@@ -58,13 +63,44 @@ def hub_offline() -> bool:
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick TCP probe of the hub endpoint, so a machine without network fails in seconds, not minutes."""
+    """A quick TCP probe of the hub endpoint, so a machine without network fails in seconds, not minutes.
+
+    The name lookup runs in a daemon thread: getaddrinfo has no timeout of its own and, with no DNS
+    server answering, can block far longer than ``timeout``.
+    """
     url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout).close()
+    host, port = url.hostname or "huggingface.co", url.port or 443
+    result: dict[str, object] = {}
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result["ok"] = True
+        except OSError:
+            result["ok"] = False
+        except BaseException as exc:  # handed to the caller (e.g. a test's guard against network use)
+            result["error"] = exc
+
+    thread = threading.Thread(target=probe, name="jsae-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout + 1.0)
+    if "error" in result:
+        raise result["error"]  # type: ignore[misc]
+    return bool(result.get("ok", False))
+
+
+def _looks_local(spec: str) -> bool:
+    """A SPEC written as a filesystem path rather than a hub id (``org/name`` or a legacy bare name)."""
+    if spec.startswith((".", "/", "~")) or spec.endswith(("/", "\\")) or spec.count("/") > 1 or "\\" in spec:
         return True
-    except OSError:
-        return False
+    # results/x, models/x: an org of that name is possible on the hub, but a local folder of that name wins.
+    return "/" in spec and Path(spec.split("/", 1)[0]).is_dir()
+
+
+def _missing_dir(path: Path | str) -> FileNotFoundError:
+    return FileNotFoundError(f"model directory {path} does not exist; expected a save_pretrained folder "
+                             "(config.json + weights): check the path, or build it first (python -m jsae pretrain "
+                             "/ reinit, or the workflow rule that writes it)")
 
 
 def _in_hf_cache(repo_id: str) -> bool:
@@ -104,13 +140,16 @@ def resolve_spec(spec: str) -> tuple[str, dict]:
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"model directory {path} has no config.json; expected a save_pretrained directory")
         return "dir", {"path": path}
+    if path.exists():
+        raise FileNotFoundError(f"model path {path} is a file, not a directory; expected a save_pretrained folder "
+                                "(pass the folder that holds config.json)")
     if spec == SMOLLM2:
         gguf = smollm2_gguf_path()
         return "gguf", {"dir": gguf.parent, "file": gguf.name}
     if "/" not in spec and (MODELS_ROOT / spec / "config.json").is_file():
         return "dir", {"path": MODELS_ROOT / spec}
-    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or os.sep in spec and not _HUB_ID.match(spec):
-        raise FileNotFoundError(f"model directory {spec} does not exist; expected a save_pretrained directory")
+    if _looks_local(spec):
+        raise _missing_dir(spec)
     if not (_HUB_ID.match(spec) or spec in _LEGACY_HUB_NAMES):
         hint = (" (build it with `python -m jsae pretrain --out results/models/tiny-neox`)"
                 if spec.startswith("tiny") else "")
@@ -145,10 +184,15 @@ def load_model(spec: str, *, device: str | torch.device = "cpu",
         source = str(info["path"] if kind == "dir" else info["repo_id"])
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    except OSError as e:
-        if kind == "hub":
-            raise FileNotFoundError(f"weights of {spec!r} could not be loaded ({str(e).splitlines()[0][:160]}); "
-                                    f"{_OFFLINE_HELP}") from None
+    except Exception as e:
+        first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        if kind == "hub" and isinstance(e, OSError):
+            raise FileNotFoundError(f"weights of {spec!r} could not be loaded ({first}); {_OFFLINE_HELP}") from None
+        # A deleted or truncated weights file in a local folder: OSError, or safetensors' own error type.
+        if kind == "dir" and (isinstance(e, OSError) or type(e).__name__ == "SafetensorError"):
+            raise FileNotFoundError(f"model directory {source} has no loadable weights ({first}); expected a "
+                                    "complete save_pretrained folder: delete it and re-run the rule that builds it"
+                                    ) from None
         raise
     tok_kwargs = {"gguf_file": info["file"]} if kind == "gguf" else {}
     try:
@@ -225,5 +269,9 @@ def cli_reinit(argv: list[str]) -> int:
     p.add_argument("--log-file", default=None, help="also write logs here")
     a = p.parse_args(argv)
     setup_logging(log_file=a.log_file)
-    save_reinit(a.model, a.out, seed=a.seed)
+    return run_cli(_reinit_cli, a)
+
+
+def _reinit_cli(args: argparse.Namespace) -> int:
+    save_reinit(args.model, args.out, seed=args.seed)
     return 0

@@ -45,6 +45,7 @@ from jsae.eval.inputs import (
     pair_parser,
     run_field,
     run_pair_command,
+    token_count,
     write_pair_outputs,
 )
 from jsae.eval.metrics import (
@@ -335,10 +336,7 @@ def evaluate_pair(
     check_positive_int("ce_tokens", ce_tokens)
     min_ablation_nats = check_min_ablation(min_ablation_nats)
     edges = histogram_edges(hist_max, hist_bins)
-    n_avail = int(cache.n_tokens)
-    if n_avail == 0:
-        raise ValueError("the evaluation cache holds 0 tokens; expected a non-empty validation cache")
-    n_eval = n_avail if n_tokens is None else min(n_tokens, n_avail)
+    n_eval = token_count(cache, n_tokens)
     log.info("activation metrics over %d tokens (batch %d)", n_eval, batch_size)
     metrics, arrays, _ = activation_metrics(
         pair,

@@ -140,13 +140,23 @@ def load_inputs(model_spec: str, layer: int, run_dir: str, cache_path: str, *, d
     return Inputs(model, tokenizer, pair.eval(), cache, run, layer)
 
 
+def token_count(cache: Any, n_tokens: int | None) -> int:
+    """How many cache rows an analysis reads: ``n_tokens``, or all with ``None``. Asking for more than the cache
+    holds is an error, not a silent clamp (the outputs would report fewer tokens than were asked for)."""
+    total = int(cache.n_tokens)
+    if total == 0:
+        raise ValueError("the evaluation cache holds 0 tokens; expected a non-empty validation cache")
+    if n_tokens is None:
+        return total
+    if not 1 <= int(n_tokens) <= total:
+        raise ValueError(f"n_tokens={n_tokens} is invalid for an evaluation cache of {total} tokens; expected "
+                         f"1..{total} (or a larger validation cache: cache.eval_tokens)")
+    return int(n_tokens)
+
+
 def cache_rows(cache: Any, n_tokens: int | None, batch_size: int) -> Iterator[Tensor]:
     """The first ``n_tokens`` rows of an activation cache (all with ``None``), in order, in batches."""
-    total = int(cache.n_tokens)
-    n = total if n_tokens is None else min(int(n_tokens), total)
-    if n <= 0:
-        raise ValueError(f"the evaluation set is empty (cache has {total} tokens, n_tokens={n_tokens}); "
-                         "expected at least one token")
+    n = token_count(cache, n_tokens)
     for start in range(0, n, batch_size):
         yield cache.read(start, min(n, start + batch_size))
 

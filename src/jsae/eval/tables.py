@@ -32,7 +32,15 @@ from tqdm.auto import tqdm
 
 from jsae.checks import check_positive_int
 from jsae.cli import tracking_uri
-from jsae.eval.inputs import cache_rows, load_inputs, pair_identity, pair_parser, run_field, run_pair_command
+from jsae.eval.inputs import (
+    cache_rows,
+    load_inputs,
+    pair_identity,
+    pair_parser,
+    run_field,
+    run_pair_command,
+    token_count,
+)
 from jsae.eval.metrics import GlobalJacobianAccumulator
 from jsae.io import atomic_path
 from jsae.nn.pair import JSAEPair
@@ -291,9 +299,8 @@ def make_tables(
     """Everything the page shows, from a pair and a cache (``read``, ``n_tokens``, ``contexts()``,
     ``context_index``, ``position``, ``context_length``)."""
     check_positive_int("n_examples", n_examples)
-    total_rows = int(cache.n_tokens)
-    n = total_rows if n_tokens is None else min(int(n_tokens), total_rows)
-    n_batches = -(-n // batch_size) if n > 0 else 0
+    n = token_count(cache, n_tokens)
+    n_batches = -(-n // batch_size)
     glob = jacobian_connections(pair, cache_rows(cache, n, batch_size), total=n_batches, progress=progress)
     chosen = select_latents(glob, n_output_latents=n_output_latents, n_inputs=n_inputs, min_active=min_active,
                             min_count=min_count)

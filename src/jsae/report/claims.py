@@ -15,15 +15,19 @@ direction (``>`` or ``<``) and a margin (docs/metrics.md, "Claims"):
   validation tokens; checked by ``token_id``). τ* is re-estimated inside every resample. Probe shares
   get a cluster bootstrap over the distinct (token, input latent) sweeps (functions of one sweep are
   not independent); two pairs' probe samples are independent, so they are resampled independently.
+* **Seeds.** Where the pairs a claim compares were trained with several seeds (config ``seeds``), the claim is
+  measured on each seed's own pairs and the value is the mean over seeds; its interval adds, in quadrature,
+  the t interval across seeds (training variation) and the seeds' mean token half-width
+  (:func:`seed_interval`). With one seed the interval covers token sampling only, and says so.
 * **Verdict.** "holds" when the whole interval clears the threshold by the margin (lo > t + m for
   ``>``, hi < t − m for ``<``); "does not hold" when the whole interval is on the wrong side of the
   threshold (hi < t, resp. lo > t); otherwise "inconclusive". No interval (an evaluation without
   per-token arrays, pairs not measured on the same tokens), no value, or a refused CE score:
   "inconclusive", with the reason.
 
-The margins stand for what a token bootstrap cannot see (one seed, one training run): relative
-claims ("falls", "sparser than") need 10% (across λ the effective share moved ±10% without a
-trend); claims whose threshold is already a substantive bar (a 2× reduction, ≥ 90%, > 50%,
+The margins are the smallest effect a relative claim counts ("falls", "sparser than": 10%; across λ the
+effective share moved ±10% without a trend), and they also guard a one-seed study, whose interval cannot see
+training variation; claims whose threshold is already a substantive bar (a 2× reduction, ≥ 90%, > 50%,
 Δ ≥ −0.05) have margin 0.
 """
 
@@ -63,6 +67,7 @@ from jsae.report.results import (
     metric,
     pick_pair,
     refused_sides,
+    replicates,
     sites_of,
 )
 
@@ -84,7 +89,8 @@ WINDOW = 32
 _PROBE_LABEL = {"linear": ("label", 0), "on_line": ("split", 0)}
 
 CLAIMS_COLUMNS = ["site", "key", "claim", "paper", "ours", "statistic", "value", "lo", "hi", "interval", "direction",
-                  "threshold", "margin", "verdict", "n", "n_unit", "headline_tau", "paper_tau_value", "why"]
+                  "threshold", "margin", "verdict", "n", "n_unit", "n_seeds", "seed_values", "headline_tau",
+                  "paper_tau_value", "why"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -325,6 +331,8 @@ class Claim:
     headline_tau: float = float("nan")  # τ* the statistic was read at (units of J), where it uses one
     paper_tau_value: float = float("nan")  # the same statistic at the paper's τ = 0.01, absolute units
     note: str = ""  # why the value or the interval is missing (e.g. a refused CE score, an older evaluation)
+    n_seeds: int = 1  # training seeds the value and interval combine (combine_seeds)
+    seed_values: str = ""  # each seed's value, e.g. "seed 0: 5.19; seed 1: 5.02"
     holds: bool | None = field(init=False, default=None)
     why: str = field(init=False, default="")
 
@@ -441,12 +449,24 @@ def headline_taus(results: Sequence[PairResult], site: tuple[str, int]) -> dict[
     return out
 
 
-def headline_columns(results: Sequence[PairResult]) -> dict[tuple[str, int, str, float], dict[str, float]]:
-    """Per pair: the site's τ*, its share of |J| above it, its own model's λ = 0 τ* and its share above that."""
-    out: dict[tuple[str, int, str, float], dict[str, float]] = {}
+def _ref_x(results: Sequence[PairResult], site: tuple[str, int], control: str, seed: int,
+           memo: dict[tuple[str, int], float]) -> float:
+    """τ* (grid units) of the site's λ = 0 pair of ``control``: of ``seed`` where it has one, else the base seed's."""
+    if (control, seed) not in memo:
+        ref = pick_pair(results, site, control, 0.0, seed) or pick_pair(results, site, control, 0.0)
+        s = TokenStats.of(ref)
+        memo[control, seed] = float(tau_star_x(np.ones((1, s.n)), s)[0]) if s else float("nan")
+    return memo[control, seed]
+
+
+def headline_columns(results: Sequence[PairResult]) -> dict[tuple[str, int, str, float, int], dict[str, float]]:
+    """Per pair: the site's τ*, its share of |J| above it, its own model's λ = 0 τ* and its share above that.
+
+    The λ = 0 reference is the pair's own training seed where that seed has a λ = 0 pair (a replicate is read
+    against its own baseline, as its claims are), else the base seed's."""
+    out: dict[tuple[str, int, str, float, int], dict[str, float]] = {}
     for site in sites_of(results):
-        refs = {c: TokenStats.of(pick_pair(results, site, c, 0.0)) for c in ("trained", "reinit")}
-        xs = {c: float(tau_star_x(np.ones((1, s.n)), s)[0]) if s else float("nan") for c, s in refs.items()}
+        xs: dict[tuple[str, int], float] = {}
         for r in results:
             if r.site != site:
                 continue
@@ -454,10 +474,10 @@ def headline_columns(results: Sequence[PairResult]) -> dict[tuple[str, int, str,
             if s is None:
                 continue
             ones = np.ones((1, s.n))
-            own = xs.get(r.control, float("nan"))
+            site_x, own = (_ref_x(results, site, control, r.seed, xs) for control in ("trained", r.control))
             out[r.key] = {
-                HEADLINE_TAU_KEY: tau_of_x(xs["trained"], s.per_decade),
-                HEADLINE_FRAC_KEY: float(share_above_x(ones, s, np.array([xs["trained"]]))[0]),
+                HEADLINE_TAU_KEY: tau_of_x(site_x, s.per_decade),
+                HEADLINE_FRAC_KEY: float(share_above_x(ones, s, np.array([site_x]))[0]),
                 OWN_HEADLINE_TAU_KEY: tau_of_x(own, s.per_decade),
                 HEADLINE_FRAC_OWN_KEY: float(share_above_x(ones, s, np.array([own]))[0]),
             }
@@ -487,8 +507,85 @@ def _ce_deltas(base: PairResult, jsae: PairResult, lam: float) -> str:
             f"λ={lam:g} {pair(jsae, CE_ABLATION_DELTA_KEYS)}")
 
 
+def t_quantile_975(df: int) -> float:
+    """Student's t 0.975-quantile with ``df`` degrees of freedom (two-sided 95%); between tabulated df the
+    next smaller df's (larger, so conservative) value."""
+    if df < 1:
+        raise ValueError(f"df={df!r} is invalid; expected >= 1 degree of freedom (two or more seeds)")
+    return next(t for d, t in reversed(_T975) if d <= df)
+
+
+#: (df, t_0.975) from the standard table; 1.96 (the normal quantile) beyond 120.
+_T975 = ((1, 12.706), (2, 4.303), (3, 3.182), (4, 2.776), (5, 2.571), (6, 2.447), (7, 2.365), (8, 2.306),
+         (9, 2.262), (10, 2.228), (12, 2.179), (15, 2.131), (20, 2.086), (25, 2.060), (30, 2.042), (40, 2.021),
+         (60, 2.000), (120, 1.980), (10**9, 1.960))
+
+
+def seed_interval(values: Sequence[float], los: Sequence[float], his: Sequence[float]) -> tuple[float, float, float]:
+    """(mean, lo, hi): the seed-mean of a statistic and its 95% interval from two independent error sources.
+
+    Seed to seed (training): the t interval of the mean, half-width t_{n−1} · sd / √n. Token sampling: the mean
+    of the seeds' token-bootstrap half-widths, each side separately — the seeds are evaluated on the same tokens,
+    so their token errors are correlated, at most fully, and the seed-mean's token half-width is at most that
+    mean. The two half-widths add in quadrature. Needs two or more seeds.
+    """
+    v, lo, hi = (np.asarray(a, dtype=np.float64) for a in (values, los, his))
+    n = len(v)
+    if n < 2 or not (len(lo) == len(hi) == n):
+        raise ValueError(f"{n} seed values with {len(lo)}/{len(hi)} interval ends; expected >= 2 seeds, one each")
+    mean = float(v.mean())
+    h_seed = t_quantile_975(n - 1) * float(v.std(ddof=1)) / math.sqrt(n)
+    h_lo, h_hi = float((v - lo).mean()), float((hi - v).mean())
+    return mean, mean - math.hypot(h_lo, h_seed), mean + math.hypot(h_hi, h_seed)
+
+
+def combine_seeds(by_seed: dict[int, Claim]) -> Claim:
+    """One claim from the same claim measured on each training seed (:func:`seed_interval`); the base (lowest)
+    seed's texts. Seeds without a value or an interval are listed and left out; one usable seed keeps its own
+    token interval, saying that seeds are not covered."""
+    seeds = sorted(by_seed)
+    base = by_seed[seeds[0]]
+    usable = [s for s in seeds if all(math.isfinite(x) for x in (by_seed[s].value, by_seed[s].lo, by_seed[s].hi))]
+    listed = "; ".join(f"seed {s}: {_g(by_seed[s].value)}" for s in seeds)
+    kw = {f: getattr(base, f) for f in ("site", "key", "claim", "paper", "ours", "statistic", "direction",
+                                        "threshold", "margin", "n", "n_unit", "headline_tau", "paper_tau_value",
+                                        "note")}
+    if len(usable) < 2:
+        one = by_seed[usable[0]] if usable else base
+        kw.update(value=one.value, lo=one.lo, hi=one.hi, note=one.note,
+                  interval=(one.interval + "; one training seed: seed-to-seed variation not covered")
+                  if one.interval else "")
+        return Claim(**kw, n_seeds=len(usable), seed_values=listed)
+    value, lo, hi = seed_interval([by_seed[s].value for s in usable], [by_seed[s].lo for s in usable],
+                                  [by_seed[s].hi for s in usable])
+    left_out = [s for s in seeds if s not in usable]
+    how = (f"mean over {len(usable)} training seeds ({', '.join(map(str, usable))}); 95%: t interval across seeds "
+           f"(t_{len(usable) - 1} = {t_quantile_975(len(usable) - 1):g}) ⊕ the seeds' mean token half-widths "
+           f"({base.interval})" + (f"; left out (no value or interval): seed {', '.join(map(str, left_out))}"
+                                   if left_out else ""))
+    kw.update(value=value, lo=lo, hi=hi, interval=how, note="")
+    return Claim(**kw, n_seeds=len(usable), seed_values=listed)
+
+
 def site_claims(results: Sequence[PairResult], site: tuple[str, int], lam: float) -> list[Claim]:
-    """The paper's claims (sections 5.1, 5.3, 5.4, appendices B, F.1) on one site, JSAE λ = ``lam`` vs λ = 0."""
+    """The paper's claims on one site, JSAE λ = ``lam`` vs λ = 0, combined over the training seeds.
+
+    Each seed's claims compare that seed's pairs (its λ = 0, its λ = ``lam``, its re-init controls: the
+    seeds are paired, as the tokens are); :func:`combine_seeds` makes one claim of each across seeds.
+    """
+    seeds = sorted({r.seed for r in replicates(results, site, "trained", 0.0)}
+                   & {r.seed for r in replicates(results, site, "trained", lam)})
+    if not seeds:
+        log.warning("%s L%s: no trained pair at λ = 0 and λ = %g; skipping its claims", site[0], site[1], lam)
+        return []
+    per_seed = {s: one_seed_claims([r for r in results if r.seed == s], site, lam) for s in seeds}
+    keys = [c.key for c in per_seed[seeds[0]]]
+    return [combine_seeds({s: c for s in seeds for c in per_seed[s] if c.key == key}) for key in keys]
+
+
+def one_seed_claims(results: Sequence[PairResult], site: tuple[str, int], lam: float) -> list[Claim]:
+    """The paper's claims (sections 5.1, 5.3, 5.4, appendices B, F.1) on one site, JSAE λ = ``lam`` vs λ = 0,
+    from one training seed's pairs (``results`` of one seed)."""
     name = f"{site[0]} L{site[1]}"
     base, jsae = pick_pair(results, site, "trained", 0.0), pick_pair(results, site, "trained", lam)
     if base is None or jsae is None:
@@ -653,6 +750,7 @@ def claims_frame(claims: Sequence[Claim]) -> pd.DataFrame:
     rows = [{"site": c.site, "key": c.key, "claim": c.claim, "paper": c.paper, "ours": c.ours,
              "statistic": c.statistic, "value": c.value, "lo": c.lo, "hi": c.hi, "interval": c.interval,
              "direction": c.direction, "threshold": c.threshold, "margin": c.margin, "verdict": c.verdict,
-             "n": c.n if c.n else None, "n_unit": c.n_unit, "headline_tau": c.headline_tau,
+             "n": c.n if c.n else None, "n_unit": c.n_unit, "n_seeds": c.n_seeds, "seed_values": c.seed_values,
+             "headline_tau": c.headline_tau,
              "paper_tau_value": c.paper_tau_value, "why": c.why} for c in claims]
     return pd.DataFrame(rows, columns=CLAIMS_COLUMNS)

@@ -45,6 +45,7 @@ from jsae.io import atomic_path, setup_logging
 from jsae.report.claims import PAPER_TAU, TokenStats, headline_columns, headline_taus
 from jsae.report.results import (
     PairResult,
+    base_seed,
     ce_score_mean,
     default_jsae_lam,
     find_results,
@@ -579,6 +580,7 @@ def render(names: Sequence[str], results: Sequence[PairResult], out_dir: str | P
     lam = default_jsae_lam(results) if jsae_lam is None else float(jsae_lam)
     if lam <= 0:
         raise ValueError(f"jsae_lam={lam:g} is invalid; expected the λ > 0 shown as 'JSAE' against λ = 0")
+    results = base_seed(results)  # seed replicates are the claims' business; a figure shows one training run
     out = Path(out_dir)
     makers: dict[str, Callable[[], list[Path]]] = {
         "fig2": lambda: fig2(results, lam, out),

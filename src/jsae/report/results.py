@@ -1,9 +1,11 @@
 """The study's per-pair results, read back from the evaluation outputs, and lookups over them.
 
 Inputs are ``evaluation.json`` (+ ``jacobian_stats.npz``) and ``probes.json`` (+ ``probe_curves.npz``)
-files; each JSON carries the pair's identity (model, layer, control, lam), and the workflow writes them
-under ``<model>/L<layer>/<control>/lam<lam>/`` (:data:`PATH_PATTERN`), whose first part names the model
-for the report. A "site" is one (model, layer). The figures and the summary both read through here.
+files; each JSON carries the pair's identity (model, layer, control, lam, seed), and the workflow writes them
+under ``<model>/L<layer>/<control>/lam<lam>/seed<seed>/`` (:data:`PATH_PATTERN`), whose first part names the
+model for the report. A "site" is one (model, layer). A pair trained with several seeds (replicates) has one
+:class:`PairResult` per seed; the figures and tables show the base seed (:func:`base_seed`), the claims
+combine the seeds. The figures and the summary both read through here.
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ from jsae.eval.metrics import (
 )
 from jsae.io import read_json
 
-#: Where the workflow puts a pair's outputs: ``<model>/L<layer>/<control>/lam<lam>/<file>``.
-PATH_PATTERN = re.compile(r"(?P<model>[^/]+)/L(?P<layer>\d+)/(?P<control>trained|reinit)/lam(?P<lam>[^/]+)/[^/]+$")
+#: Where the workflow puts a pair's outputs: ``<model>/L<layer>/<control>/lam<lam>/seed<seed>/<file>`` (an
+#: older layout without the seed level is still read, as seed 0 unless the JSON names it).
+PATH_PATTERN = re.compile(r"(?P<model>[^/]+)/L(?P<layer>\d+)/(?P<control>trained|reinit)/lam(?P<lam>[^/]+)"
+                          r"(?:/seed(?P<seed>\d+))?/[^/]+$")
 
 
 @dataclass
@@ -42,6 +46,7 @@ class PairResult:
     layer: int
     control: str
     lam: float
+    seed: int = 0  # the SAE training seed
     metrics: dict[str, float] = field(default_factory=dict)
     probes: dict[str, float] = field(default_factory=dict)
     identity: dict[str, Any] = field(default_factory=dict)
@@ -54,8 +59,8 @@ class PairResult:
         return (self.model, self.layer)
 
     @property
-    def key(self) -> tuple[str, int, str, float]:
-        return (self.model, self.layer, self.control, self.lam)
+    def key(self) -> tuple[str, int, str, float, int]:
+        return (self.model, self.layer, self.control, self.lam, self.seed)
 
     def stats(self) -> dict[str, np.ndarray]:
         return _load_npz(self.stats_path, "jacobian_stats.npz", self)
@@ -65,7 +70,7 @@ class PairResult:
 
     @property
     def label(self) -> str:
-        return f"{self.model} L{self.layer} {self.control} λ={self.lam:g}"
+        return f"{self.model} L{self.layer} {self.control} λ={self.lam:g} seed {self.seed}"
 
 
 def _load_npz(path: Path | None, name: str, pair: PairResult) -> dict[str, np.ndarray]:
@@ -76,23 +81,25 @@ def _load_npz(path: Path | None, name: str, pair: PairResult) -> dict[str, np.nd
         return {k: z[k] for k in z.files}
 
 
-def _identity(doc: dict, path: Path) -> tuple[str, int, str, float]:
-    """(model, layer, control, lam): the workflow's path names the model; the JSON names the rest."""
+def _identity(doc: dict, path: Path) -> tuple[str, int, str, float, int]:
+    """(model, layer, control, lam, seed): the workflow's path names the model; the JSON names the rest."""
     pair = doc.get("pair") or {}
     m = PATH_PATTERN.search(path.as_posix())
     model = m["model"] if m else (Path(str(pair.get("model", "model"))).name or "model")
     layer = pair.get("layer", m["layer"] if m else None)
     control = pair.get("control") or (m["control"] if m else "trained")
     lam = pair.get("lam", m["lam"] if m else None)
+    seed = pair.get("seed", m["seed"] if m and m["seed"] is not None else 0)
     if layer is None or lam is None:
         raise ValueError(f"{path} has no pair identity (pair.layer / pair.lam) and is not under "
-                         "<model>/L<layer>/<control>/lam<lam>/; expected an evaluation or probes JSON from jsae")
-    return model, int(layer), str(control), float(lam)
+                         "<model>/L<layer>/<control>/lam<lam>/seed<seed>/; expected an evaluation or probes JSON "
+                         "from jsae")
+    return model, int(layer), str(control), float(lam), int(seed)
 
 
 def load_results(paths: Iterable[str | Path]) -> list[PairResult]:
     """Merge evaluation.json and probes.json files into one :class:`PairResult` per pair."""
-    by_key: dict[tuple[str, int, str, float], PairResult] = {}
+    by_key: dict[tuple[str, int, str, float, int], PairResult] = {}
     for p in map(Path, paths):
         if p.suffix != ".json":
             continue  # npz siblings are found next to their JSON
@@ -133,12 +140,27 @@ def sites_of(results: Sequence[PairResult]) -> list[tuple[str, int]]:
     return sorted({r.site for r in results})
 
 
-def pick_pair(results: Sequence[PairResult], site: tuple[str, int], control: str, lam: float) -> PairResult | None:
-    """The pair of ``site`` with this control and λ, or None."""
-    for r in results:
-        if r.site == site and r.control == control and math.isclose(r.lam, lam, rel_tol=1e-9, abs_tol=1e-12):
+def replicates(results: Sequence[PairResult], site: tuple[str, int], control: str, lam: float) -> list[PairResult]:
+    """Every seed of the pair of ``site`` with this control and λ, by seed."""
+    return sorted((r for r in results if r.site == site and r.control == control
+                   and math.isclose(r.lam, lam, rel_tol=1e-9, abs_tol=1e-12)), key=lambda r: r.seed)
+
+
+def pick_pair(results: Sequence[PairResult], site: tuple[str, int], control: str, lam: float,
+              seed: int | None = None) -> PairResult | None:
+    """The pair of ``site`` with this control and λ — of ``seed``, or by default the base (lowest) seed — or None."""
+    for r in replicates(results, site, control, lam):
+        if seed is None or r.seed == seed:
             return r
     return None
+
+
+def base_seed(results: Sequence[PairResult]) -> list[PairResult]:
+    """One result per (model, layer, control, λ): its base (lowest) seed — what figures and tables show."""
+    first: dict[tuple[str, int, str, float], PairResult] = {}
+    for r in sorted(results, key=lambda r: r.key):
+        first.setdefault(r.key[:4], r)
+    return sorted(first.values(), key=lambda r: r.key)
 
 
 def default_jsae_lam(results: Sequence[PairResult]) -> float:

@@ -69,7 +69,7 @@ from jsae.tracking import log_study_run, run_name
 
 log = logging.getLogger("jsae.report.summary")
 
-ID_COLUMNS = ["model", "layer", "control", "lam", "k", "n_latents"]
+ID_COLUMNS = ["model", "layer", "control", "lam", "seed", "k", "n_latents"]
 # shown first in the markdown table; the CSV has every scalar. Each CE loss score sits beside the two
 # CE differences (nats) it is the ratio of, so a refused or ill-conditioned score can be read off them.
 KEY_COLUMNS = [IN_EV_KEY, OUT_EV_KEY,
@@ -97,7 +97,7 @@ def pair_table(results: Sequence[PairResult], pretrain: Sequence[PretrainRecord]
     headline = headline_columns(results)
     rows = []
     for r in results:
-        row: dict[str, Any] = {"model": r.model, "layer": r.layer, "control": r.control, "lam": r.lam,
+        row: dict[str, Any] = {"model": r.model, "layer": r.layer, "control": r.control, "lam": r.lam, "seed": r.seed,
                                "k": r.identity.get("k"), "n_latents": r.identity.get("n_latents")}
         values = {**r.metrics, **r.probes, **headline.get(r.key, {})}
         if IN_CE_SCORE_KEY in values or OUT_CE_SCORE_KEY in values:
@@ -111,7 +111,7 @@ def pair_table(results: Sequence[PairResult], pretrain: Sequence[PretrainRecord]
     if df.empty:
         return pd.DataFrame(columns=ID_COLUMNS)
     order = df["control"].map({"trained": 0, "reinit": 1}).fillna(2)  # trained pairs first
-    return (df.assign(_order=order).sort_values(["model", "layer", "_order", "lam"], kind="stable")
+    return (df.assign(_order=order).sort_values(["model", "layer", "_order", "lam", "seed"], kind="stable")
             .drop(columns="_order").reset_index(drop=True))
 
 
@@ -194,7 +194,9 @@ def claims_markdown(claims: Sequence[Claim]) -> pd.DataFrame:
     return pd.DataFrame([{"site": c.site, "claim": c.claim, "paper": c.paper, "ours": c.ours,
                           "statistic": c.statistic, "value [95% interval]": _interval(c),
                           "threshold (margin)": c.bar, "verdict": c.verdict,
-                          "n": f"{c.n} {c.n_unit}" if c.n else "", "why": c.why} for c in claims],
+                          "n": (f"{c.n} {c.n_unit}" if c.n else "")
+                          + (f" × {c.n_seeds} seeds" if c.n_seeds > 1 else ""),
+                          "why": c.why} for c in claims],
                         columns=["site", "claim", "paper", "ours", "statistic", "value [95% interval]",
                                  "threshold (margin)", "verdict", "n", "why"])
 
@@ -244,12 +246,15 @@ def render_markdown(table: pd.DataFrame, claims: Sequence[Claim], jsae_lam: floa
         f"Each claim's value comes with a {100 * LEVEL:g}% interval: a bootstrap over the evaluation tokens "
         f"({N_BOOT} resamples, seed {BOOT_SEED}), paired — the same tokens for every pair a claim compares, with "
         "τ\\* re-estimated in each resample; probe shares: a cluster bootstrap over the distinct (token, input "
-        "latent) sweeps. A claim **holds** when the whole interval clears the threshold by the margin, **does not "
-        "hold** when the whole interval is on the wrong side of the threshold, and is **inconclusive** otherwise "
+        "latent) sweeps. Where the pairs were trained with several seeds, the value is the mean over the seeds "
+        "(each measured on its own pairs) and the interval adds, in quadrature, the t interval across seeds and "
+        "the seeds' mean token half-width (column n: tokens × seeds). A claim **holds** when the whole interval "
+        "clears the threshold by the margin, **does not hold** when the whole interval is on the wrong side of "
+        "the threshold, and is **inconclusive** otherwise "
         "(also without an interval, or when a CE score it needs was refused). Relative claims (\"falls\", "
-        f"\"sparser than\") carry a {RELATIVE_MARGIN:g} margin: the interval covers token sampling only, not "
-        "seeds or training runs. All statistics are scale-free; the paper's absolute τ = 0.01 appears only as "
-        "labelled text. Every number is in claims.csv.\n\n"
+        f"\"sparser than\") carry a {RELATIVE_MARGIN:g} margin: the smallest effect they count (and, for a "
+        "one-seed claim, a guard for the training variation its interval cannot see). All statistics are "
+        "scale-free; the paper's absolute τ = 0.01 appears only as labelled text. Every number is in claims.csv.\n\n"
         "A CE loss score is (CE_zero − CE_recon) / (CE_zero − CE_clean); where zero-ablation costs less than "
         "evaluation's floor the score is refused (\"refused\" in the table) and a claim that needs it is "
         "inconclusive. ΔCE values are CE_recon − CE_clean and CE_zero − CE_clean in nats.\n",
@@ -291,11 +296,12 @@ def write_summary(results: Sequence[PairResult], out_md: str | Path, out_csv: st
 
 def study_metrics(summary_csv: str | Path) -> tuple[int, dict[str, float]]:
     """The number of pairs in summary.csv and each pair's :data:`STUDY_COLUMNS` values as study-run metrics,
-    keyed ``{model}/L{layer}/{control}/lam{lam}/{column}`` (the pair's MLflow run name, then the column)."""
+    keyed ``{model}/L{layer}/{control}/lam{lam}/seed{seed}/{column}`` (the pair's MLflow run name, then the
+    column)."""
     table = pd.read_csv(summary_csv)
     metrics: dict[str, float] = {}
     for _, row in table.iterrows():
-        tag = run_name(row["model"], row["layer"], row["lam"], row["control"])
+        tag = run_name(row["model"], row["layer"], row["lam"], row["control"], int(row.get("seed", 0)))
         for col in STUDY_COLUMNS:
             if col in table.columns and pd.notna(row[col]):
                 metrics[f"{tag}/{col}"] = float(row[col])

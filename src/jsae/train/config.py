@@ -11,7 +11,8 @@ options of ``python -m jsae train`` are generated from the fields (:mod:`jsae.tr
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from jsae.checks import check_k, check_positive_int
@@ -62,7 +63,7 @@ class TrainConfig:
     grad_clip: float | None = field(default=None, metadata=_help(
         "clip the gradient norm to this value (default: no clipping)"))
     seed: int = field(default=0, metadata=_help(
-        "seed of the SAE init (input SAE: seed, output SAE: seed + 1) and of the data order"))
+        "training seed: of the SAE init (input SAE: 2·seed, output SAE: 2·seed + 1) and of the data order"))
     dead_window_tokens: int = field(default=10_000_000, metadata=_help(
         "a latent is dead when it has not fired within the last min(this, a quarter of the tokens seen so far) "
         "tokens (appendix E's 10M; jsae.train.dead.DeadLatentTracker)"))
@@ -185,3 +186,14 @@ class RunOptions:
     def __post_init__(self) -> None:
         for name in ("checkpoint_every", "log_every"):
             check_positive_int(name, getattr(self, name))
+
+
+def configs_from_values(values: Mapping[str, Any]) -> tuple[TrainConfig, RunOptions]:
+    """The checked configs of one pair from values keyed by field name (the study config's merged ``sae:`` and
+    ``train:`` keys plus ``lam`` and ``seed``), as the workflow checks them before building the DAG."""
+    names = {cls: {f.name for f in fields(cls)} for cls in (TrainConfig, RunOptions)}
+    unknown = sorted(set(values) - names[TrainConfig] - names[RunOptions])
+    if unknown:
+        raise ValueError(f"unknown keys {', '.join(unknown)}; expected fields of TrainConfig or RunOptions")
+    return (TrainConfig(**{k: v for k, v in values.items() if k in names[TrainConfig]}),
+            RunOptions(**{k: v for k, v in values.items() if k in names[RunOptions]}))

@@ -120,12 +120,13 @@ def check_cache_matches(attrs: Mapping[str, Any], *, model: str | None, layer: i
 
 
 def build_pair(mlp: MLP | torch.nn.Module, config: TrainConfig, *, device: torch.device | str = "cpu") -> JSAEPair:
-    """Two freshly initialised TopK SAEs around ``mlp`` (seeds ``seed`` and ``seed + 1``)."""
+    """Two freshly initialised TopK SAEs around ``mlp`` (init seeds ``2·seed`` and ``2·seed + 1``: distinct for
+    every training seed, so seed replicates never share an initialisation)."""
     mlp = mlp_from_module(mlp)
     dims = config.dims(mlp.d_in, mlp.d_out)
     dtype = DTYPES[config.dtype]
-    sae_in = TopKSAE(mlp.d_in, dims["n_latents_in"], dims["k_in"], seed=config.seed, dtype=dtype)
-    sae_out = TopKSAE(mlp.d_out, dims["n_latents_out"], dims["k_out"], seed=config.seed + 1, dtype=dtype)
+    sae_in = TopKSAE(mlp.d_in, dims["n_latents_in"], dims["k_in"], seed=2 * config.seed, dtype=dtype)
+    sae_out = TopKSAE(mlp.d_out, dims["n_latents_out"], dims["k_out"], seed=2 * config.seed + 1, dtype=dtype)
     return JSAEPair(sae_in, sae_out, mlp).to(device)
 
 
@@ -172,8 +173,9 @@ class RunRecord:
 
     @property
     def names(self) -> dict[str, Any]:
-        """What names the pair: model, layer, control, lam."""
-        return {"model": self.model, "layer": self.layer, "control": self.control, "lam": self.config.lam}
+        """What names the pair: model, layer, control, lam and the training seed."""
+        return {"model": self.model, "layer": self.layer, "control": self.control, "lam": self.config.lam,
+                "seed": self.config.seed}
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -376,7 +378,7 @@ def _train(
         autocast=str(trainer.autocast).replace("torch.", "") if trainer.autocast else None,
     )
     tracker = Tracker(mlflow_uri, experiment) if mlflow_uri else Tracker.disabled()
-    trainer.mlflow_run_id = tracker.start(run_name(record.model_name, layer, config.lam, control),
+    trainer.mlflow_run_id = tracker.start(run_name(record.model_name, layer, config.lam, control, config.seed),
                                           params=record.params(), tags=record.tags(), run_id=trainer.mlflow_run_id)
     trainer.tracker = tracker
     d = record.dims
