@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from test_figures import write_synthetic_study
 
 from jsae.report import summary
@@ -192,3 +193,99 @@ def test_a_statistic_that_is_mostly_undefined_gets_no_interval():
     x[0] = 1.0  # most resamples miss the only non-zero row: 0 / 0
     value, lo, hi = bootstrap(lambda ws: (ws[0] @ x) / (ws[0] @ x), [50])
     assert value == 1.0 and math.isnan(lo) and math.isnan(hi)
+
+
+# --------------------------------------------------------------------------------------------------
+# End to end through training: the same MLP in other units
+# --------------------------------------------------------------------------------------------------
+
+D, D_MLP, N_TOKENS_E2E = 16, 64, 4096
+
+
+def _mlp_in_units(c_x: float, c_y: float):
+    """A GELU MLP and its activations in other units: x' = c_x x, y' = c_y y — the same function
+    (W_in / c_x, W_out c_y, b_out c_y), as a model whose residual stream is scaled differently."""
+    from jsae.nn.mlp import PlainMLP, activation_from
+
+    g = torch.Generator().manual_seed(0)
+    W_in = torch.randn(D_MLP, D, generator=g, dtype=torch.float64) / D**0.5
+    b_in = 0.1 * torch.randn(D_MLP, generator=g, dtype=torch.float64)
+    W_out = torch.randn(D, D_MLP, generator=g, dtype=torch.float64) / D_MLP**0.5
+    b_out = 0.1 * torch.randn(D, generator=g, dtype=torch.float64)
+    # inputs: a few sparse directions with heavy-tailed magnitudes, plus noise
+    dirs = torch.randn(48, D, generator=g)
+    on = torch.rand(N_TOKENS_E2E, 48, generator=g) < 0.08
+    x = (on * torch.rand(N_TOKENS_E2E, 48, generator=g) * 3) @ dirs + 0.05 * torch.randn(N_TOKENS_E2E, D, generator=g)
+    mlp = PlainMLP(W_in / c_x, b_in, W_out * c_y, b_out * c_y, activation_from(torch.nn.GELU()))
+    return mlp, (x * c_x).float()
+
+
+def _study_in_units(root, c_x: float, c_y: float):
+    """Train λ = 0 and λ = 1 on the MLP in these units, evaluate and probe both, and write the claims."""
+    from jsae.eval.evaluate import evaluate_pair
+    from jsae.eval.inputs import write_pair_outputs
+    from jsae.eval.probes import run_probes, write_probes
+    from jsae.export import load_pair
+    from jsae.train.config import TrainConfig
+    from jsae.train.run import run_training
+    from jsae.train.sources import InMemorySource
+
+    mlp, x = _mlp_in_units(c_x, c_y)
+    files = []
+    for lam in (0.0, 1.0):
+        run = root / "runs" / f"lam{lam:g}"
+        config = TrainConfig(lam=lam, n_tokens=256 * 60, batch_size=256, k=4, expansion=4, lr=3e-3,
+                             dtype="float64", normalize_activations="expected_norm")
+        run_training(mlp, InMemorySource(x), config, run, model="units", layer=0, progress=False, device="cpu",
+                     mlflow_uri=None)
+        pair = load_pair(run, mlp).double()
+        cache = _TensorCache(x.double())
+        ev = evaluate_pair(pair, cache, batch_size=512, progress=False)
+        identity = {"model": "units", "layer": 0, "control": "trained", "lam": lam, "seed": 0, "k": 4,
+                    "n_latents": 64}
+        out = root / "eval" / "units" / "L0" / "trained" / f"lam{lam:g}" / "seed0"
+        write_pair_outputs(out / "evaluation.json", "jacobian_stats.npz", ev.metrics, ev.arrays, identity, {})
+        metrics, arrays = run_probes(pair, [x[:2048].double()], n_sweeps=300, seed=0, progress=False,
+                                     n_curves=0)
+        write_probes(out / "probes.json", metrics, arrays, identity, {})
+        files += [out / "evaluation.json", out / "probes.json"]
+    results = load_results(files)
+    summary.write_summary(results, root / "summary.md", root / "summary.csv", 1.0, out_claims=root / "claims.csv")
+    return pd.read_csv(root / "claims.csv"), pd.read_csv(root / "summary.csv")
+
+
+class _TensorCache:
+    """The slice of the activation-cache API evaluation reads, over a tensor (no LM: no CE)."""
+
+    def __init__(self, x):
+        self.x, self.n_tokens, self.d_model, self.attrs = x, x.shape[0], x.shape[1], {}
+
+    def read(self, start, stop):
+        return self.x[start:stop]
+
+
+@pytest.fixture(scope="module")
+def units_reference(tmp_path_factory):
+    return _study_in_units(tmp_path_factory.mktemp("units"), 1.0, 1.0)
+
+
+# powers of two scale the float32 inputs without rounding: the runs agree to float64 rounding; 0.1 and 10 round
+@pytest.mark.parametrize(("c_x", "c_y", "rtol"), [(0.25, 32.0, 1e-6), (8.0, 0.125, 1e-6), (0.1, 10.0, 1e-3)])
+def test_training_on_the_same_mlp_in_other_units_changes_no_verdict(tmp_path, units_reference, c_x, c_y, rtol):
+    """End-to-end rescaling: activations ×c_x in, ×c_y out, the SAEs retrained from scratch — every claim's
+    verdict and every scale-free number is unchanged."""
+    ref_claims, ref_pairs = units_reference
+    claims, pairs = _study_in_units(tmp_path, c_x, c_y)
+    assert claims["verdict"].tolist() == ref_claims["verdict"].tolist()
+    finite = np.isfinite(ref_claims["value"].to_numpy(float))
+    assert finite.sum() >= 5  # sparsity, effective share, L1/L∞, probe claims (no CE without an LM)
+    for col in ("value", "lo", "hi"):
+        np.testing.assert_allclose(claims[col].to_numpy(float), ref_claims[col].to_numpy(float), rtol=rtol,
+                                   err_msg=col)
+    for col in ("jac/effective_share", "jac/frac_above_own_headline_tau", "in/explained_variance",
+                "out/explained_variance", "probe/linear_frac", "probe/on_line_frac"):
+        np.testing.assert_allclose(pairs[col].to_numpy(float), ref_pairs[col].to_numpy(float), rtol=rtol,
+                                   atol=1e-9, err_msg=col)
+    # expected_norm trains on unit-norm activations and folds the scales into the exported SAEs, so the
+    # latents — and J between them — are the same numbers in any units
+    np.testing.assert_allclose(pairs["jac/l1"].to_numpy(float), ref_pairs["jac/l1"].to_numpy(float), rtol=rtol)

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -288,11 +289,48 @@ def _declared_outputs(res_stdout: str) -> list[tuple[str, str]]:
     return rows
 
 
+def _jobs_running_in(directory: Path) -> list[int]:
+    """pids of `python -m jsae` processes whose working directory is ``directory``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"jsae" in cmd and b"-m" in cmd and Path(os.readlink(proc / "cwd")) == directory:
+                pids.append(int(proc.name))
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+def _kill_snakemake_during_a_job(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """Fault injection: kill -9 Snakemake while a job runs (the micro study's pretraining); no job may run on
+    as an orphan (the long-running case is tests/test_faults_cli.py), and a plain re-run must resume."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([SNAKEMAKE, "-s", str(SNAKEFILE), *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 900
+        while not (tmp_path / "results" / "logs" / "pretrain").is_dir() or not _jobs_running_in(tmp_path):
+            assert proc.poll() is None and time.monotonic() < deadline, "the study ended before pretraining"
+            time.sleep(0.1)
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 90  # the jobs notice within seconds, then stop at their next step
+    while _jobs_running_in(tmp_path) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not _jobs_running_in(tmp_path), "jobs of a killed Snakemake kept running"
+    assert list((tmp_path / ".snakemake" / "locks").iterdir())  # the lock `make run` releases
+
+
 @pytest.mark.slow
 @pytest.mark.faults
 def test_micro_study_end_to_end(tmp_path):
     shutil.copy(MICRO, tmp_path / "config.yaml")
     args = ("--configfile", "config.yaml")
+    _kill_snakemake_during_a_job(tmp_path, args)
+    assert snakemake("--unlock", *args, cwd=tmp_path).returncode == 0
+    # a plain re-run resumes (the profile reruns the jobs the kill left incomplete)
     run = snakemake(*args, cwd=tmp_path, timeout=1800)  # a few minutes idle; far more on a loaded machine
     assert run.returncode == 0, run.stderr[-6000:]
 

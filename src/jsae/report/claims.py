@@ -563,7 +563,9 @@ def combine_seeds(by_seed: dict[int, Claim]) -> Claim:
            f"(t_{len(usable) - 1} = {t_quantile_975(len(usable) - 1):g}) ⊕ the seeds' mean token half-widths "
            f"({base.interval})" + (f"; left out (no value or interval): seed {', '.join(map(str, left_out))}"
                                    if left_out else ""))
-    kw.update(value=value, lo=lo, hi=hi, interval=how, note="")
+    # the texts are the base seed's; the value is the seeds' mean: say both
+    kw.update(value=value, lo=lo, hi=hi, interval=how, note="",
+              ours=f"seed {seeds[0]}: {base.ours}; per seed: {listed}")
     return Claim(**kw, n_seeds=len(usable), seed_values=listed)
 
 
