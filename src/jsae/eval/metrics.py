@@ -13,7 +13,9 @@ Conventions:
   100%, as the paper's fig. 2 / 7 do.
 
 The metric keys (the names in evaluation.json, probes.json, summary.csv and MLflow) are built here
-and only here: the key functions and constants below are what every other module uses.
+and only here: the key functions and constants below are what every other module uses. The one
+exception is the planted ground truth's ``recovery/…`` keys, owned by :mod:`jsae.eval.recovery`,
+the only module that computes them.
 """
 
 from __future__ import annotations
