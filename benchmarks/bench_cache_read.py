@@ -10,7 +10,10 @@ then measures tokens/s for
   a background thread;
 * ``batches(no prefetch)`` — the same without the background thread;
 * ``batches + consumer`` — with a simulated training step of fixed cost per batch, to show whether the
-  reader ever makes training wait (its time per batch is compared with the consumer alone).
+  reader ever makes training wait (its time per batch is compared with the consumer alone);
+* ``first pass, verified vs unverified`` — a freshly opened cache (every block checked against its CRC-32
+  on first read) against a copy without checksums (read unverified), alternating, median of 3: the cost
+  of the checksums on the first epoch (later epochs verify nothing).
 
 Usage: ``python benchmarks/bench_cache_read.py [--tokens 1000000] [--d-model 128] [--batch-size 4096]
 [--dtype float32]``.
@@ -28,7 +31,7 @@ import h5py
 import numpy as np
 import torch
 
-from jsae.data.cache import _STORAGE, FIRST_POSITION, ActivationCache, _chunk_rows, _to_storage
+from jsae.data.cache import _STORAGE, FIRST_POSITION, ActivationCache, _chunk_rows, _to_storage, refresh_checksums
 from jsae.devices import CACHE_DTYPES
 
 
@@ -77,6 +80,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.h5"
         write_synthetic_cache(path, a.tokens, a.d_model, a.dtype)
+        unverified = Path(tmp) / "unverified.h5"
+        unverified.write_bytes(path.read_bytes())  # the old format: no checksums, read with a warning
+        refresh_checksums(path)  # the format build_cache writes
+        first_pass = first_pass_rates(path, unverified, min(n, a.tokens // bs), bs)
         cache = ActivationCache.open(path)
         x = cache.read()
 
@@ -121,6 +128,35 @@ def main() -> None:
         print(f"{name:<30} {r:>14,.0f} {r / base:>9.2f}x")
     print(f"with a {a.consumer_ms:g} ms/batch consumer: {with_consumer:,.0f} tokens/s "
           f"vs consumer alone {alone:,.0f} tokens/s -> reader overhead {alone / with_consumer - 1:+.1%}")
+    for name, (verified, plain) in first_pass.items():
+        print(f"first pass, {name}: verified {verified:,.0f} vs unverified {plain:,.0f} tokens/s "
+              f"-> checksum overhead {plain / verified - 1:+.1%}")
+
+
+def first_pass_rates(verified: Path, unverified: Path, n_batches: int, bs: int) -> dict[str, tuple[float, float]]:
+    """Median tokens/s of a first pass over a freshly opened cache, with and without checksums, alternating."""
+    import logging
+
+    logging.getLogger("jsae").setLevel(logging.ERROR)  # the unverified copy's warning, once per open
+
+    def one(path: Path, mode: str) -> float:
+        cache = ActivationCache.open(path)
+        t0 = time.perf_counter()
+        if mode == "contiguous read":
+            for i in range(n_batches):
+                cache.read(i * bs, (i + 1) * bs)
+        else:
+            for _ in itertools.islice(cache.batches(bs, seed=0, prefetch=False), n_batches):
+                pass
+        rate = n_batches * bs / (time.perf_counter() - t0)
+        cache.close()
+        return rate
+
+    out = {}
+    for mode in ("contiguous read", "batches(no prefetch)"):
+        runs = [(one(verified, mode), one(unverified, mode)) for _ in range(3)]
+        out[mode] = (float(np.median([r[0] for r in runs])), float(np.median([r[1] for r in runs])))
+    return out
 
 
 def _busy(seconds: float) -> None:
