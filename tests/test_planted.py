@@ -6,6 +6,7 @@ F1 / AUC / confusion numbers."""
 from __future__ import annotations
 
 import math
+import re
 import time
 
 import numpy as np
@@ -519,3 +520,41 @@ def test_activation_gap_constants():
     assert float((F.gelu(z) - torch.relu(z)).abs().max()) <= GELU_GAP
     assert float((F.silu(z) - torch.relu(z)).abs().max()) <= SILU_GAP
     assert float((z * (F.silu(z) - torch.relu(z))).abs().max()) <= SILU_Z_GAP
+
+
+# --------------------------------------------------------------------------------------------------
+# What the workflow uses: the model directory as a SPEC, and the per-split data streams the cache stores
+# --------------------------------------------------------------------------------------------------
+
+
+def test_split_streams_are_seeded_per_split_and_chunk_as_documented():
+    from jsae.data.planted import SAMPLE_CHUNK, sample_split, split_seed
+
+    assert [split_seed(s, sp) for s in (0, 3) for sp in ("train", "validation")] == [0, 1, 6, 7]
+    for bad, match in (((0, "test"), "split='test' is invalid"), ((-1, "train"), "seed=-1 is invalid")):
+        with pytest.raises(ValueError, match=re.escape(match)):
+            split_seed(*bad)
+    P = build_planted(PlantedConfig(frame_steps=0))
+    n = SAMPLE_CHUNK + 100
+    parts = list(sample_split(P, n, 3, "validation"))
+    assert [x.shape[0] for _, x in parts] == [SAMPLE_CHUNK, 100]
+    g = torch.Generator().manual_seed(7)  # = split_seed(3, "validation"); successive sample() calls
+    expected = [P.sample(SAMPLE_CHUNK, g), P.sample(100, g)]
+    for (s, x), (s_ref, x_ref) in zip(parts, expected):
+        assert torch.equal(s, s_ref) and torch.equal(x, x_ref)
+    train = torch.cat([x for _, x in sample_split(P, 500, 3, "train")])
+    assert not torch.equal(train, torch.cat([x for _, x in parts])[:500])
+
+
+def test_a_saved_model_directory_is_recognised_as_a_planted_spec(tmp_path):
+    from jsae.data.planted import is_planted_dir
+
+    P = build_planted(PlantedConfig(frame_steps=0))
+    save_planted(P, tmp_path / "m")
+    assert is_planted_dir(tmp_path / "m") and is_planted_dir(str(tmp_path / "m"))
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text('{"model_type": "gpt_neox"}')  # a transformers directory
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{")
+    for other in (tmp_path / "hf", tmp_path / "broken", tmp_path / "absent", None, "gpt2"):
+        assert not is_planted_dir(other)

@@ -1,4 +1,5 @@
-# Per-pair analyses: evaluation + Jacobian statistics, linearity probes, qualitative tables.
+# Per-pair analyses: evaluation + Jacobian statistics, linearity probes, qualitative tables, and for a planted
+# model the recovery of its ground truth.
 
 
 rule evaluate:
@@ -87,3 +88,34 @@ rule tables:
         "OMP_NUM_THREADS={threads} python -m jsae tables --model {params.spec} "
         "--layer {wildcards.layer} --run {params.run} --cache {input.cache} --out {output.html} "
         "--n-output-latents {params.n} --n-tokens {params.tokens} --device {params.device} {params.mlflow} 2> {log}"
+
+
+# A planted model's pairs against its ground truth: feature, edge and (where probed) kind recovery.
+rule recovery:
+    wildcard_constraints:
+        model=_alternation(PLANTED) or "(?!)",
+        control="trained",
+    input:
+        unpack(recovery_inputs),
+    output:
+        metrics=f"{EVAL_DIR}/recovery.json",
+        arrays=f"{EVAL_DIR}/recovery_arrays.npz",
+    params:
+        spec=pair_spec,
+        run=lambda wc, input: Path(input.run).parent,
+        probes=lambda wc, input: f"--probes {input.probes}" if "probes" in input.keys() else "",
+        tokens=config["evaluate"]["n_tokens"],
+        device=config["device"],
+        mlflow=mlflow_args(with_experiment=False),
+    log:
+        log_file("recovery", PAIR_LOG),
+    threads: 1
+    resources:
+        gpu=GPU,
+        mem_mb=3000,
+    conda:
+        "../../envs/jsae.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} python -m jsae recovery --model {params.spec} --layer {wildcards.layer} "
+        "--run {params.run} --cache {input.cache} {params.probes} --out {output.metrics} "
+        "--n-tokens {params.tokens} --device {params.device} {params.mlflow} 2> {log}"

@@ -1,15 +1,15 @@
-# MLP inputs of (model, layer) cached once and shared by the whole lambda sweep.
+# MLP inputs of (model, layer) cached once and shared by the whole lambda sweep. A planted model's rows
+# are sampled from it (no corpus: cache_inputs leaves the corpus out, and no --corpus is passed).
 
 
 rule cache:
     input:
-        corpus=lambda wc: f"{corpus_dir(corpus_for_split(wc.split))}/corpus.json",
-        model=lambda wc: model_marker(wc.model),
+        unpack(cache_inputs),
     output:
         h5=CACHE,
     params:
         spec=lambda wc: model_spec(wc.model),
-        corpus=lambda wc, input: Path(input.corpus).parent,
+        corpus=lambda wc, input: f"--corpus {Path(input.corpus).parent}" if "corpus" in input.keys() else "",
         tokens=cache_tokens,
         context=config["cache"]["context_length"],
         dtype=config["cache"]["dtype"],
@@ -26,6 +26,6 @@ rule cache:
         "../../envs/jsae.yaml"
     shell:
         "OMP_NUM_THREADS={threads} python -m jsae cache --model {params.spec} --layer {wildcards.layer} "
-        "--corpus {params.corpus} --split {wildcards.split} --n-tokens {params.tokens} "
+        "{params.corpus} --split {wildcards.split} --n-tokens {params.tokens} "
         "--context-length {params.context} --out {output.h5} --dtype {params.dtype} "
         "--batch-size {params.batch} --seed {params.seed} --device {params.device} 2> {log}"

@@ -48,6 +48,11 @@ def _check_models(cfg):
         name = m["name"]
         if name.endswith(REINIT_SUFFIX):
             _fail(f"model name {name!r} must not end in {REINIT_SUFFIX!r} (reserved for the re-initialised control)")
+        if m["source"] == "planted":
+            _check_planted(m)
+            continue
+        if "planted" in m:
+            _fail(f"model {name!r}: `planted` is only for source 'planted' (this model's source is {m['source']!r})")
         n_layers = m["pretrain"]["layers"] if m["source"] == "pretrain" else m.get("n_layers")
         if m["source"] == "pretrain" and m.get("n_layers") not in (None, n_layers):
             _fail(f"model {name!r}: n_layers={m['n_layers']} contradicts pretrain.layers={n_layers}")
@@ -57,6 +62,24 @@ def _check_models(cfg):
             bad = [layer for layer in m["layers"] if layer >= n_layers]
             if bad:
                 _fail(f"model {name!r}: layer {bad[0]} is out of range; expected 0..{n_layers - 1} ({n_layers} layers)")
+
+
+def _check_planted(m):
+    """A planted model: one MLP (layer 0), no spec, and a `planted:` block the package's PlantedConfig accepts."""
+    from jsae.data.planted import PlantedConfig
+
+    name = m["name"]
+    if "spec" in m:
+        _fail(f"model {name!r}: `spec` is only for source 'pretrained' (this model is planted by the workflow)")
+    bad = [layer for layer in m["layers"] if layer != 0]
+    if bad:
+        _fail(f"model {name!r}: layer {bad[0]} is out of range; expected layers: [0] (a planted model is one MLP)")
+    if m.get("n_layers") not in (None, 1):
+        _fail(f"model {name!r}: n_layers={m['n_layers']} is invalid; expected 1 (a planted model is one MLP)")
+    try:
+        PlantedConfig.from_dict(m.get("planted") or {})
+    except (TypeError, ValueError) as exc:
+        _fail(f"model {name!r} planted: {exc}")
 
 
 def _check_lambdas(cfg):
@@ -110,6 +133,8 @@ def _model_dims(m):
     """(d_model, max context) of a configured model where the config determines them, else (None, None)."""
     if m["source"] == "pretrain":
         return m["pretrain"]["hidden"], m["pretrain"]["context_length"]
+    if m["source"] == "planted":  # no context: its rows are sampled one by one
+        return (m.get("planted") or {}).get("d", 32), None
     hf = _local_model_config(m["spec"]) or {}
     width = next((hf[k] for k in ("hidden_size", "n_embd", "d_model") if isinstance(hf.get(k), int)), None)
     context = next((hf[k] for k in ("max_position_embeddings", "n_positions", "n_ctx") if isinstance(hf.get(k), int)),
@@ -155,17 +180,26 @@ def _check_derived(cfg):
         if ev[key] > cache["eval_tokens"]:
             _fail(f"evaluate.{key}={ev[key]} exceeds cache.eval_tokens={cache['eval_tokens']} (the validation "
                   f"tokens cached); expected <= {cache['eval_tokens']}")
+    planted = [m["name"] for m in cfg["models"] if m["source"] == "planted"]
+    if "fig7" in cfg["figures"]["names"] and len(planted) == len(cfg["models"]):  # enabling reinit would not help
+        _fail(f"figures.names has fig7 (trained vs re-initialised model) but every model is planted "
+              f"({', '.join(planted)}), and a planted model has no re-init control; remove fig7")
     if "fig7" in cfg["figures"]["names"] and not cfg["reinit"]["enabled"]:
         _fail("figures.names has fig7 (trained vs re-initialised model) but reinit.enabled is false; "
               "enable the control or remove fig7")
+    if "fig_recovery" in cfg["figures"]["names"] and not planted:
+        _fail("figures.names has fig_recovery (recovery of a planted ground truth) but no model has source "
+              "'planted'; add a planted model or remove fig_recovery")
 
 
 def check_config(cfg):
     validate_config(cfg, "../schemas/config.schema.yaml")
-    corpora = cfg["corpora"]
-    for key in ("train_corpus", "eval_corpus"):
-        if cfg[key] not in corpora:
-            _fail(f"{key}={cfg[key]!r} is not a corpus in `corpora` (have: {', '.join(sorted(corpora))})")
+    corpora = cfg.get("corpora") or {}
+    # a study of planted models alone reads no text (the schema requires corpora otherwise)
+    if any(m["source"] != "planted" for m in cfg["models"]):
+        for key in ("train_corpus", "eval_corpus"):
+            if cfg[key] not in corpora:
+                _fail(f"{key}={cfg[key]!r} is not a corpus in `corpora` (have: {', '.join(sorted(corpora))})")
     _check_models(cfg)
     _check_lambdas(cfg)
     _check_figure_pairs(cfg)

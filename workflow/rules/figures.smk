@@ -1,4 +1,5 @@
-# The paper's figures (one job each) and the summary tables.
+# The paper's figures (one job each; fig_recovery is ours: a planted model's recovery against lambda) and the
+# summary tables.
 
 
 rule figure:
@@ -31,8 +32,10 @@ rule summary:
     input:
         evaluations=lambda wc: pair_files("evaluation.json", pairs()),
         probes=lambda wc: pair_files("probes.json", probed_pairs()),
+        # a planted model's pairs against its ground truth (the "Planted ground truth" section)
+        recovery=lambda wc: pair_files("recovery.json", pairs(planted=True)),
         # what the verdicts were made on: steps, max_steps, stopped_by and held-out loss of each pretrained model
-        pretrain=lambda wc: [marker for m in MODELS for marker in model_marker(m)],
+        pretrain=lambda wc: [PRETRAIN_MARKER.format(model=m) for m in MODELS if MODELS[m]["source"] == "pretrain"],
     output:
         md=report(SUMMARY_MD, caption="../report/summary.rst", category="Summary"),
         csv=SUMMARY_CSV,
@@ -47,6 +50,6 @@ rule summary:
     conda:
         "../../envs/jsae.yaml"
     shell:
-        "python -m jsae summary --inputs {input.evaluations} {input.probes} --pretrain {input.pretrain} "
-        "--out-md {output.md} --out-csv {output.csv} --out-claims {output.claims} --jsae-lam {params.jsae_lam} "
-        "2> {log}"
+        "python -m jsae summary --inputs {input.evaluations} {input.probes} {input.recovery} "
+        "--pretrain {input.pretrain} --out-md {output.md} --out-csv {output.csv} --out-claims {output.claims} "
+        "--jsae-lam {params.jsae_lam} 2> {log}"

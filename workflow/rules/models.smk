@@ -1,4 +1,4 @@
-# Corpus -> tiny-neox pretraining -> random re-initialisation control.
+# Corpus -> tiny-neox pretraining -> random re-initialisation control; planted ground-truth models.
 
 
 rule corpus:
@@ -54,9 +54,32 @@ rule pretrain:
         "--seed {params.seed} --device {params.device} 2> {log}"
 
 
+# A planted ground-truth model (jsae.data.planted): a synthetic MLP with known features and edges, built
+# from the config's `planted:` block (a changed block rebuilds it: params trigger).
+rule planted:
+    wildcard_constraints:
+        model=_alternation(PLANTED) or "(?!)",
+    output:
+        marker=PLANTED_MARKER,
+        files=[f"{MODEL_DIR}/{name}" for name in PLANTED_FILES if f"{MODEL_DIR}/{name}" != PLANTED_MARKER],
+    params:
+        out=lambda wc, output: Path(output.marker).parent,
+        config=planted_config_json,
+    log:
+        log_file("planted", "{model}"),
+    threads: 1
+    resources:
+        mem_mb=1000,
+    conda:
+        "../../envs/jsae.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} python -m jsae planted --out {params.out} --config-json {params.config:q} 2> {log}"
+
+
 rule reinit:
     wildcard_constraints:
-        model=_alternation(MODELS),
+        # not a planted model: it has no transformer to re-initialise (pairs() trains no control for it)
+        model=_alternation([m for m in MODELS if m not in PLANTED]) or "(?!)",
     input:
         model=lambda wc: model_marker(wc.model),
     output:

@@ -28,6 +28,9 @@ REINIT_SUFFIX = "-reinit"
 PRETRAIN_MARKER = f"{MODEL_DIR}/pretrain.json"
 # the files of a model directory the workflow writes (save_pretrained): declared, so a deleted one is rebuilt
 MODEL_FILES = ("config.json", "model.safetensors")
+# a planted ground-truth model's directory (python -m jsae planted); its config.json marks it complete
+PLANTED_FILES = ("mlp.safetensors", "truth.safetensors", "edges.json", "config.json")
+PLANTED_MARKER = f"{MODEL_DIR}/config.json"
 # results/models/{model}-reinit/reinit.json: the reinit rule's {model} is the trained model it copies
 REINIT_MARKER = f"{MODEL_DIR.format(model=f'{{model}}{REINIT_SUFFIX}')}/reinit.json"
 
@@ -87,6 +90,8 @@ def model_marker(variant):
         return [REINIT_MARKER.format(model=base)]
     if MODELS[base]["source"] == "pretrain":
         return [PRETRAIN_MARKER.format(model=base)]
+    if MODELS[base]["source"] == "planted":
+        return [PLANTED_MARKER.format(model=base)]
     return []
 
 
@@ -112,3 +117,21 @@ def pair_inputs(wildcards):
         "cache": cache_path(variant, wildcards.layer, "validation"),
         "model": model_marker(variant),
     }
+
+
+def cache_inputs(wildcards):
+    """The model, and for a language model the corpus it reads (a planted model samples its rows: no corpus)."""
+    inputs = {"model": model_marker(wildcards.model)}
+    if not is_planted(base_model(wildcards.model)[0]):
+        inputs["corpus"] = f"{corpus_dir(corpus_for_split(wildcards.split))}/corpus.json"
+    return inputs
+
+
+def recovery_inputs(wildcards):
+    """A planted pair's analysis inputs, plus its probes.json where the study probes it (the kind agreement)."""
+    inputs = pair_inputs(wildcards)
+    pair = dict(model=wildcards.model, layer=int(wildcards.layer), control=wildcards.control, lam=wildcards.lam,
+                seed=int(wildcards.seed))
+    if pair in probed_pairs():
+        inputs["probes"] = f"{eval_dir(**pair)}/probes.json"
+    return inputs

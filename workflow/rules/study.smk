@@ -5,6 +5,10 @@ import json
 import re
 
 MODELS = {m["name"]: m for m in config["models"]}
+# planted ground-truth models: one MLP (layer 0), sampled data, no re-init control, no tables, recovery.json
+PLANTED = [name for name, m in MODELS.items() if m["source"] == "planted"]
+# the corpora are read only for language models (a study of planted models alone has none)
+NEEDS_TEXT = any(m["source"] != "planted" for m in MODELS.values())
 LAMBDAS = [fmt_lam(x) for x in config["lambdas"]]
 REINIT_LAMBDAS = (
     [fmt_lam(x) for x in config["reinit"]["lambdas"]] if config["reinit"]["lambdas"] is not None else LAMBDAS
@@ -30,19 +34,29 @@ def _alternation(values):
 
 wildcard_constraints:
     model=_alternation(list(MODELS) + [model_variant(m, "reinit") for m in MODELS]),
-    corpus=_alternation(config["corpora"]),
+    corpus=_alternation(config.get("corpora") or {}) or "(?!)",
     layer=r"\d+",
     seed=r"\d+",
     lam=_alternation(LAMBDAS),
     control="trained|reinit",
     split="train|validation",
-    fig=r"fig\d+",
+    # the paper's numbered figures, and ours: fig_recovery (a planted ground truth's recovery against lambda)
+    fig=r"fig\d+|fig_recovery",
+
+
+def is_planted(model):
+    return model in MODELS and MODELS[model]["source"] == "planted"
+
+
+def planted_config_json(wildcards):
+    """The planted model's PlantedConfig fields as JSON (the schema fills the defaults: the dataclass's)."""
+    return json.dumps(MODELS[wildcards.model].get("planted") or {}, sort_keys=True)
 
 
 def model_spec(variant):
     """The SPEC handed to `python -m jsae ... --model`: a local directory or the configured spec."""
     base, reinit = base_model(variant)
-    if reinit or MODELS[base]["source"] == "pretrain":
+    if reinit or MODELS[base]["source"] in ("pretrain", "planted"):
         return model_dir(variant)
     return MODELS[base]["spec"]
 

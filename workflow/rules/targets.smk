@@ -1,14 +1,19 @@
 # What the study builds: its pairs, the per-pair files each figure reads, and the final targets.
 
 
-def pairs(controls=None, lams=None, replicates=True):
+def pairs(controls=None, lams=None, replicates=True, planted=None):
     """Every (model, layer, control, lam, seed) of the study, optionally restricted; replicates=False keeps
-    only the pairs of the base `seed` (what the figures and qualitative tables show)."""
+    only the pairs of the base `seed` (what the figures and qualitative tables show); planted=True / False
+    keeps only the planted / the other models' pairs. A planted model has no re-init control."""
     out = []
     for m in config["models"]:
+        if planted is not None and is_planted(m["name"]) != planted:
+            continue
         for layer in m["layers"]:
             for control in CONTROLS:
                 if controls is not None and control not in controls:
+                    continue
+                if control == "reinit" and is_planted(m["name"]):
                     continue
                 for lam in LAMBDAS if control == "trained" else REINIT_LAMBDAS:
                     if lams is not None and lam not in lams:
@@ -40,6 +45,8 @@ FIGURE_NEEDS = {
     "fig32": (_EVAL_STATS, "baseline+jsae", ["trained"]),
     "fig35": (_EVAL, "all", ["trained"]),
     "fig36": (_EVAL_STATS, "baseline+jsae", ["trained"]),
+    # ours: every planted pair (all lambdas and seeds) against its ground truth
+    "fig_recovery": (("recovery.json",), "all", ["trained"]),
 }
 
 
@@ -53,7 +60,11 @@ def figure_inputs(wildcards):
         raise ValueError("fig8 needs the linearity probes; set probes.enabled: true")
     if "probes.json" in names and PROBE_LAMBDAS is not None:
         lams = [lam for lam in lams if lam in PROBE_LAMBDAS]
-    selected = pairs(controls=controls, lams=lams, replicates=False)
+    if "recovery.json" in names:  # the recovery figure shows every seed of the planted models' pairs
+        selected = pairs(controls=controls, lams=lams, planted=True)
+    else:  # fig7 compares each model with its re-init: only the models that have one (not planted ones)
+        no_planted = False if "reinit" in controls else None
+        selected = pairs(controls=controls, lams=lams, replicates=False, planted=no_planted)
     return [f for name in names for f in pair_files(name, selected)]
 
 
@@ -64,8 +75,9 @@ def figure_targets():
 
 def analysis_targets():
     out = pair_files("evaluation.json", pairs()) + pair_files("probes.json", probed_pairs())
-    if config["tables"]["enabled"]:
-        out += pair_files("tables.html", pairs(lams=TABLE_LAMBDAS, replicates=False))
+    out += pair_files("recovery.json", pairs(planted=True))
+    if config["tables"]["enabled"]:  # text windows: not for a planted model, whose rows have no text
+        out += pair_files("tables.html", pairs(lams=TABLE_LAMBDAS, replicates=False, planted=False))
     return out
 
 
@@ -74,10 +86,13 @@ def built_files():
     (run.json and both SAEs) — but not the activation caches (large, and rebuilt on demand when a pair needs
     retraining). Snakemake does not rebuild a missing intermediate whose consumers' outputs exist, so these are
     targets: a deleted or failed-and-removed one is rebuilt, and everything downstream of it reruns."""
-    corpora = {config["train_corpus"], config["eval_corpus"]}
+    corpora = {config["train_corpus"], config["eval_corpus"]} if NEEDS_TEXT else set()
     files = [f"{corpus_dir(c)}/{name}" for c in sorted(corpora) for name in ("corpus.json", "train.jsonl",
                                                                             "validation.jsonl")]
     for m in MODELS:
+        if is_planted(m):  # its own files; no re-init copy
+            files += [f"{model_dir(m)}/{name}" for name in PLANTED_FILES]
+            continue
         for variant in [m] + ([model_variant(m, "reinit")] if "reinit" in CONTROLS else []):
             markers = model_marker(variant)
             files += markers + [f"{Path(marker).parent}/{name}" for marker in markers for name in MODEL_FILES]

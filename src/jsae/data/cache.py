@@ -15,6 +15,10 @@ Position 0 (the BOS, an attention sink with outlier activations) is never stored
 attrs ``first_position = "excluded"``. The file records model, layer, hook, corpus sha256, context
 length, dtype, token count, d_model, seed, split and package version in its attributes.
 
+A planted model (a directory from ``python -m jsae planted``) is cached by :func:`build_planted_cache`: rows
+are sampled (``x = D_x s_x``), not read from text, so there is no corpus or tokenizer; the token-level datasets
+hold dummy zeros (same shapes as an LM cache) and the attributes say ``source = "planted"``.
+
 Integrity (cache ``format`` 2): ``x_crc32`` ``[n_blocks]`` holds the CRC-32 of each block of
 ``checksum_rows`` rows of x (one HDF5 chunk) as stored, and every other dataset carries a ``crc32``
 attribute. Each block is verified the first time it is read (not every epoch); a mismatch is a one-line
@@ -137,19 +141,27 @@ def hook_name(model: torch.nn.Module, layer: int) -> str:
     return f"layers.{layer}.mlp.input"
 
 
-def build_cache(model: str, layer: int, corpus: str | os.PathLike[str], split: str, n_tokens: int, context_length: int,
-                out: str | os.PathLike[str], *, dtype: str = "float32", batch_size: int = 16, seed: int = 0,
-                device: str = "auto", progress: bool = True) -> dict:
+def build_cache(model: str, layer: int, corpus: str | os.PathLike[str] | None, split: str, n_tokens: int,
+                context_length: int | None, out: str | os.PathLike[str], *, dtype: str = "float32",
+                batch_size: int = 16, seed: int = 0, device: str = "auto", progress: bool = True) -> dict:
     """Cache the MLP inputs of ``model`` block ``layer`` over ``n_tokens`` tokens of a corpus split; returns the attrs.
 
     ``n_tokens`` rows come from ``ceil(n_tokens / (context_length - 1))`` non-overlapping contexts drawn
     (with ``seed``) from the split; each context is BOS + ``context_length - 1`` tokens.
     """
     from jsae.data.models import load_model, max_context_length
+    from jsae.data.planted import is_planted_dir
 
+    if is_planted_dir(model):  # synthetic data: no corpus, no tokenizer, no forwards through an LM
+        return build_planted_cache(model, layer, split, n_tokens, out, dtype=dtype, seed=seed,
+                                   context_length=context_length)
     # Cheap checks first, then the model (still no heavy compute), then tokenisation and the forwards.
     if split not in SPLITS:
         raise ValueError(f"split={split!r} is invalid; expected one of {', '.join(SPLITS)}")
+    if corpus is None:
+        raise ValueError(f"no corpus was given for model {model!r}; expected --corpus DIR (python -m jsae corpus)")
+    if context_length is None:
+        raise ValueError("no context length was given; expected --context-length N (tokens per context incl. BOS)")
     check_positive_int("n_tokens", n_tokens)
     check_positive_int("context_length", context_length, minimum=2)
     check_positive_int("batch_size", batch_size)
@@ -254,6 +266,86 @@ def build_cache(model: str, layer: int, corpus: str | os.PathLike[str], split: s
     log.info("cached %d tokens x %d dims of %s layer %d (%s, %s) at %.0f tokens/s -> %s", n_tokens, d_model, model,
              layer, split, dtype, rate, out)
     return attrs
+
+
+#: Context length of the dummy contexts of a planted cache when none is given (a BOS and one row).
+PLANTED_CONTEXT_LENGTH = 2
+
+
+def build_planted_cache(model: str, layer: int, split: str, n_tokens: int, out: str | os.PathLike[str], *,
+                        dtype: str = "float32", seed: int = 0, context_length: int | None = None) -> dict:
+    """Cache ``n_tokens`` MLP inputs ``x = D_x s_x`` of a planted model (:mod:`jsae.data.planted`) in the same
+    format as an LM's cache (checksums included), so training and evaluation read it unchanged.
+
+    Rows are :func:`jsae.data.planted.sample_split` (one generator per split: seed ``2 seed`` for train,
+    ``2 seed + 1`` for validation, so the splits never share tokens). There is no text: the token-level datasets
+    exist because :class:`ActivationCache` requires them, and hold dummies — ``contexts`` all zeros (shape
+    ``[ceil(n_tokens / (context_length - 1)), context_length]``, the layout of an LM cache; ``context_length``
+    only groups rows), ``token_ids`` and ``document`` zeros. Attributes mark the file: ``source = "planted"``,
+    ``hook = "planted.mlp.input"``, ``corpus_sha256 = "none"``, ``split_seed``, ``mean_active_features`` (the
+    measured mean number of firing input features per row) and ``planted_config`` (the PlantedConfig as JSON).
+    """
+    from dataclasses import asdict
+
+    from jsae.data.planted import PLANTED_HOOK, load_planted, sample_split, split_seed
+
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r} is invalid; expected one of {', '.join(SPLITS)}")
+    check_positive_int("n_tokens", n_tokens)
+    context_length = PLANTED_CONTEXT_LENGTH if context_length is None else context_length
+    check_positive_int("context_length", context_length, minimum=2)
+    if dtype not in CACHE_DTYPES:
+        raise ValueError(f"dtype={dtype!r} is invalid; expected one of {', '.join(CACHE_DTYPES)}")
+    if layer != 0:
+        raise ValueError(f"layer={layer!r} is out of range for planted model {model}; expected 0 (one MLP)")
+    out = Path(out)
+    if out.suffix not in (".h5", ".hdf5"):
+        raise ValueError(f"out={str(out)!r} is invalid; expected a path ending in .h5")
+    s_seed = split_seed(seed, split)  # checks the seed
+    planted = load_planted(model)
+    d_model = planted.d
+    _check_free_space(out, n_tokens, d_model, dtype, context_length)
+    body = context_length - 1
+    n_ctx = math.ceil(n_tokens / body)
+    contexts = np.zeros((n_ctx, context_length), dtype=np.int32)
+    attrs = {
+        "model": str(model), "layer": 0, "hook": PLANTED_HOOK, "corpus_sha256": "none",
+        "context_length": context_length, "dtype": dtype, "n_tokens": int(n_tokens), "d_model": int(d_model),
+        "seed": int(seed), "split": split,
+        "jsae_version": _version(), "first_position": FIRST_POSITION, "bos_token_id": 0, "n_contexts": int(n_ctx),
+        "model_class": "PlantedModel", "source": "planted", "split_seed": s_seed,
+        "planted_config": json.dumps(asdict(planted.config), sort_keys=True),
+    }
+    t0 = time.perf_counter()
+    partial = _partial_path(out)
+    partial.unlink(missing_ok=True)  # seconds to rebuild: no resuming, a stale partial file is dropped
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    active = 0
+    try:
+        with h5py.File(partial, "w") as f:
+            _create(f, attrs, json.dumps(attrs, sort_keys=True), contexts, np.zeros_like(contexts), n_tokens, d_model,
+                    dtype)
+            x_ds, r0 = f["x"], 0
+            for s_x, x in sample_split(planted, n_tokens, seed, split):
+                r1 = r0 + x.shape[0]
+                x_ds[r0:r1] = _to_storage(x, dtype)
+                active += int((s_x > 0).sum())
+                r0 = r1
+            store_block_checksums(f, n_tokens)
+            f.attrs["contexts_done"] = n_ctx
+            f.attrs["mean_active_features"] = active / n_tokens
+            f.attrs["complete"] = True
+            f.attrs["tokens_per_second"] = n_tokens / max(time.perf_counter() - t0, 1e-9)
+        os.replace(partial, out)
+    except (OSError, RuntimeError) as exc:
+        full = disk_full_error(exc, partial)
+        partial.unlink(missing_ok=True)
+        if full is None:
+            raise
+        raise full from None
+    log.info("cached %d planted rows x %d dims of %s (%s, split seed %d, %.2f features firing per row) -> %s",
+             n_tokens, d_model, model, split, s_seed, active / n_tokens, out)
+    return {**attrs, "mean_active_features": active / n_tokens}
 
 
 def _check_free_space(out: Path, n_tokens: int, d_model: int, dtype: str, context_length: int) -> None:
@@ -638,14 +730,18 @@ def cli(argv: list[str]) -> int:
     )
     p.add_argument("--model", required=True, help="model SPEC: local directory, Hugging Face id or smollm2-135m")
     p.add_argument("--layer", type=int, required=True, help="transformer block whose MLP input is cached (0-based)")
-    p.add_argument("--corpus", required=True, help="corpus directory (python -m jsae corpus)")
+    p.add_argument("--corpus", default=None, help="corpus directory (python -m jsae corpus); required unless --model "
+                   "is a planted model directory (python -m jsae planted), whose rows are sampled, not read from text")
     p.add_argument("--split", choices=SPLITS, required=True, help="corpus split")
     p.add_argument("--n-tokens", type=int, required=True, help="rows to cache (BOS positions excluded)")
-    p.add_argument("--context-length", type=int, required=True, help="tokens per context including the BOS")
+    p.add_argument("--context-length", type=int, default=None, help="tokens per context including the BOS; required "
+                   "for a language model (a planted model's dummy contexts default to 2)")
     p.add_argument("--out", required=True, help="output FILE.h5")
     p.add_argument("--dtype", choices=CACHE_DTYPES, default="float32", help="storage dtype of x")
     p.add_argument("--batch-size", type=int, default=16, help="contexts per forward")
-    p.add_argument("--seed", type=int, default=0, help="which contexts are drawn from the split (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="which contexts are drawn from the split; for a planted "
+                   "model, the split's sample stream is seeded 2 seed (train) / 2 seed + 1 (validation) "
+                   "(default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: $OMP_NUM_THREADS, else 1)")
     p.add_argument("--log-file", default=None, help="also write logs here")

@@ -137,6 +137,12 @@ def resolve_spec(spec: str) -> tuple[str, dict]:
     spec = str(spec)
     path = Path(spec).expanduser()
     if path.is_dir():
+        from jsae.data.planted import is_planted_dir
+
+        if is_planted_dir(path):  # its config.json is not a transformers config: say so instead of a loader error
+            raise ValueError(f"model directory {path} is a planted ground-truth model (python -m jsae planted), not a "
+                             "language model; expected an LM here (cache, train, evaluate, probes and recovery "
+                             "take a planted model; reinit and tables need an LM)")
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"model directory {path} has no config.json; expected a save_pretrained directory")
         return "dir", {"path": path}

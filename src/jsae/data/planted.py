@@ -44,8 +44,11 @@ The truth functions are dense (``true_jacobian`` is ``[T, n_y, n_x]``): sized fo
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -79,6 +82,14 @@ CONFIG_FILENAME = "config.json"
 MLP_FILENAME = "mlp.safetensors"
 TRUTH_FILENAME = "truth.safetensors"
 EDGES_FILENAME = "edges.json"
+#: Every file of a planted model directory (written together by save_planted; config.json names the format).
+PLANTED_FILES = (MLP_FILENAME, TRUTH_FILENAME, EDGES_FILENAME, CONFIG_FILENAME)
+#: The hook name recorded in caches and run.json: a planted model has one MLP and no transformer around it.
+PLANTED_HOOK = "planted.mlp.input"
+#: Rows drawn per call of :meth:`PlantedModel.sample` when caching (the draws depend on it: see sample_split).
+SAMPLE_CHUNK = 8192
+#: Splits of a planted data stream, each drawn with its own seed (:func:`split_seed`).
+SPLIT_OFFSETS = {"train": 0, "validation": 1}
 
 
 def _number(value: object) -> bool:
@@ -487,3 +498,81 @@ def planted_summary(planted: PlantedModel) -> dict[str, Any]:
     return {"d": planted.d, "n_x": planted.n_x, "n_y": planted.n_y, "d_hidden": planted.n_hidden,
             "coherence_x": planted.coherence_x, "coherence_y": planted.coherence_y,
             "edges": dict(zip(KINDS, counts)), "config": asdict(planted.config)}
+
+
+# --------------------------------------------------------------------------------------------------
+# Model SPEC detection, data streams and the command line (python -m jsae planted)
+# --------------------------------------------------------------------------------------------------
+
+
+def is_planted_dir(spec: str | os.PathLike[str] | None) -> bool:
+    """True when ``spec`` is a directory written by :func:`save_planted` (its config.json says ``jsae-planted``):
+    the commands that take a model SPEC (cache, train, evaluate, probes, recovery) then use its MLP, no LM."""
+    if spec is None:
+        return False
+    path = Path(os.path.expanduser(str(spec))) / CONFIG_FILENAME
+    if not path.is_file():
+        return False
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
+
+
+def split_seed(seed: int, split: str) -> int:
+    """The generator seed of a split: ``2 seed`` (train) and ``2 seed + 1`` (validation), so the splits never
+    share draws and every base seed gets its own pair of streams."""
+    if split not in SPLIT_OFFSETS:
+        raise ValueError(f"split={split!r} is invalid; expected one of {', '.join(SPLIT_OFFSETS)}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed={seed!r} is invalid; expected an integer >= 0")
+    return 2 * seed + SPLIT_OFFSETS[split]
+
+
+def sample_split(planted: PlantedModel, n_tokens: int, seed: int, split: str,
+                 chunk: int = SAMPLE_CHUNK) -> Iterator[tuple[Tensor, Tensor]]:
+    """``(s_x, x)`` for ``n_tokens`` rows of a split, in chunks of ``chunk`` rows: successive
+    :meth:`PlantedModel.sample` calls on one generator seeded with :func:`split_seed` (what the cache stores)."""
+    if not _int(n_tokens, 1):
+        raise ValueError(f"n_tokens={n_tokens!r} is invalid; expected a positive integer")
+    g = torch.Generator().manual_seed(split_seed(seed, split))
+    for start in range(0, n_tokens, chunk):
+        yield planted.sample(min(chunk, n_tokens - start), g)
+
+
+def cli(argv: list[str]) -> int:
+    from jsae.cli import HelpFormatter, run_cli
+    from jsae.io import setup_logging
+
+    p = argparse.ArgumentParser(
+        formatter_class=HelpFormatter, prog="python -m jsae planted",
+        description="Build a planted ground-truth model (a synthetic MLP with known sparse features and edges) and "
+        f"write it to a directory ({', '.join(PLANTED_FILES)}), atomically.")
+    p.add_argument("--out", required=True, help="output directory (e.g. results/models/planted)")
+    p.add_argument("--config-json", default="{}",
+                   help="PlantedConfig fields as a JSON object; absent fields take their defaults "
+                   f"({', '.join(f.name for f in fields(PlantedConfig))})")
+    p.add_argument("--log-file", default=None, help="also write logs here")
+    a = p.parse_args(argv)
+    setup_logging(log_file=a.log_file)
+    return run_cli(_planted_cli, a)
+
+
+def _planted_cli(a: argparse.Namespace) -> int:
+    import logging
+
+    try:
+        values = json.loads(a.config_json)
+    except ValueError as exc:
+        raise ValueError(f"--config-json is not valid JSON ({exc}); expected an object of PlantedConfig "
+                         "fields") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"--config-json={a.config_json!r} is invalid; expected a JSON object of PlantedConfig fields")
+    planted = build_planted(PlantedConfig.from_dict(values))
+    save_planted(planted, a.out)
+    info = planted_summary(planted)
+    logging.getLogger("jsae.data.planted").info(
+        "planted model (d %d, n_x %d, n_y %d, %d hidden units, coherence %.3f / %.3f, edges %s) -> %s", info["d"],
+        info["n_x"], info["n_y"], info["d_hidden"], info["coherence_x"], info["coherence_y"], info["edges"], a.out)
+    return 0

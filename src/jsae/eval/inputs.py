@@ -103,9 +103,10 @@ def check_tokenizer(tokenizer: Any, cache_attrs: dict, contexts: np.ndarray) -> 
 
 @dataclass
 class Inputs:
-    """A pair with its model, cache and run.json, checked to belong together."""
+    """A pair with its model, cache and run.json, checked to belong together (``model`` and ``tokenizer`` are None
+    for a planted model: its MLP is the pair's)."""
 
-    model: nn.Module
+    model: nn.Module | None
     tokenizer: Any
     pair: JSAEPair
     cache: Any
@@ -118,6 +119,7 @@ def load_inputs(model_spec: str, layer: int, run_dir: str, cache_path: str, *, d
     from jsae.data.cache import ActivationCache
     from jsae.data.hooks import mlp_module
     from jsae.data.models import load_model
+    from jsae.data.planted import is_planted_dir, load_planted
     from jsae.devices import resolve_device
     from jsae.export import load_pair, read_run
     from jsae.nn.mlp import mlp_from_module
@@ -131,8 +133,13 @@ def load_inputs(model_spec: str, layer: int, run_dir: str, cache_path: str, *, d
     cache = ActivationCache.open(cache_path)
     check_pair_matches(run, dict(cache.attrs), model_spec=model_spec, layer=layer)
     dev = resolve_device(device)
-    model, tokenizer = load_model(model_spec, device=str(dev))
-    mlp = mlp_from_module(mlp_module(model, layer))
+    if is_planted_dir(model_spec):  # the planted MLP only: no LM (CE/KL skipped), no tokenizer
+        if layer != 0:
+            raise ValueError(f"layer={layer} is out of range for planted model {model_spec}; expected 0 (one MLP)")
+        model, tokenizer, mlp = None, None, load_planted(model_spec).mlp
+    else:
+        model, tokenizer = load_model(model_spec, device=str(dev))
+        mlp = mlp_from_module(mlp_module(model, layer))
     pair = load_pair(run_dir, mlp).to(dev)
     check_pair_matches(run, dict(cache.attrs), d_model=pair.sae_in.d_in)
     if tokenizer is not None:

@@ -18,8 +18,13 @@ No sklearn: the ranking metrics are a few lines of numpy, tested against brute-f
 
 from __future__ import annotations
 
+import argparse
+import logging
 import math
+import os
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -372,3 +377,100 @@ def pair_recovery(pair: JSAEPair, planted: PlantedModel, batches: Iterable[Tenso
     arrays.update(edge_arrays)
     arrays.update({"latent_scores": latent, "feature_scores": feat})
     return metrics, arrays
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line: python -m jsae recovery (the workflow's `recovery` rule)
+# --------------------------------------------------------------------------------------------------
+
+#: The probes' identity fields that must equal the pair's (the labels must come from this very pair).
+PROBE_IDENTITY = ("model", "layer", "control", "lam", "seed")
+
+
+def probe_labels(probes_json: str | os.PathLike[str], identity: dict[str, Any]) -> dict[str, np.ndarray]:
+    """``out_latent``, ``in_latent``, ``label`` of a probes.json's npz, after checking it probed this pair."""
+    from jsae.io import read_json
+
+    doc = read_json(probes_json)
+    pair = doc.get("pair") if isinstance(doc, dict) else None
+    if not isinstance(pair, dict) or not isinstance(doc.get("arrays"), str):
+        raise ValueError(f"{probes_json} has no 'pair' / 'arrays' entries; expected a probes.json from jsae probes")
+    for key in PROBE_IDENTITY:
+        a, b = pair.get(key), identity.get(key)
+        if a is not None and b is not None and str(a) != str(b):
+            raise ValueError(f"{probes_json} probed {key}={a!r} but the pair has {key}={b!r}; expected the probes of "
+                             "the same pair")
+    npz = Path(probes_json).with_name(doc["arrays"])
+    if not npz.is_file():
+        raise FileNotFoundError(f"{npz} does not exist; expected the probe arrays next to {probes_json}")
+    with np.load(npz) as z:
+        missing = [k for k in ("out_latent", "in_latent", "label") if k not in z.files]
+        if missing:
+            raise ValueError(f"{npz} lacks {', '.join(missing)}; expected per-function probe arrays (jsae probes)")
+        return {k: z[k] for k in ("out_latent", "in_latent", "label")}
+
+
+def cli(argv: list[str]) -> int:
+    from jsae.eval.inputs import pair_parser, run_pair_command
+
+    p = pair_parser("python -m jsae recovery",
+                    "Recovery of a planted ground truth by a trained pair: feature recovery of both SAEs, edge "
+                    "recovery from the pair's Jacobian (ROC AUC, PR AUC, best F1, F1 on a grid of tau) and, with "
+                    "--probes, the kind agreement of the probes' labels. Writes recovery.json and recovery_arrays.npz.")
+    p.set_defaults(layer=0)
+    for action in p._actions:  # a planted model has one MLP: --layer is 0 unless given
+        if action.dest == "layer":
+            action.required = False
+    p.add_argument("--out", required=True, help="output path of recovery.json (recovery_arrays.npz goes next to it)")
+    p.add_argument("--probes", default=None, help="probes.json of the same pair (kind agreement); optional")
+    p.add_argument("--n-tokens", type=int, default=None, help="validation tokens for the Jacobian scores "
+                   "(default: all)")
+    p.add_argument("--batch-size", type=int, default=2048, help="tokens per pair forward")
+    p.add_argument("--min-count", type=int, default=1,
+                   help="latent pairs co-active on fewer tokens score 0 (default: %(default)s)")
+    return run_pair_command(p, argv, _recovery_cli)
+
+
+def _recovery_cli(args: argparse.Namespace) -> int:
+    from jsae.checks import check_positive_int
+    from jsae.cli import tracking_uri
+    from jsae.data.planted import is_planted_dir, load_planted, planted_summary
+    from jsae.eval.inputs import cache_rows, load_inputs, pair_identity, run_field, token_count, write_pair_outputs
+    from jsae.tracking import log_to_pair_run
+
+    check_positive_int("n_tokens", args.n_tokens, allow_none=True)
+    check_positive_int("batch_size", args.batch_size)
+    check_positive_int("min_count", args.min_count)
+    if not is_planted_dir(args.model):
+        raise ValueError(f"--model {args.model} is not a planted model directory; expected one written by "
+                         "python -m jsae planted (recovery needs the ground truth)")
+    if args.probes is not None and not Path(args.probes).is_file():
+        raise FileNotFoundError(f"--probes {args.probes} does not exist; expected a probes.json of the same pair")
+    inputs = load_inputs(args.model, args.layer, args.run, args.cache, device=args.device)
+    planted = load_planted(args.model)
+    identity = pair_identity(inputs.run, inputs.pair)
+    n = token_count(inputs.cache, args.n_tokens)
+    metrics, arrays = pair_recovery(inputs.pair, planted, cache_rows(inputs.cache, n, args.batch_size),
+                                    min_count=args.min_count)
+    settings: dict[str, Any] = {"n_tokens": n, "recovered_cosine": RECOVERED_COSINE, "match_floor": MATCH_FLOOR,
+                                "rel_taus": list(REL_TAUS), "min_count": args.min_count, "cache": str(args.cache),
+                                "run": str(args.run), "probes": None if args.probes is None else str(args.probes),
+                                "planted": planted_summary(planted)}
+    if args.probes is not None:
+        labels = probe_labels(args.probes, identity)
+        confusion, kinds = kind_agreement(labels["out_latent"], labels["in_latent"], labels["label"],
+                                          arrays["out_match"], arrays["in_match"],
+                                          planted.edges.kind_matrix(planted.n_y, planted.n_x).numpy())
+        metrics.update(kinds)
+        arrays["kind_confusion"] = confusion
+        settings["kind_confusion"] = {"rows": "planted kind", "columns": "probe label", "kinds": list(KINDS),
+                                      "counts": confusion.tolist()}
+    npz = write_pair_outputs(args.out, "recovery_arrays.npz", metrics, arrays, identity, settings)
+    logging.getLogger("jsae.eval.recovery").info(
+        "wrote %s and %s: features in %.3f / out %.3f (mean max cosine), edges ROC AUC %.3f, best F1 %.3f%s", args.out,
+        npz, metrics[recovery_key("in", "mean_max_cosine")], metrics[recovery_key("out", "mean_max_cosine")],
+        metrics[EDGE_ROC_AUC_KEY], metrics[EDGE_BEST_F1_KEY],
+        f", kind agreement {metrics[KIND_AGREEMENT_KEY]:.3f}" if KIND_AGREEMENT_KEY in metrics else "")
+    log_to_pair_run(tracking_uri(args.mlflow_uri), run_field(inputs.run, "mlflow_run_id"), metrics, [args.out],
+                    step=run_field(inputs.run, "n_steps"))
+    return 0

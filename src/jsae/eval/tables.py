@@ -534,6 +534,11 @@ def cli(argv: list[str]) -> int:
 
 
 def _tables_cli(args: argparse.Namespace) -> int:
+    from jsae.data.planted import is_planted_dir
+
+    if is_planted_dir(args.model):  # its cached rows are sampled, not text: there are no windows to show
+        raise ValueError(f"--model {args.model} is a planted model; expected a language model (tables show text "
+                         "windows, and a planted model's rows have none)")
     inputs = load_inputs(args.model, args.layer, args.run, args.cache, device=args.device)
     identity = pair_identity(inputs.run, inputs.pair)
     identity["name"] = name_from_output(args.out) or model_name(identity)  # titles name the model, not its path

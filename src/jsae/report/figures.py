@@ -11,10 +11,14 @@ Each figure keeps the paper's number (Farnik et al., ICML 2025) and is written a
 * fig32 |J| histogram and CDF (the whole share-vs-τ curve; τ* and the paper's τ marked), JSAE vs traditional
 * fig35 Lp norms of J against λ (relative to λ = 0)
 * fig36 global sparsity of the mean-|J| matrix over tokens (100% = alive output × alive input latents)
+* fig_recovery (ours, not the paper's; named so because it has no paper number) recovery of a planted ground
+        truth against λ, per planted site: edge ROC AUC and best F1, feature recovery of both SAEs; every seed
+        drawn, their mean joined (inputs: the planted pairs' ``recovery.json``)
 
 Inputs are the per-pair results as :mod:`jsae.report.results` reads them (``evaluation.json``,
 ``probes.json`` and their npz siblings). A "site" is one (model, layer); figures comparing λ = 0 with
-the JSAE draw one panel (or row) per site.
+the JSAE draw one panel (or row) per site. fig7 draws only the sites that have a re-init control (a planted
+model has none).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from jsae.eval.metrics import (
     threshold_key,
 )
 from jsae.eval.metrics import global_shares as metric_global_shares
+from jsae.eval.recovery import EDGE_BEST_F1_KEY, EDGE_PR_AUC_KEY, EDGE_ROC_AUC_KEY, recovery_key
 from jsae.io import atomic_path, setup_logging
 from jsae.report.claims import PAPER_TAU, TokenStats, headline_columns, headline_taus
 from jsae.report.results import (
@@ -58,7 +63,10 @@ from jsae.report.results import (
 
 log = logging.getLogger("jsae.report.figures")
 
-FIGURES = ("fig2", "fig4", "fig5", "fig7", "fig8", "fig32", "fig35", "fig36")
+FIGURES = ("fig2", "fig4", "fig5", "fig7", "fig8", "fig32", "fig35", "fig36")  # the paper's
+#: Ours, beyond the paper: drawn only for a study with a planted model (its pairs' recovery.json).
+OWN_FIGURES = ("fig_recovery",)
+ALL_FIGURES = FIGURES + OWN_FIGURES
 THRESHOLDS = DEFAULT_THRESHOLDS  # the paper's taus (figs. 2, 7, 36)
 
 COLORS = {"traditional": "#1f77b4", "jsae": "#d62728", "reinit_traditional": "#9ecae1", "reinit_jsae": "#fcae91"}
@@ -307,7 +315,10 @@ def fig5(results: Sequence[PairResult], out_dir: Path) -> list[Path]:
 def fig7(results: Sequence[PairResult], jsae_lam: float, out_dir: Path) -> list[Path]:
     """Shares of |J| > τ on the trained model vs its random re-initialisation, λ = 0 and JSAE."""
     plt = _plt()
-    sites = sites_of(results)
+    # a site without any re-init pair (a planted model) has nothing to compare: left out, not an error
+    sites = sites_of([r for r in results if r.control == "reinit"])
+    if not sites:
+        raise ValueError("fig7 needs re-init pairs (trained vs re-initialised model); none among the inputs")
     fig, axes = plt.subplots(1, len(sites), figsize=(6 * len(sites), 3.8), squeeze=False)
     for ax, site in zip(axes[0], sites):
         picks = {
@@ -569,20 +580,73 @@ def fig36(results: Sequence[PairResult], jsae_lam: float, out_dir: Path) -> list
     return _save(fig, out_dir, "fig36")
 
 
+RECOVERY_PANELS = (
+    ("(a) edges", ((EDGE_ROC_AUC_KEY, "ROC AUC", "#1f77b4", "o"), (EDGE_BEST_F1_KEY, "best F1", "#d62728", "s"),
+                   (EDGE_PR_AUC_KEY, "PR AUC", "#2ca02c", "^"))),
+    ("(b) features", ((recovery_key("in", "mean_max_cosine"), "input SAE vs D_x", "#9467bd", "o"),
+                      (recovery_key("out", "mean_max_cosine"), "output SAE vs D_y", "#ff7f0e", "s"))),
+)
+
+
+def fig_recovery(results: Sequence[PairResult], jsae_lam: float, out_dir: Path) -> list[Path]:
+    """A planted ground truth's recovery against λ (λ = 0: traditional SAEs), one row per planted site: (a) edge
+    ROC AUC, best F1 and PR AUC, (b) the mean max cosine of each SAE with the true features (chance dashed).
+    Every seed is a dot; the line joins the means over seeds."""
+    plt = _plt()
+    planted = [r for r in results if r.control == "trained" and r.has_recovery]
+    sites = sites_of(planted)
+    if not sites:
+        raise ValueError("fig_recovery needs recovery.json of a planted model's pairs; none among the inputs")
+    fig, axes = plt.subplots(len(sites), 2, figsize=(10, 3.6 * len(sites)), squeeze=False)
+    for row, site in zip(axes, sites):
+        rs = [r for r in planted if r.site == site]
+        lams = sorted({r.lam for r in rs})
+        for ax, (title, series) in zip(row, RECOVERY_PANELS):
+            for key, label, color, marker in series:
+                pts = [(r.lam, metric(r, key)) for r in rs if math.isfinite(metric(r, key))]
+                means = [(lam, float(np.mean([v for x, v in pts if x == lam]))) for lam in lams
+                         if any(x == lam for x, _ in pts)]
+                ax.scatter([x for x, _ in pts], [v for _, v in pts], color=color, marker=marker, s=14, alpha=0.5)
+                ax.plot([x for x, _ in means], [v for _, v in means], "-", color=color, marker=marker, label=label)
+            if title.startswith("(b)"):
+                for side, color in (("in", "#9467bd"), ("out", "#ff7f0e")):
+                    chance = metric(rs[0], recovery_key(side, "chance_max_cosine"))
+                    if math.isfinite(chance):
+                        ax.axhline(chance, color=color, ls=":", lw=1, label=f"chance ({side})")
+                ax.set_ylabel("mean max cosine with the true features")
+            else:
+                ax.axhline(0.5, color="0.5", ls=":", lw=1, label="ROC AUC chance")
+                ax.set_ylabel("score against the planted edges")
+            ax.axvline(jsae_lam, color="0.7", ls="--", lw=1)
+            _lam_axis(ax, lams)
+            ax.set_ylim(0, 1.05)
+            ax.set_title(f"{_site_title(site)} — {title}")
+            ax.legend(frameon=False, fontsize=7, loc="lower left")
+    fig.suptitle("Planted ground truth — recovery against λ (λ = 0: traditional SAEs)", fontweight="bold")
+    fig.tight_layout()
+    n_seeds = max(len({r.seed for r in planted if r.site == s and r.lam == lam}) for s in sites
+                  for lam in {r.lam for r in planted if r.site == s})
+    _caption(fig, [f"Dots: one training seed each (up to {n_seeds} per λ); lines: mean over seeds. Dashed vertical "
+                   f"line: the JSAE λ = {jsae_lam:g}. Definitions: docs/metrics.md, 'Planted ground truth'."])
+    return _save(fig, out_dir, "fig_recovery")
+
+
 def render(names: Sequence[str], results: Sequence[PairResult], out_dir: str | Path,
            jsae_lam: float | None = None) -> list[Path]:
     """Render the named figures into ``out_dir`` (``figN.pdf`` and ``figN.png`` each)."""
-    unknown = [n for n in names if n not in FIGURES]
+    unknown = [n for n in names if n not in ALL_FIGURES]
     if unknown:
-        raise ValueError(f"unknown figure {unknown[0]!r}; expected one of {', '.join(FIGURES)}")
+        raise ValueError(f"unknown figure {unknown[0]!r}; expected one of {', '.join(ALL_FIGURES)}")
     if not results:
         raise ValueError("no evaluation or probe results were given; expected evaluation.json / probes.json files")
     lam = default_jsae_lam(results) if jsae_lam is None else float(jsae_lam)
     if lam <= 0:
         raise ValueError(f"jsae_lam={lam:g} is invalid; expected the λ > 0 shown as 'JSAE' against λ = 0")
+    every_seed = list(results)  # fig_recovery shows the seeds' spread
     results = base_seed(results)  # seed replicates are the claims' business; a figure shows one training run
     out = Path(out_dir)
     makers: dict[str, Callable[[], list[Path]]] = {
+        "fig_recovery": lambda: fig_recovery(every_seed, lam, out),
         "fig2": lambda: fig2(results, lam, out),
         "fig4": lambda: fig4(results, out),
         "fig5": lambda: fig5(results, out),
@@ -603,7 +667,7 @@ def cli(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="python -m jsae figures",
         description="Render the paper's figures (PDF + PNG) from evaluation.json / probes.json files. "
-        f"Figures: {', '.join(FIGURES)}.",
+        f"Figures: {', '.join(ALL_FIGURES)}.",
         formatter_class=HelpFormatter,
     )
     p.add_argument("--inputs", nargs="+", metavar="FILE",
@@ -612,8 +676,8 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--eval-root", default="results/eval", help="where to look when --inputs is not given")
     p.add_argument("--runs-root", default="results/runs", help="accepted for symmetry with the workflow; unused")
     p.add_argument("--out-dir", default="results/figures", help="output directory")
-    p.add_argument("--only", nargs="+", choices=FIGURES, metavar="FIG", help="render only these "
-                   f"({', '.join(FIGURES)})")
+    p.add_argument("--only", nargs="+", choices=ALL_FIGURES, metavar="FIG", help="render only these "
+                   f"({', '.join(ALL_FIGURES)}; default: the paper's, and fig_recovery where recovery.json is given)")
     p.add_argument("--jsae-lam", type=float, default=None,
                    help="the λ shown as 'JSAE' against λ = 0 (default: the largest trained λ ≤ 1)")
     p.add_argument("--log-file", default=None, help="also write logs here")
@@ -621,5 +685,6 @@ def cli(argv: list[str]) -> int:
     setup_logging(log_file=args.log_file)
     paths = args.inputs if args.inputs else find_results(args.eval_root)
     results = load_results(paths)
-    render(args.only or FIGURES, results, args.out_dir, args.jsae_lam)
+    default = FIGURES + (OWN_FIGURES if any(r.has_recovery for r in results) else ())
+    render(args.only or default, results, args.out_dir, args.jsae_lam)
     return 0

@@ -1,9 +1,10 @@
 """The study's per-pair results, read back from the evaluation outputs, and lookups over them.
 
-Inputs are ``evaluation.json`` (+ ``jacobian_stats.npz``) and ``probes.json`` (+ ``probe_curves.npz``)
-files; each JSON carries the pair's identity (model, layer, control, lam, seed), and the workflow writes them
-under ``<model>/L<layer>/<control>/lam<lam>/seed<seed>/`` (:data:`PATH_PATTERN`), whose first part names the
-model for the report. A "site" is one (model, layer). A pair trained with several seeds (replicates) has one
+Inputs are ``evaluation.json`` (+ ``jacobian_stats.npz``), ``probes.json`` (+ ``probe_curves.npz``) and, for
+a planted model's pairs, ``recovery.json`` (its ``recovery/...`` scalars join the pair's metrics) files; each
+JSON carries the pair's identity (model, layer, control, lam, seed), and the workflow writes them under
+``<model>/L<layer>/<control>/lam<lam>/seed<seed>/`` (:data:`PATH_PATTERN`), whose first part names the model
+for the report. A "site" is one (model, layer). A pair trained with several seeds (replicates) has one
 :class:`PairResult` per seed; the figures and tables show the base seed (:func:`base_seed`), the claims
 combine the seeds. The figures and the summary both read through here.
 """
@@ -30,6 +31,7 @@ from jsae.eval.metrics import (
     OUT_CE_SCORE_REFUSED_KEY,
     PROBE_PREFIX,
 )
+from jsae.eval.recovery import RECOVERY_PREFIX
 from jsae.io import read_json
 
 #: Where the workflow puts a pair's outputs: ``<model>/L<layer>/<control>/lam<lam>/seed<seed>/<file>`` (an
@@ -53,6 +55,12 @@ class PairResult:
     settings: dict[str, Any] = field(default_factory=dict)  # evaluation's settings (e.g. the CE score's floor)
     stats_path: Path | None = None
     curves_path: Path | None = None
+    recovery_path: Path | None = None  # recovery_arrays.npz of a planted model's pair
+
+    @property
+    def has_recovery(self) -> bool:
+        """Whether recovery.json (a planted ground truth's recovery) was among the inputs for this pair."""
+        return any(k.startswith(RECOVERY_PREFIX) for k in self.metrics)
 
     @property
     def site(self) -> tuple[str, int]:
@@ -111,9 +119,14 @@ def load_results(paths: Iterable[str | Path]) -> list[PairResult]:
         res = by_key.setdefault(ident, PairResult(*ident))
         res.identity.update(doc.get("pair") or {})
         is_probe = any(k.startswith(PROBE_PREFIX) for k in metrics) or p.name.startswith("probes")
+        is_recovery = p.name.startswith("recovery") or (bool(metrics) and all(k.startswith(RECOVERY_PREFIX)
+                                                                                for k in metrics))
         # a null value is a measured "no value" (e.g. a refused score): kept as NaN, not dropped
         values = {k: float("nan") if v is None else float(v) for k, v in metrics.items() if v is None or _is_number(v)}
-        if is_probe:
+        if is_recovery:  # its keys are recovery/...: merged into the metrics, evaluation's settings left alone
+            res.metrics.update(values)
+            res.recovery_path = p.with_name(doc.get("arrays", "recovery_arrays.npz"))
+        elif is_probe:
             res.probes.update(values)
             res.curves_path = p.with_name(doc.get("arrays", "probe_curves.npz"))
         else:
@@ -124,11 +137,11 @@ def load_results(paths: Iterable[str | Path]) -> list[PairResult]:
 
 
 def find_results(eval_root: str | Path) -> list[Path]:
-    """Every evaluation.json and probes.json under ``eval_root``."""
+    """Every evaluation.json, probes.json and recovery.json under ``eval_root``."""
     root = Path(eval_root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a directory; expected the evaluation root (results/eval)")
-    return sorted([*root.rglob("evaluation.json"), *root.rglob("probes.json")])
+    return sorted([*root.rglob("evaluation.json"), *root.rglob("probes.json"), *root.rglob("recovery.json")])
 
 
 def _is_number(v: Any) -> bool:

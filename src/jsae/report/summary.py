@@ -3,7 +3,8 @@
 Outputs ``results/summary.csv`` (the per-pair table, with the scale-free headline-τ shares),
 ``results/claims.csv`` (one row per site × claim: value, 95% interval, threshold, margin, verdict;
 :mod:`jsae.report.claims`) and ``results/summary.md`` (the model, the headline τ, the claims table,
-then the per-pair table). ``--log-study`` instead records the study-level MLflow run
+then the per-pair table; with a planted model's ``recovery.json`` among the inputs, a "Planted ground truth"
+section before it). ``--log-study`` instead records the study-level MLflow run
 (:func:`jsae.tracking.log_study_run`): the figures and the summary as artifacts, each pair's headline
 values (:func:`study_metrics`) as metrics.
 """
@@ -35,6 +36,14 @@ from jsae.eval.metrics import (
     OUT_EV_KEY,
     OWN_HEADLINE_TAU_KEY,
     probe_frac_key,
+)
+from jsae.eval.recovery import (
+    EDGE_BEST_F1_KEY,
+    EDGE_PR_AUC_KEY,
+    EDGE_ROC_AUC_KEY,
+    KIND_AGREEMENT_KEY,
+    KIND_N_KEY,
+    recovery_key,
 )
 from jsae.io import atomic_path, setup_logging
 from jsae.report.claims import (
@@ -173,8 +182,12 @@ def model_section(pretrain: Sequence[PretrainRecord], results: Sequence[PairResu
                      "max_steps": "none" if p.max_steps is None else p.max_steps, "stopped by": stopped,
                      "final held-out loss (nats/token)": round(p.final_validation_loss, 4),
                      "unigram baseline (nats/token)": round(p.unigram_baseline_loss, 4)})
-    others = sorted({r.model for r in results} - {p.model for p in pretrain})
+    planted = sorted({r.model for r in results if r.has_recovery} - {p.model for p in pretrain})
+    others = sorted({r.model for r in results} - {p.model for p in pretrain} - set(planted))
     text = _md_table(pd.DataFrame(rows)) if rows else ""
+    if planted:
+        text += (f"\n{', '.join(planted)}: a planted ground-truth model (synthetic MLP; no text, so no CE scores); "
+                 "see \"Planted ground truth\".\n")
     if others:
         text += (f"\n{', '.join(others)}: no pretrain.json among the inputs (a pretrained checkpoint, not trained "
                  "by this study).\n")
@@ -228,6 +241,64 @@ def headline_section(table: pd.DataFrame, results: Sequence[PairResult]) -> str:
     )
 
 
+#: The planted-recovery columns of summary.md: (header, metric key); all are in summary.csv under their keys.
+RECOVERY_COLUMNS = (
+    ("features in (mean max cos)", recovery_key("in", "mean_max_cosine")),
+    ("features in recovered", recovery_key("in", "frac_recovered")),
+    ("features out (mean max cos)", recovery_key("out", "mean_max_cosine")),
+    ("features out recovered", recovery_key("out", "frac_recovered")),
+    ("edge ROC AUC", EDGE_ROC_AUC_KEY),
+    ("edge PR AUC", EDGE_PR_AUC_KEY),
+    ("edge best F1", EDGE_BEST_F1_KEY),
+    ("kind agreement", KIND_AGREEMENT_KEY),
+    ("kind n", KIND_N_KEY),
+)
+
+
+def planted_section(results: Sequence[PairResult], jsae_lam: float) -> str:
+    """"Planted ground truth": per planted site, one row per (λ, seed) of recovery metrics and, where a λ has
+    several seeds, their mean; "" when no recovery.json was among the inputs."""
+    rows_by_site: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for site in sites_of([r for r in results if r.has_recovery]):
+        rs = sorted((r for r in results if r.site == site and r.has_recovery), key=lambda r: (r.lam, r.seed))
+        rows = []
+        for lam in sorted({r.lam for r in rs}):
+            at = [r for r in rs if r.lam == lam]
+            name = "traditional (λ = 0)" if lam == 0 else ("JSAE" if math.isclose(lam, jsae_lam) else "")
+            for r in at:
+                rows.append({"λ": f"{lam:g}", "": name, "seed": str(r.seed),
+                             **{h: r.metrics.get(k, math.nan) for h, k in RECOVERY_COLUMNS}})
+            if len(at) > 1:  # nan-mean: a seed without probes has no kind agreement
+                rows.append({"λ": f"{lam:g}", "": name, "seed": f"mean of {len(at)}",
+                             **{h: _nanmean([r.metrics.get(k, math.nan) for r in at]) for h, k in RECOVERY_COLUMNS}})
+        rows_by_site[site] = rows
+    if not rows_by_site:
+        return ""
+    chance = {site: [r for r in results if r.site == site and r.has_recovery][0] for site in rows_by_site}
+    parts = [
+        "A planted model is a synthetic MLP whose sparse computation is known: input features D_x, output features "
+        "D_y and the planted edges (output feature ← input feature, each linear, JumpReLU-like or curved). "
+        "**Feature recovery**: per true feature, the best signed cosine of any decoder row (mean over features; "
+        "\"recovered\" = share above 0.9). **Edge recovery**: the pair's |J| between co-active latents, mapped to "
+        "(output, input) feature pairs through each latent's best-matching feature, ranked against the planted "
+        "edges (ROC AUC: chance 0.5; PR AUC: chance = the edge base rate; best F1 over all thresholds). **Kind "
+        "agreement**: share of probed functions landing on a planted edge whose probe label (linear / JumpReLU / "
+        "other) is the edge's kind (n = how many landed). Definitions: docs/metrics.md, \"Planted ground truth\".\n",
+    ]
+    for site, rows in rows_by_site.items():
+        c_in, c_out = (chance[site].metrics.get(recovery_key(side, "chance_max_cosine"), math.nan)
+                       for side in ("in", "out"))
+        parts.append(f"### {site[0]} L{site[1]}\n")
+        parts.append(f"Chance mean max cosine (random directions): in {c_in:.3f}, out {c_out:.3f}.\n")
+        parts.append(_md_table(pd.DataFrame(rows)))
+    return "\n".join(parts)
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
 def render_markdown(table: pd.DataFrame, claims: Sequence[Claim], jsae_lam: float,
                     pretrain: Sequence[PretrainRecord] = (), results: Sequence[PairResult] = ()) -> str:
     key = [c for c in ID_COLUMNS + KEY_COLUMNS + [CE_SCORE_MEAN_KEY] if c in table.columns]
@@ -259,6 +330,7 @@ def render_markdown(table: pd.DataFrame, claims: Sequence[Claim], jsae_lam: floa
         "evaluation's floor the score is refused (\"refused\" in the table) and a claim that needs it is "
         "inconclusive. ΔCE values are CE_recon − CE_clean and CE_zero − CE_clean in nats.\n",
         _md_table(claims_markdown(claims)),
+        *(["## Planted ground truth\n", planted] if (planted := planted_section(results, jsae_lam)) else []),
         "## Pairs (key metrics; every scalar is in summary.csv)\n",
         _md_table(_mark_refused(table)[key].rename(columns=COLUMN_UNITS)),
     ]
@@ -316,7 +388,7 @@ def cli(argv: list[str]) -> int:
         "ours), or with --log-study record the study-level MLflow run.",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--inputs", nargs="+", metavar="FILE", help="evaluation.json / probes.json files "
+    p.add_argument("--inputs", nargs="+", metavar="FILE", help="evaluation.json / probes.json / recovery.json files "
                    "(default: every such file under --eval-root)")
     p.add_argument("--eval-root", default="results/eval", help="where to look when --inputs is not given")
     p.add_argument("--out-md", default="results/summary.md", help="markdown output")
