@@ -520,6 +520,14 @@ def is_planted_dir(spec: str | os.PathLike[str] | None) -> bool:
     return isinstance(meta, dict) and meta.get("format") == FORMAT
 
 
+def planted_mlp(spec: str | os.PathLike[str], layer: int) -> MLP:
+    """The MLP of the planted model at ``spec`` (its only layer, 0): what train, evaluate and probes take where an
+    LM's MLP module would be."""
+    if layer != 0:
+        raise ValueError(f"layer={layer} is out of range for planted model {spec}; expected 0 (one MLP)")
+    return load_planted(spec).mlp
+
+
 def split_seed(seed: int, split: str) -> int:
     """The generator seed of a split: ``2 seed`` (train) and ``2 seed + 1`` (validation), so the splits never
     share draws and every base seed gets its own pair of streams."""

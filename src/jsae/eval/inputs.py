@@ -119,7 +119,7 @@ def load_inputs(model_spec: str, layer: int, run_dir: str, cache_path: str, *, d
     from jsae.data.cache import ActivationCache
     from jsae.data.hooks import mlp_module
     from jsae.data.models import load_model
-    from jsae.data.planted import is_planted_dir, load_planted
+    from jsae.data.planted import is_planted_dir, planted_mlp
     from jsae.devices import resolve_device
     from jsae.export import load_pair, read_run
     from jsae.nn.mlp import mlp_from_module
@@ -134,9 +134,7 @@ def load_inputs(model_spec: str, layer: int, run_dir: str, cache_path: str, *, d
     check_pair_matches(run, dict(cache.attrs), model_spec=model_spec, layer=layer)
     dev = resolve_device(device)
     if is_planted_dir(model_spec):  # the planted MLP only: no LM (CE/KL skipped), no tokenizer
-        if layer != 0:
-            raise ValueError(f"layer={layer} is out of range for planted model {model_spec}; expected 0 (one MLP)")
-        model, tokenizer, mlp = None, None, load_planted(model_spec).mlp
+        model, tokenizer, mlp = None, None, planted_mlp(model_spec, layer)
     else:
         model, tokenizer = load_model(model_spec, device=str(dev))
         mlp = mlp_from_module(mlp_module(model, layer))

@@ -299,15 +299,13 @@ def train_from_files(
     from jsae.data.cache import ActivationCache, hook_name
     from jsae.data.hooks import mlp_module
     from jsae.data.models import load_model
-    from jsae.data.planted import PLANTED_HOOK, is_planted_dir, load_planted
+    from jsae.data.planted import PLANTED_HOOK, is_planted_dir, planted_mlp
 
     cache = ActivationCache.open(cache_path)
     check_cache_matches(cache.attrs, model=model, layer=layer)
     if is_planted_dir(model):  # the planted MLP itself (float64, exact): no LM around it
-        if layer != 0:
-            raise ValueError(f"layer={layer} is out of range for planted model {model}; expected 0 (one MLP)")
-        return _train(load_planted(model).mlp, cache, config, Path(out_dir), model=model, layer=layer, control=control,
-                      hook_name=PLANTED_HOOK.removesuffix(".input"), **kwargs)
+        return _train(planted_mlp(model, layer), cache, config, Path(out_dir), model=model, layer=layer,
+                      control=control, hook_name=PLANTED_HOOK.removesuffix(".input"), **kwargs)
     lm, _tokenizer = load_model(model, device="cpu", dtype=torch.float32)
     module = mlp_module(lm, layer)
     mlp = mlp_from_module(module)
