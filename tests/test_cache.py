@@ -11,7 +11,7 @@ import torch
 from test_models import no_network, tiny_corpus, tiny_models, tiny_tokenizer  # noqa: F401  (fixtures)
 
 import jsae.data.cache as cache_mod
-from jsae.data.cache import REQUIRED_ATTRS, ActivationCache, build_cache
+from jsae.data.cache import REQUIRED_ATTRS, ActivationCache, build_cache, build_caches
 from jsae.data.hooks import mlp_module
 from jsae.data.models import load_model
 
@@ -75,7 +75,7 @@ def test_low_precision_storage(dtype, tol, cache32, neox, tiny_corpus, tmp_path)
 
 def test_kill_and_rerun_resumes_to_the_same_file(cache32, neox, tiny_corpus, tmp_path, monkeypatch):  # noqa: F811
     out = tmp_path / "killed.h5"
-    real = cache_mod.capture_mlp_input
+    real = cache_mod.capture_mlp_inputs
     calls = {"n": 0}
 
     def dying(*args, **kwargs):
@@ -84,7 +84,7 @@ def test_kill_and_rerun_resumes_to_the_same_file(cache32, neox, tiny_corpus, tmp
             raise KeyboardInterrupt("killed mid-write")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(cache_mod, "capture_mlp_input", dying)
+    monkeypatch.setattr(cache_mod, "capture_mlp_inputs", dying)
     with pytest.raises(KeyboardInterrupt):
         build_cache(neox, 2, tiny_corpus, "train", N, CTX, out, batch_size=5, seed=3, device="cpu", progress=False)
     assert not out.exists()  # nothing that looks complete
@@ -227,7 +227,7 @@ def test_bad_input_is_refused_before_heavy_compute(change, error, match, neox, t
     args.update(change)
     if "n_tokens" not in change:  # everything except the corpus-size check happens before tokenising
         monkeypatch.setattr(cache_mod, "tokenize_split", lambda *a, **k: pytest.fail("tokenised before the checks"))
-    monkeypatch.setattr(cache_mod, "capture_mlp_input", lambda *a, **k: pytest.fail("forward before the checks"))
+    monkeypatch.setattr(cache_mod, "capture_mlp_inputs", lambda *a, **k: pytest.fail("forward before the checks"))
     with pytest.raises(error, match=match):
         build_cache(**args, device="cpu", progress=False)
     assert not (tmp_path / "c.h5").exists()
@@ -284,3 +284,90 @@ def test_cli_writes_a_cache(neox, tiny_corpus, tmp_path, no_network):  # noqa: F
     torch.set_num_threads(threads)  # the CLI sets the process' thread count
     with ActivationCache.open(out, expect={"layer": 0, "split": "validation", "dtype": "bfloat16"}) as c:
         assert c.n_tokens == 50 and torch.isfinite(c.read()).all()
+
+
+# --------------------------------------------------------------------------------------------------
+# Several layers from one forward
+# --------------------------------------------------------------------------------------------------
+
+
+def test_several_layers_from_one_forward_equal_their_own_caches(neox, tiny_corpus, tmp_path, monkeypatch):  # noqa: F811
+    """Layers 0 and 1 cached together: layer 1 is bit for bit its single-layer cache; layer 0 is what a full
+    forward (no early stop) hands block 0's MLP; and no block after the deepest cached one runs."""
+    from jsae.data.hooks import capture_mlp_input
+
+    alone = tmp_path / "alone.h5"
+    build_cache(neox, 1, tiny_corpus, "train", N, CTX, alone, batch_size=5, seed=3, device="cpu", progress=False)
+    lm, tok = load_model(neox)
+    ran = []
+    handle = mlp_module(lm, 2).register_forward_pre_hook(lambda *a: ran.append(2))
+    monkeypatch.setattr("jsae.data.models.load_model", lambda *a, **k: (lm, tok))
+    outs = [tmp_path / "L0.h5", tmp_path / "L1.h5"]
+    attrs = build_caches(neox, [0, 1], tiny_corpus, "train", N, CTX, outs, batch_size=5, seed=3, device="cpu",
+                         progress=False)
+    handle.remove()
+    assert not ran  # the forward ended at block 1's MLP
+    assert [a["layer"] for a in attrs] == [0, 1] and attrs[0]["forward_dtype"] == "float32"
+    with ActivationCache.open(outs[1]) as both, ActivationCache.open(alone) as one:
+        assert torch.equal(both.read(), one.read()) and (both.token_ids == one.token_ids).all()
+    with ActivationCache.open(outs[0], expect={"layer": 0}) as c0:
+        ctx = torch.from_numpy(c0.contexts()[:4].astype(np.int64))
+        full = capture_mlp_input(lm, 0, ctx, stop=False)[:, 1:].reshape(-1, c0.read(0, 1).shape[1])
+        assert torch.allclose(c0.read(0, len(full)), full, atol=1e-6)
+
+
+def test_several_layers_resume_together_after_a_kill(cache32, neox, tiny_corpus, tmp_path, monkeypatch):  # noqa: F811
+    real = cache_mod.capture_mlp_inputs
+    calls = {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed mid-write")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cache_mod, "capture_mlp_inputs", dying)
+    outs = [tmp_path / "a.h5", tmp_path / "b.h5"]
+    kw = dict(batch_size=5, seed=3, device="cpu", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        build_caches(neox, [1, 2], tiny_corpus, "train", N, CTX, outs, **kw)
+    assert not any(o.exists() for o in outs) and all(cache_mod._partial_path(o).exists() for o in outs)
+    calls["n"] = -100
+    build_caches(neox, [1, 2], tiny_corpus, "train", N, CTX, outs, **kw)
+    assert calls["n"] == -100 + 4  # resumed after the first batch: 4 of 5 batches left
+    with ActivationCache.open(outs[1]) as a, ActivationCache.open(cache32) as b:
+        assert torch.equal(a.read(), b.read())
+
+
+def test_bfloat16_forwards_stay_close_to_float32(cache32, neox, tiny_corpus, tmp_path):  # noqa: F811
+    out = tmp_path / "bf16.h5"
+    build_cache(neox, 2, tiny_corpus, "train", N, CTX, out, batch_size=5, seed=3, device="cpu", progress=False,
+                forward_dtype="bfloat16")
+    with ActivationCache.open(out, expect={"forward_dtype": "bfloat16", "dtype": "float32"}) as a, \
+            ActivationCache.open(cache32) as b:
+        x, ref = a.read(), b.read()
+    rel = (x - ref).norm(dim=-1) / ref.norm(dim=-1)
+    assert 0 < rel.median() < 0.05, rel.median()
+
+
+@pytest.mark.parametrize("layers, outs, match", [
+    ([0, 2], ["a.h5"], "2 layers and 1 output files; expected one output per layer"),
+    ([2, 2], ["a.h5", "b.h5"], "repeat; expected distinct values"),
+    ([0, 2], ["a.h5", "a.h5"], "repeat; expected distinct values"),
+])
+def test_several_layers_bad_arguments(layers, outs, match, neox, tiny_corpus, tmp_path):  # noqa: F811
+    with pytest.raises(ValueError, match=match):
+        build_caches(neox, layers, tiny_corpus, "train", N, CTX, [tmp_path / o for o in outs], device="cpu")
+
+
+def test_cli_caches_two_layers(neox, tiny_corpus, tmp_path, no_network):  # noqa: F811
+    outs = [tmp_path / "L0.h5", tmp_path / "L1.h5"]
+    threads = torch.get_num_threads()
+    args = ["--model", neox, "--layer", "0", "1", "--corpus", str(tiny_corpus), "--split", "validation",
+            "--n-tokens", "50", "--context-length", str(CTX), "--out", *map(str, outs), "--forward-dtype",
+            "bfloat16"]
+    assert cache_mod.cli(args) == 0
+    torch.set_num_threads(threads)
+    for layer, out in enumerate(outs):
+        with ActivationCache.open(out, expect={"layer": layer, "forward_dtype": "bfloat16"}) as c:
+            assert c.n_tokens == 50

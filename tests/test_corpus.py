@@ -1,4 +1,5 @@
-"""Corpus building (default offline source, local files, datasets), splits, hashing, tokenised streams."""
+"""Corpus building (default offline source, local text files and folders, parquet, save_to_disk folders, datasets),
+splits, hashing, tokenised streams."""
 
 from __future__ import annotations
 
@@ -72,6 +73,138 @@ def test_files_source(tmp_path):
     with pytest.raises(ValueError, match="--glob"):
         build_corpus(tmp_path / "x", source="files")
     assert not (tmp_path / "x").exists()
+
+
+def test_files_source_from_a_folder(tmp_path):
+    """A folder stands for every .txt under it (nested too); other files are not documents."""
+    texts = {f"sub{i % 2}/{i}.txt": f"text file number {i}" for i in range(6)}
+    for name, text in texts.items():
+        (tmp_path / "t" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "t" / name).write_text(text + "\n")
+    (tmp_path / "t" / "notes.md").write_text("not a document")
+    build_corpus(tmp_path / "c", source="files", globs=[str(tmp_path / "t")], validation_fraction=0.2)
+    docs = read_documents(tmp_path / "c", "train") + read_documents(tmp_path / "c", "validation")
+    assert sorted(docs) == sorted(texts.values())
+    assert corpus_mod.local_source_files("files", globs=[str(tmp_path / "t")]) == sorted(
+        tmp_path / "t" / name for name in texts)
+
+
+def _write_parquet(path, columns: dict) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns), path)
+
+
+def test_parquet_source(tmp_path, no_network):  # noqa: F811
+    rows = [f"parquet row {i} says something" for i in range(12)]
+    _write_parquet(tmp_path / "pq" / "a.parquet", {"body": rows[:7] + ["  ", None], "id": list(range(9))})
+    _write_parquet(tmp_path / "pq" / "b.parquet", {"body": rows[7:], "id": list(range(5))})
+    meta = build_corpus(tmp_path / "c", source="parquet", globs=[str(tmp_path / "pq" / "*.parquet")],
+                        text_column="body", validation_fraction=0.25)
+    docs = read_documents(tmp_path / "c", "train") + read_documents(tmp_path / "c", "validation")
+    assert sorted(docs) == sorted(rows)  # blank and null rows are not documents
+    assert meta["splits"]["validation"]["documents"] == 3 and meta["details"]["text_column"] == "body"
+    meta = build_corpus(tmp_path / "m", source="parquet", globs=[str(tmp_path / "pq")], text_column="body",
+                        max_docs=4)  # a folder: every .parquet under it; max_docs stops in file, then row order
+    got = read_documents(tmp_path / "m", "train") + read_documents(tmp_path / "m", "validation")
+    assert sorted(got) == sorted(rows[:4])
+    assert corpus_mod.local_source_files("parquet", globs=[str(tmp_path / "pq" / "*.parquet")]) == [
+        tmp_path / "pq" / "a.parquet", tmp_path / "pq" / "b.parquet"]
+
+
+@pytest.mark.parametrize("case,error,match", [
+    ("column", ValueError, r"parquet file .*a.parquet has no column 'text'; expected text_column to be one of "
+                           r"\['body', 'id'\]"),
+    ("numbers", ValueError, r"column 'id' of parquet file .* holds int64, not text; expected a string column"),
+    ("not-parquet", ValueError, r"bad.parquet is not a readable parquet file"),
+    ("no-match", FileNotFoundError, r"no files match .*; expected glob patterns \(or folders\) naming existing "
+                                    r".parquet files"),
+    ("no-glob", ValueError, r"--source parquet needs at least one --glob pattern"),
+])
+def test_parquet_source_errors_are_one_line(case, error, match, tmp_path):
+    _write_parquet(tmp_path / "pq" / "a.parquet", {"body": ["one doc", "two doc"], "id": [1, 2]})
+    kwargs = {"globs": [str(tmp_path / "pq" / "*.parquet")], "text_column": "text"}
+    if case == "numbers":
+        kwargs["text_column"] = "id"
+    elif case == "not-parquet":  # a.parquet is fine (its column exists); bad.parquet is not parquet at all
+        (tmp_path / "pq" / "bad.parquet").write_text("a csv,really\n")
+        kwargs["text_column"] = "body"
+    elif case == "no-match":
+        kwargs["globs"] = [str(tmp_path / "none" / "*.parquet")]
+    elif case == "no-glob":
+        kwargs["globs"] = []
+    with pytest.raises(error, match=match) as exc:
+        build_corpus(tmp_path / "c", source="parquet", **kwargs)
+    assert "\n" not in str(exc.value)
+    assert not (tmp_path / "c").exists()
+
+
+def test_disk_source(tmp_path, monkeypatch, no_network):  # noqa: F811
+    import datasets
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    train = [f"saved train row {i}" for i in range(10)]
+    test = [f"saved test row {i}" for i in range(4)]
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"content": train, "n": list(range(10))}),
+                          "test": datasets.Dataset.from_dict({"content": test, "n": list(range(4))})}
+                         ).save_to_disk(str(tmp_path / "dict"))
+    datasets.Dataset.from_dict({"text": train}).save_to_disk(str(tmp_path / "single"))
+    build_corpus(tmp_path / "c", source="disk", path=str(tmp_path / "dict"), hf_split="test", text_column="content",
+                 validation_fraction=0.25)
+    assert sorted(read_documents(tmp_path / "c", "train") + read_documents(tmp_path / "c", "validation")) == test
+    meta = build_corpus(tmp_path / "s", source="disk", path=str(tmp_path / "single"), max_docs=6)
+    assert sum(v["documents"] for v in meta["splits"].values()) == 6
+    assert sorted(read_documents(tmp_path / "s", "train") + read_documents(tmp_path / "s", "validation")) == sorted(
+        train[:6])
+    files = corpus_mod.local_source_files("disk", path=str(tmp_path / "single"))
+    assert {p.name for p in files} >= {"dataset_info.json", "state.json"} and any(p.suffix == ".arrow" for p in files)
+    assert corpus_mod.local_source_files("disk", path=str(tmp_path / "none")) == []
+    assert corpus_mod.local_source_files("hf", path=str(tmp_path / "single")) == []
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    ({"path": "missing"}, FileNotFoundError, "dataset folder .*missing does not exist; expected a folder written by "
+                                             "datasets' save_to_disk"),
+    ({"path": "plain"}, FileNotFoundError, "plain is not a datasets save_to_disk folder"),
+    ({"path": "dict"}, ValueError, r"has the splits \['train'\]; expected split to name one \(got None\)"),
+    ({"path": "dict", "hf_split": "validation"}, ValueError, "expected split to name one \\(got 'validation'\\)"),
+    ({"path": "single", "hf_split": "train"}, ValueError, "holds a single Dataset .* not split='train'"),
+    ({"path": "single", "text_column": "body"}, ValueError, r"has no column 'body'; expected text_column to be one "
+                                                           r"of \['text', 'n'\]"),
+    ({"path": "single", "text_column": "n"}, ValueError, "column 'n' of dataset folder .* holds .*int64.*, not text"),
+    ({}, ValueError, "--source disk needs --path"),
+])
+def test_disk_source_errors_are_one_line(kwargs, error, match, tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["a b", "c d"]})}).save_to_disk(
+        str(tmp_path / "dict"))
+    datasets.Dataset.from_dict({"text": ["a b", "c d"], "n": [1, 2]}).save_to_disk(str(tmp_path / "single"))
+    (tmp_path / "plain").mkdir()
+    if "path" in kwargs:
+        kwargs = {**kwargs, "path": str(tmp_path / kwargs["path"])}
+    with pytest.raises(error, match=match) as exc:
+        build_corpus(tmp_path / "c", source="disk", **kwargs)
+    assert "\n" not in str(exc.value)
+    assert not (tmp_path / "c").exists()
+
+
+def test_cli_parquet_and_disk(tmp_path, no_network):  # noqa: F811
+    import datasets
+
+    _write_parquet(tmp_path / "pq" / "a.parquet", {"text": [f"row {i}" for i in range(6)]})
+    assert corpus_mod.cli(["--source", "parquet", "--glob", str(tmp_path / "pq"), "--out", str(tmp_path / "p"),
+                           "--validation-fraction", "0.5"]) == 0
+    assert corpus_info(tmp_path / "p")["details"]["globs"] == [str(tmp_path / "pq")]
+    datasets.DatasetDict({"validation": datasets.Dataset.from_dict({"doc": [f"row {i}" for i in range(6)]})}
+                         ).save_to_disk(str(tmp_path / "ds"))
+    assert corpus_mod.cli(["--source", "disk", "--path", str(tmp_path / "ds"), "--split", "validation",
+                           "--text-column", "doc", "--out", str(tmp_path / "d"), "--validation-fraction", "0.5"]) == 0
+    assert corpus_info(tmp_path / "d")["sha256"] == corpus_info(tmp_path / "p")["sha256"]  # same rows, same corpus
 
 
 def test_hf_source_through_load_dataset(tmp_path, monkeypatch, no_network):  # noqa: F811

@@ -142,7 +142,7 @@ def test_training_on_a_corrupt_cache_stops_with_one_line(tiny_pair, tmp_path):  
 def test_a_resumed_build_has_the_same_checksums(tiny_pair, blocks_cache, tmp_path, monkeypatch):  # noqa: F811
     """Killed in the 3rd forward, then resumed: the checksums equal a straight build's and still catch damage."""
     out = tmp_path / "resumed.h5"
-    real, calls = cache_mod.capture_mlp_input, {"n": 0}
+    real, calls = cache_mod.capture_mlp_inputs, {"n": 0}
 
     def dying(*args, **kwargs):
         calls["n"] += 1
@@ -150,7 +150,7 @@ def test_a_resumed_build_has_the_same_checksums(tiny_pair, blocks_cache, tmp_pat
             raise KeyboardInterrupt("killed mid-build")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(cache_mod, "capture_mlp_input", dying)
+    monkeypatch.setattr(cache_mod, "capture_mlp_inputs", dying)
     with pytest.raises(KeyboardInterrupt):
         build(tiny_pair, out, monkeypatch)  # 2 x 8 contexts x 15 rows = 240 rows: blocks 0-2 done, block 3 half
     with h5py.File(cache_mod._partial_path(out), "r") as f:

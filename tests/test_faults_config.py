@@ -41,6 +41,10 @@ CASES = [
     ("no seeds", _set("seeds.n", 0), "0 is less than the minimum of 1"),
     ("unknown corpus", _set("eval_corpus", "c4"), "eval_corpus='c4' is not a corpus in `corpora`"),
     ("layer out of range", _set("models.0.layers", [7]), "layer 7 is out of range; expected 0..3"),
+    ("unknown key in a model's sae", _set("models.1.sae.kk", 3), "model 'planted-gelu': sae.kk is not a `sae:` key"),
+    ("model lambdas without 0", _set("models.1.lambdas", [1, 3]), "model 'planted-gelu': lambdas [1, 3] lack 0"),
+    ("model k above its latents", _set("models.1.sae.k", 500), "model 'planted-gelu' (width 32): k=500"),
+    ("model train below one batch", _set("models.1.train.n_tokens", 10), "model 'planted-gelu' sae/train: n_tokens=10"),
 ]
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from test_workflow import REPO, SCHEMA, job_counts, load, snakemake
+from test_workflow import REPO, SCHEMA, job_counts, load, snakemake, study_pairs
 
 from jsae.__main__ import main
 from jsae.data.cache import ActivationCache
@@ -236,15 +236,19 @@ def test_planted_study_dry_run_plans_the_expected_jobs(tmp_path):
     res = snakemake("-n", "-p", "--configfile", str(PLANTED_YAML), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-3000:]
     cfg = load("planted.yaml")
-    lams, seed_lams, n_seeds = cfg["lambdas"], cfg["seeds"]["lambdas"], cfg["seeds"]["n"]
-    n_pairs = len(lams) + (n_seeds - 1) * len(seed_lams)
-    n_probed = len(cfg["probes"]["lambdas"]) * n_seeds  # every seed of the probed lambdas (all are replicated)
+    n_models = len(cfg["models"])
+    assert n_models >= 2 and all(m["source"] == "planted" for m in cfg["models"])
+    pairs = study_pairs(cfg)
+    n_pairs = len(pairs)
+    # every seed of the probed lambdas (all are replicated)
+    n_probed = sum(1 for p in pairs if p[3] in cfg["probes"]["lambdas"])
     counts = job_counts(res.stdout)
-    assert counts == {"planted": 1, "cache": 2, "train": n_pairs, "evaluate": n_pairs, "probes": n_probed,
-                      "recovery": n_pairs, "figure": len(cfg["figures"]["names"]), "summary": 1, "all": 1}, counts
+    assert counts == {"planted": n_models, "cache": 2 * n_models, "train": n_pairs, "evaluate": n_pairs,
+                      "probes": n_probed, "recovery": n_pairs, "figure": len(cfg["figures"]["names"]), "summary": 1,
+                      "all": 1}, counts
     commands = [line for line in res.stdout.splitlines() if "python -m jsae" in line]
     caches = [c for c in commands if "jsae cache" in c]
-    assert len(caches) == 2 and not any("--corpus" in c for c in caches)
+    assert len(caches) == 2 * n_models and not any("--corpus" in c for c in caches)
     recoveries = [c for c in commands if "jsae recovery" in c]
     with_probes = [c for c in recoveries if "--probes" in c]
     assert len(with_probes) == n_probed
@@ -256,21 +260,23 @@ def test_planted_study_dry_run_plans_the_expected_jobs(tmp_path):
 
 
 def test_planted_model_beside_a_language_model_dry_run(tmp_path):
-    """A planted model added to the default study: no re-init copy, no tables, no fig7 inputs of its own; the
-    language model's plan is unchanged."""
+    """The default study's planted model (its own lambdas, sae and train keys): no re-init copy, no tables, no
+    fig7 inputs of its own; its own keys reach its training commands only; the language model's plan is the
+    same as in a study without it."""
     cfg = load("config.yaml")
-    base = snakemake("-n", "--configfile", str(REPO / "config" / "config.yaml"), cwd=tmp_path)
-    cfg["models"].append({"name": "planted-gelu", "source": "planted", "layers": [0], "planted": {"n_x": 48}})
-    cfg["figures"]["names"] = [*cfg["figures"]["names"], "fig_recovery"]
-    path = tmp_path / "mixed.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    res = snakemake("-n", "-p", "--configfile", str(path), cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-3000:]
+    (planted,) = [m for m in cfg["models"] if m["source"] == "planted"]
+    lm_only = {**cfg, "models": [m for m in cfg["models"] if m["source"] != "planted"],
+               "figures": {**cfg["figures"], "names": [f for f in cfg["figures"]["names"] if f != "fig_recovery"]}}
+    path = tmp_path / "lm.yaml"
+    path.write_text(yaml.safe_dump(lm_only))
+    base = snakemake("-n", "--configfile", str(path), cwd=tmp_path)
+    res = snakemake("-n", "-p", "--configfile", str(REPO / "config" / "config.yaml"), cwd=tmp_path)
+    assert res.returncode == 0 and base.returncode == 0, res.stderr[-3000:] + base.stderr[-3000:]
     before, after = job_counts(base.stdout), job_counts(res.stdout)
-    lm_pairs = before["train"]
-    n_lams, seeds = len(cfg["lambdas"]), cfg["seeds"]["n"]
-    planted_pairs = n_lams + (seeds - 1) * len(cfg["seeds"]["lambdas"])
-    assert after["train"] == after["evaluate"] == lm_pairs + planted_pairs
+    seeds, seed_lams = cfg["seeds"]["n"], cfg["seeds"]["lambdas"]
+    own = planted["lambdas"]
+    planted_pairs = len(own) + (seeds - 1) * len([x for x in own if x in seed_lams])
+    assert after["train"] == after["evaluate"] == before["train"] + planted_pairs
     assert after["recovery"] == planted_pairs and after["planted"] == 1
     assert after["reinit"] == before["reinit"] == 1 and after["tables"] == before["tables"]
     assert after["cache"] == before["cache"] + 2 and after["figure"] == before["figure"] + 1
@@ -278,6 +284,17 @@ def test_planted_model_beside_a_language_model_dry_run(tmp_path):
     fig7 = re.search(r"rule figure:\n(?: {4}.*\n)*? {4}output: results/figures/fig7\.pdf", res.stdout)
     fig7_block = res.stdout[res.stdout.rindex("rule figure:", 0, fig7.end()):fig7.end()] if fig7 else ""
     assert fig7_block and "planted-gelu" not in fig7_block
+    # each model's training commands carry the study's sae/train keys with its own on top
+    for line in (x for x in res.stdout.splitlines() if "python -m jsae train" in x):
+        config = json.loads(re.search(r"--config-json '([^']+)'", line)[1])
+        mine = planted if "--model-name planted-gelu" in line else {}
+        want = {**cfg["sae"], **mine.get("sae", {}), **cfg["train"], **mine.get("train", {})}
+        assert {k: config[k] for k in want} == want, line
+        assert fmt(config["lam"]) in {fmt(x) for x in (mine.get("lambdas") or cfg["lambdas"])}
+
+
+def fmt(x) -> str:
+    return f"{float(x):g}"
 
 
 def _bad(tmp_path, cfg: dict) -> str:
@@ -310,6 +327,7 @@ def test_bad_planted_config_is_refused_in_one_line(tmp_path, mutate, message):
 
 def test_recovery_figure_without_a_planted_model_is_refused(tmp_path):
     cfg = load("config.yaml")
+    cfg["models"] = [m for m in cfg["models"] if m["source"] != "planted"]
     cfg["figures"]["names"] = ["fig2", "fig_recovery"]
     assert "fig_recovery (recovery of a planted ground truth) but no model has source 'planted'" in _bad(tmp_path, cfg)
 
@@ -348,6 +366,13 @@ def test_tiny_planted_study_end_to_end(tmp_path):
     assert not (results / "corpus").exists() and not (results / "models" / "planted-tiny-reinit").exists()
     csv = (results / "summary.csv").read_text().splitlines()[0]
     assert R.EDGE_ROC_AUC_KEY in csv
+    # the positive-control claims, combined over the seeds both pairs have (seed 0 only at lambda 1 here)
+    import pandas as pd
+
+    claims = pd.read_csv(results / "claims.csv").set_index("key")
+    for key in ("planted_edge_auc", "planted_edge_ap_gain"):
+        row = claims.loc[key]
+        assert row["n_unit"] == "output features" and row["lo"] <= row["value"] <= row["hi"], row
     again = snakemake("-n", *args, cwd=tmp_path)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr, again.stdout[-3000:]
     # a deleted file of the planted model is rebuilt, and everything resting on it reruns

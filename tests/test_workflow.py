@@ -33,7 +33,7 @@ def snakemake(*args: str, cwd: Path, timeout: float = 120) -> subprocess.Complet
 
 
 def job_counts(output: str) -> dict[str, int]:
-    """Parse the 'Job stats' table Snakemake prints: {rule: count} (without 'total')."""
+    """Parse the 'Job stats' table Snakemake prints: {rule: count} (without 'total'; cache_* rules as 'cache')."""
     counts: dict[str, int] = {}
     lines = output.splitlines()
     try:
@@ -45,7 +45,9 @@ def job_counts(output: str) -> dict[str, int]:
         if not m:
             break
         if m[1] != "total":
-            counts[m[1]] = int(m[2])
+            # one cache rule per model variant (cache_<variant>): counted together as "cache"
+            rule = "cache" if m[1].startswith("cache_") else m[1]
+            counts[rule] = counts.get(rule, 0) + int(m[2])
     return counts
 
 
@@ -62,20 +64,23 @@ def layout() -> dict:
 
 def study_pairs(cfg: dict) -> list[tuple[str, int, str, float, int]]:
     """(model, layer, control, lam, seed) of every pair the config asks for, read from the config's own words:
-    every lambda (and reinit.lambdas on the control) with `seed`; the lambdas of seeds.lambdas (all when null)
-    also with seed + 1 ... seed + seeds.n - 1."""
+    every lambda of the model (and reinit.lambdas on the control) with `seed`; the lambdas of seeds.lambdas (all
+    when null) also with seed + 1 ... seed + seeds.n - 1."""
     base = cfg.get("seed", 0)
     n_seeds = (cfg.get("seeds") or {}).get("n", 1)
     seed_lams = (cfg.get("seeds") or {}).get("lambdas")
-    lams = {"trained": cfg["lambdas"]}
-    if cfg.get("reinit", {}).get("enabled", True):
-        lams["reinit"] = cfg["reinit"].get("lambdas") or cfg["lambdas"]
     out = []
     for m in cfg["models"]:
+        # a model's own `lambdas` replace the study's; a planted model has no re-init control
+        own = m.get("lambdas") or cfg["lambdas"]
+        lams = {"trained": own}
+        if cfg.get("reinit", {}).get("enabled", True) and m.get("source") != "planted":
+            lams["reinit"] = [x for x in cfg["reinit"].get("lambdas") or own if x in own]
         for layer in m["layers"]:
             for control, values in lams.items():
                 for lam in values:
-                    replicated = seed_lams is None or lam in seed_lams
+                    replicated = ((seed_lams is None or lam in seed_lams)
+                                  and control in (cfg.get("seeds") or {}).get("controls", ["trained", "reinit"]))
                     out += [(m["name"], layer, control, lam, base + i) for i in range(n_seeds if replicated else 1)]
     return out
 
@@ -149,7 +154,6 @@ def test_shipped_config_dry_run(tmp_path, name):
     res = snakemake("-n", "--configfile", str(REPO / "config" / name), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-3000:]
     cfg = load(name)
-    n_sites = sum(len(m["layers"]) for m in cfg["models"])
     pairs = study_pairs(cfg)
     base = [p for p in pairs if p[4] == cfg.get("seed", 0)]
 
@@ -162,9 +166,17 @@ def test_shipped_config_dry_run(tmp_path, name):
     replicas = [p for p in pairs if p[4] != cfg.get("seed", 0) and p[2] == "trained"]
     probe_lams = cfg["probes"].get("lambdas")
     assert counts["probes"] == n_pairs(base, probe_lams) + n_pairs(replicas, probe_lams)
-    assert counts["tables"] == n_pairs(base, cfg["tables"].get("lambdas"))
-    assert counts["cache"] == 2 * n_sites * (2 if cfg["reinit"]["enabled"] else 1)
-    assert counts["figure"] == 8 and counts["summary"] == 1 and counts["init_tracking"] == 1
+    planted = {m["name"] for m in cfg["models"] if m.get("source") == "planted"}
+    lm_base = [p for p in base if p[0] not in planted]  # text windows: language models only
+    assert counts.get("tables", 0) == (n_pairs(lm_base, cfg["tables"].get("lambdas"))
+                                       if cfg["tables"].get("enabled", True) else 0)
+    # one cache job per (model variant, split), whatever the number of layers: one forward caches all of them
+    n_variants = sum(1 if m["name"] in planted or not cfg["reinit"]["enabled"] else 2 for m in cfg["models"])
+    assert counts["cache"] == 2 * n_variants
+    assert counts.get("recovery", 0) == sum(1 for p in pairs if p[0] in planted)
+    names = (cfg.get("figures") or {}).get("names")  # absent: the schema's default, the paper's 8 figures
+    assert counts["figure"] == (len(names) if names else 8) and counts["summary"] == 1
+    assert counts.get("init_tracking", 0) == (1 if cfg.get("mlflow", {}).get("enabled", True) else 0)
     assert counts.get("pretrain", 0) == sum(m.get("source") == "pretrain" for m in cfg["models"])
 
 
@@ -381,3 +393,19 @@ def test_micro_study_end_to_end(tmp_path):
     report = snakemake("--report", "results/report.html", *args, cwd=tmp_path, timeout=300)
     assert report.returncode == 0, report.stderr[-3000:]
     assert (tmp_path / "results" / "report.html").stat().st_size > 100_000
+
+
+def test_gguf_weights_are_materialized_once_and_every_job_loads_the_folder(tmp_path):
+    """config/smollm2.yaml: one materialize job saves the GGUF weights as a folder; cache, reinit, train and
+    evaluation load that folder (no job de-quantizes the GGUF again), and one cache job per variant and split
+    caches all three layers."""
+    res = snakemake("-n", "-p", "--configfile", str(REPO / "config" / "smollm2.yaml"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    counts = job_counts(res.stdout)
+    assert counts["materialize"] == 1 and counts["cache"] == 4  # (trained, re-init) x (train, validation)
+    commands = [line for line in res.stdout.splitlines() if "python -m jsae" in line]
+    loading = [c for c in commands if re.search(r"jsae (cache|reinit|train|evaluate|probes|tables) ", c)]
+    assert loading and all("--model smollm2-135m" not in c for c in loading)
+    assert all("--model results/models/smollm2-135m" in c for c in loading)
+    caches = [c for c in commands if "jsae cache" in c]
+    assert all("--layer 5 15 25 " in c and "--forward-dtype bfloat16" in c for c in caches), caches

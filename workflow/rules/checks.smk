@@ -5,6 +5,9 @@ import json
 import math
 import os
 import sys
+from pathlib import Path
+
+import yaml
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
@@ -39,6 +42,16 @@ def chosen_jsae_lam(cfg):
     return fmt_lam(max([x for x in positive if x <= 1] or positive[:1]))
 
 
+def model_section(cfg, m, section):
+    """The study's `sae:` / `train:` block with the model's own keys (models[].sae / models[].train) on top."""
+    return {**cfg[section], **(m.get(section) or {})}
+
+
+def model_lambda_list(cfg, m):
+    """The model's lambdas as path text: its own `lambdas`, else the study's."""
+    return [fmt_lam(x) for x in (m.get("lambdas") or cfg["lambdas"])]
+
+
 def _check_models(cfg):
     names = [m["name"] for m in cfg["models"]]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -48,6 +61,21 @@ def _check_models(cfg):
         name = m["name"]
         if name.endswith(REINIT_SUFFIX):
             _fail(f"model name {name!r} must not end in {REINIT_SUFFIX!r} (reserved for the re-initialised control)")
+        for section in ("sae", "train"):
+            unknown = sorted(set(m.get(section) or {}) - set(_SCHEMA_KEYS[section]))
+            if unknown:
+                _fail(f"model {name!r}: {section}.{unknown[0]} is not a `{section}:` key; expected one of "
+                      f"{', '.join(_SCHEMA_KEYS[section])}")
+        if "revision" in m and m["source"] != "pretrained":
+            _fail(f"model {name!r}: `revision` is only for source 'pretrained' with a Hugging Face id `spec` "
+                  f"(this model's source is {m['source']!r})")
+        if m["source"] == "pretrained":  # a revision only with a hub id: the package's own check (jsae.data.models)
+            from jsae.data.models import check_revision, split_revision
+
+            try:
+                check_revision(*split_revision(m["spec"], m.get("revision")))
+            except ValueError as exc:
+                _fail(f"model {name!r}: {exc}")
         if m["source"] == "planted":
             _check_planted(m)
             continue
@@ -90,6 +118,16 @@ def _check_lambdas(cfg):
         _fail(f"lambdas {cfg['lambdas']} need at least one value > 0 (the JSAEs)")
     if "0" not in lams:
         _fail(f"lambdas {cfg['lambdas']} must include 0 (the traditional-SAE baseline every figure compares with)")
+    jsae = chosen_jsae_lam(cfg)
+    for m in cfg["models"]:
+        own = set(model_lambda_list(cfg, m))
+        if "lambdas" in m and len(own) != len(m["lambdas"]):
+            _fail(f"model {m['name']!r}: lambdas {m['lambdas']} contain duplicates after formatting")
+        missing = [lam for lam in ("0", jsae) if lam not in own]
+        if missing:
+            _fail(f"model {m['name']!r}: lambdas [{', '.join(sorted(own, key=float))}] lack {missing[0]}; expected 0 (the traditional "
+                  f"SAEs) and the JSAE lambda {jsae} (figures.jsae_lam) that the claims compare")
+        lams = lams | own
     for key in ("probes.lambdas", "tables.lambdas", "reinit.lambdas", "seeds.lambdas"):
         section = key.split(".")[0]
         extra = [x for x in cfg[section]["lambdas"] or [] if fmt_lam(x) not in lams]
@@ -149,15 +187,17 @@ def _check_derived(cfg):
     from jsae.data.pretrain import PretrainConfig
     from jsae.train.config import configs_from_values
 
-    for lam in cfg["lambdas"]:
+    for lam in [*cfg["lambdas"], *(x for m in cfg["models"] for x in m.get("lambdas") or [])]:
         if not math.isfinite(float(lam)):
             _fail(f"lambdas value {lam} is invalid; expected finite numbers >= 0")
-    try:
-        train, _ = configs_from_values({**cfg["sae"], **cfg["train"], "lam": float(max(cfg["lambdas"])),
-                                        "seed": cfg["seed"]})
-    except (TypeError, ValueError) as exc:
-        _fail(f"sae/train: {exc}")
     for m in cfg["models"]:
+        own = m.get("sae") or m.get("train")
+        try:
+            train, _ = configs_from_values({**model_section(cfg, m, "sae"), **model_section(cfg, m, "train"),
+                                            "lam": max(float(x) for x in model_lambda_list(cfg, m)),
+                                            "seed": cfg["seed"]})
+        except (TypeError, ValueError) as exc:
+            _fail(f"model {m['name']!r} sae/train: {exc}" if own else f"sae/train: {exc}")
         width, context = _model_dims(m)
         if m["source"] == "pretrain":
             p = m["pretrain"]
@@ -190,6 +230,12 @@ def _check_derived(cfg):
     if "fig_recovery" in cfg["figures"]["names"] and not planted:
         _fail("figures.names has fig_recovery (recovery of a planted ground truth) but no model has source "
               "'planted'; add a planted model or remove fig_recovery")
+
+
+_SCHEMA_PATH = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+# the keys a model may override in its own `sae:` / `train:` block: the study-level blocks' keys
+_SCHEMA_KEYS = {section: list(yaml.safe_load(_SCHEMA_PATH.read_text())["properties"][section]["properties"])
+                for section in ("sae", "train")}
 
 
 def check_config(cfg):

@@ -2,6 +2,8 @@
 
 
 rule corpus:
+    input:
+        corpus_files,  # the local files it reads (files / parquet / disk): edited data rebuilds the corpus
     output:
         meta=f"{CORPUS_DIR}/corpus.json",
         train=f"{CORPUS_DIR}/train.jsonl",
@@ -76,12 +78,36 @@ rule planted:
         "OMP_NUM_THREADS={threads} python -m jsae planted --out {params.out} --config-json {params.config:q} 2> {log}"
 
 
+# GGUF weights (smollm2-135m) as a plain save_pretrained folder, once: every later job loads the folder.
+rule materialize:
+    wildcard_constraints:
+        model=_alternation(MATERIALIZED) or "(?!)",
+    output:
+        marker=MATERIALIZED_MARKER,
+        files=[f"{MODEL_DIR}/{name}" for name in MODEL_FILES],
+    params:
+        spec=lambda wc: MODELS[wc.model]["spec"],
+        out=lambda wc, output: Path(output.marker).parent,
+    log:
+        log_file("materialize", "{model}"),
+    threads: 1
+    resources:
+        mem_mb=3000,
+    conda:
+        "../../envs/jsae.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} python -m jsae materialize --model {params.spec} --out {params.out} 2> {log}"
+
+
 rule reinit:
     wildcard_constraints:
         # not a planted model: it has no transformer to re-initialise (pairs() trains no control for it)
         model=_alternation([m for m in MODELS if m not in PLANTED]) or "(?!)",
     input:
         model=lambda wc: model_marker(wc.model),
+        # a local checkpoint's config.json and weights: a swapped checkpoint rebuilds the control (its
+        # architecture and tokenizer are the checkpoint's)
+        checkpoint=lambda wc: model_files(wc.model),
     output:
         marker=REINIT_MARKER,
         files=[f"{Path(REINIT_MARKER).parent}/{name}" for name in MODEL_FILES],

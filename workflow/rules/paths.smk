@@ -31,6 +31,8 @@ MODEL_FILES = ("config.json", "model.safetensors")
 # a planted ground-truth model's directory (python -m jsae planted); its config.json marks it complete
 PLANTED_FILES = ("mlp.safetensors", "truth.safetensors", "edges.json", "config.json")
 PLANTED_MARKER = f"{MODEL_DIR}/config.json"
+# a model given as GGUF weights (smollm2-135m), saved once as a plain folder (python -m jsae materialize)
+MATERIALIZED_MARKER = f"{MODEL_DIR}/materialized.json"
 # results/models/{model}-reinit/reinit.json: the reinit rule's {model} is the trained model it copies
 REINIT_MARKER = f"{MODEL_DIR.format(model=f'{{model}}{REINIT_SUFFIX}')}/reinit.json"
 
@@ -92,6 +94,8 @@ def model_marker(variant):
         return [PRETRAIN_MARKER.format(model=base)]
     if MODELS[base]["source"] == "planted":
         return [PLANTED_MARKER.format(model=base)]
+    if is_materialized(base):
+        return [MATERIALIZED_MARKER.format(model=base)]
     return []
 
 
@@ -120,8 +124,9 @@ def pair_inputs(wildcards):
 
 
 def cache_inputs(wildcards):
-    """The model, and for a language model the corpus it reads (a planted model samples its rows: no corpus)."""
-    inputs = {"model": model_marker(wildcards.model)}
+    """The model, and for a language model the corpus it reads (a planted model samples its rows: no corpus).
+    A local checkpoint's config.json and weights (model_files, study.smk) too: a swapped checkpoint reruns the cache."""
+    inputs = {"model": model_marker(wildcards.model), "checkpoint": model_files(wildcards.model)}
     if not is_planted(base_model(wildcards.model)[0]):
         inputs["corpus"] = f"{corpus_dir(corpus_for_split(wildcards.split))}/corpus.json"
     return inputs

@@ -3,13 +3,16 @@
 
 import json
 import re
+import shlex
 
 MODELS = {m["name"]: m for m in config["models"]}
 # planted ground-truth models: one MLP (layer 0), sampled data, no re-init control, no tables, recovery.json
 PLANTED = [name for name, m in MODELS.items() if m["source"] == "planted"]
 # the corpora are read only for language models (a study of planted models alone has none)
 NEEDS_TEXT = any(m["source"] != "planted" for m in MODELS.values())
-LAMBDAS = [fmt_lam(x) for x in config["lambdas"]]
+# each model's lambdas (models[].lambdas, else the study's); LAMBDAS: all of them (the `lam` wildcard)
+MODEL_LAMBDAS = {name: model_lambda_list(config, m) for name, m in MODELS.items()}
+LAMBDAS = list(dict.fromkeys([fmt_lam(x) for x in config["lambdas"]] + [x for v in MODEL_LAMBDAS.values() for x in v]))
 REINIT_LAMBDAS = (
     [fmt_lam(x) for x in config["reinit"]["lambdas"]] if config["reinit"]["lambdas"] is not None else LAMBDAS
 )
@@ -26,6 +29,7 @@ JSAE_LAM = chosen_jsae_lam(config)
 SEED = config["seed"]
 SEEDS = [SEED + i for i in range(config["seeds"]["n"])]
 SEED_LAMBDAS = [fmt_lam(x) for x in config["seeds"]["lambdas"]] if config["seeds"]["lambdas"] is not None else LAMBDAS
+SEED_CONTROLS = config["seeds"]["controls"]
 
 
 def _alternation(values):
@@ -53,12 +57,43 @@ def planted_config_json(wildcards):
     return json.dumps(MODELS[wildcards.model].get("planted") or {}, sort_keys=True)
 
 
+def is_materialized(model):
+    """A pretrained model given as GGUF weights: the workflow saves it once as a plain folder (rule materialize)
+    and every job loads that folder (~0.5 s instead of ~35 s of de-quantization per process)."""
+    from jsae.data.models import is_gguf_spec
+
+    m = MODELS.get(model)
+    return m is not None and m["source"] == "pretrained" and is_gguf_spec(m["spec"])
+
+
+MATERIALIZED = [name for name in MODELS if is_materialized(name)]
+
+
 def model_spec(variant):
-    """The SPEC handed to `python -m jsae ... --model`: a local directory or the configured spec."""
+    """The SPEC handed to `python -m jsae ... --model`: a local directory or the configured spec.
+
+    A hub id's `revision` rides in the SPEC as ID@REVISION (jsae.data.models.split_revision): every command
+    that loads the model gets it, and caches and runs record it with the spec, so a pair never mixes two
+    revisions (the schema's pattern keeps it free of shell characters)."""
     base, reinit = base_model(variant)
-    if reinit or MODELS[base]["source"] in ("pretrain", "planted"):
+    if reinit or MODELS[base]["source"] in ("pretrain", "planted") or is_materialized(base):
         return model_dir(variant)
-    return MODELS[base]["spec"]
+    from jsae.data.models import REVISION_SEP, split_revision
+
+    spec, revision = split_revision(MODELS[base]["spec"], MODELS[base].get("revision"))  # checked in checks.smk
+    return f"{spec}{REVISION_SEP}{revision}" if revision else spec
+
+
+def model_files(variant):
+    """config.json and the weight files of a model whose spec is a local save_pretrained folder: inputs of the
+    rules that load it (cache, reinit), so a swapped checkpoint reruns what rests on it. [] for hub ids and
+    smollm2-135m (nothing local to watch) and for the models the workflow builds (their markers are inputs)."""
+    from jsae.data.models import checkpoint_files
+
+    base, reinit = base_model(variant)
+    if reinit or MODELS[base]["source"] != "pretrained":
+        return []
+    return [str(path) for path in checkpoint_files(MODELS[base]["spec"])]
 
 
 def pair_spec(wildcards):
@@ -66,9 +101,13 @@ def pair_spec(wildcards):
 
 
 def train_config_json(wildcards):
-    """The pair's TrainConfig and RunOptions as JSON, keyed by field name (= the schema's sae: and train: keys)."""
+    """The pair's TrainConfig and RunOptions as JSON, keyed by field name (= the schema's sae: and train: keys):
+    the study's blocks with the model's own keys on top."""
+    m = MODELS[base_model(wildcards.model)[0]]
     return json.dumps(
-        {**config["sae"], **config["train"], "lam": float(wildcards.lam), "seed": int(wildcards.seed)}, sort_keys=True
+        {**model_section(config, m, "sae"), **model_section(config, m, "train"), "lam": float(wildcards.lam),
+         "seed": int(wildcards.seed)},
+        sort_keys=True,
     )
 
 
@@ -83,6 +122,12 @@ def corpus_args(wildcards):
         args.append(f"--max-docs {c['max_docs']}")
     if c["source"] == "files":
         args.append("--glob " + " ".join(f"'{g}'" for g in c["glob"]))
+    if c["source"] == "parquet":
+        args += ["--glob " + " ".join(shlex.quote(g) for g in c["glob"]), f"--text-column {shlex.quote(c['text_column'])}"]
+    if c["source"] == "disk":
+        args += [f"--path {shlex.quote(c['path'])}", f"--text-column {shlex.quote(c['text_column'])}"]
+        if "split" in c:
+            args.append(f"--split {shlex.quote(c['split'])}")
     if c["source"] == "hf":
         args += [f"--dataset {c['dataset']}", f"--split {c['split']}", f"--text-column {c['text_column']}"]
         if c["config"] is not None:
@@ -90,6 +135,15 @@ def corpus_args(wildcards):
         if c["streaming"]:
             args.append("--streaming")
     return " ".join(args)
+
+
+def corpus_files(wildcards):
+    """The local files a corpus is built from (files / parquet: what the globs match; disk: the save_to_disk
+    folder's files): inputs of the corpus rule, so edited data rebuilds the corpus. [] for default and hf."""
+    from jsae.data.corpus import local_source_files
+
+    c = config["corpora"][wildcards.corpus]
+    return [str(path) for path in local_source_files(c["source"], globs=c.get("glob"), path=c.get("path"))]
 
 
 def cache_tokens(wildcards):

@@ -15,10 +15,11 @@ def pairs(controls=None, lams=None, replicates=True, planted=None):
                     continue
                 if control == "reinit" and is_planted(m["name"]):
                     continue
-                for lam in LAMBDAS if control == "trained" else REINIT_LAMBDAS:
+                own = MODEL_LAMBDAS[m["name"]]
+                for lam in own if control == "trained" else [x for x in REINIT_LAMBDAS if x in own]:
                     if lams is not None and lam not in lams:
                         continue
-                    seeds = SEEDS if replicates and lam in SEED_LAMBDAS else [SEED]
+                    seeds = SEEDS if replicates and lam in SEED_LAMBDAS and control in SEED_CONTROLS else [SEED]
                     out += [dict(model=m["name"], layer=layer, control=control, lam=lam, seed=s) for s in seeds]
     return out
 
@@ -50,6 +51,10 @@ FIGURE_NEEDS = {
 }
 
 
+# figures of language-model quantities (CE scores, the re-init control): a planted model's pairs are not drawn
+LM_ONLY_FIGURES = {"fig5", "fig7"}
+
+
 def figure_inputs(wildcards):
     if wildcards.fig not in FIGURE_NEEDS:
         raise ValueError(f"unknown figure {wildcards.fig!r}; expected one of {', '.join(FIGURE_NEEDS)}")
@@ -62,8 +67,8 @@ def figure_inputs(wildcards):
         lams = [lam for lam in lams if lam in PROBE_LAMBDAS]
     if "recovery.json" in names:  # the recovery figure shows every seed of the planted models' pairs
         selected = pairs(controls=controls, lams=lams, planted=True)
-    else:  # fig7 compares each model with its re-init: only the models that have one (not planted ones)
-        no_planted = False if "reinit" in controls else None
+    else:  # fig7 compares each model with its re-init, fig5 plots CE scores: language models only
+        no_planted = False if "reinit" in controls or wildcards.fig in LM_ONLY_FIGURES else None
         selected = pairs(controls=controls, lams=lams, replicates=False, planted=no_planted)
     return [f for name in names for f in pair_files(name, selected)]
 

