@@ -37,6 +37,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/tracking.smk"
+include: "workflow/rules/export.smk"
 
 
 rule all:

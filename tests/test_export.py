@@ -131,3 +131,84 @@ def test_sae_lens_loads_our_export_and_encodes_bit_identically(tmp_path: Path) -
         assert torch.equal(dense_theirs, dense_ours)
         # Decoding sums the same k terms in another order: equal up to float rounding.
         torch.testing.assert_close(theirs.decode(dense_theirs), sae.decode(vals, idx), rtol=1e-5, atol=1e-6)
+
+
+# -- pair.json (the manifest) -------------------------------------------------------------------------
+
+
+def test_save_pair_writes_the_manifest(tmp_path: Path, hf_mlp_neox: torch.nn.Module) -> None:
+    from jsae.export import PAIR_FILENAME, read_manifest
+
+    mlp = mlp_from_module(hf_mlp_neox).float()
+    pair = JSAEPair(trained_like_sae(12, 40, 4, seed=3), trained_like_sae(12, 30, 3, seed=4), mlp)
+    run = {"model": "EleutherAI/pythia-70m-deduped@step3000", "layer": 0, "control": "trained", "lam": 0.5, "seed": 2,
+           "activation_scales": {"in": 2.0, "out": 0.5}, "tokens_trained": 1024,
+           "params": {"normalize_activations": "expected_norm", "batch_size": 32, "mlp_kind": "plain"},
+           "cache": {"model_class": "GPTNeoXForCausalLM", "context_length": 16}}
+    save_pair(pair, tmp_path / "run", hook_name="gpt_neox.layers.0.mlp", metadata={"model_name": "m"}, run=run)
+    m = json.loads((tmp_path / "run" / PAIR_FILENAME).read_text())
+    assert read_manifest(tmp_path / "run") == m
+    assert m["model"] == {"spec": "EleutherAI/pythia-70m-deduped", "revision": "step3000",
+                          "class": "GPTNeoXForCausalLM", "name": "pythia-70m-deduped"}
+    assert (m["layer"], m["lam"], m["seed"], m["k"], m["n_latents"], m["k_out"], m["n_latents_out"]) == (
+        0, 0.5, 2, 4, 40, 3, 30)
+    assert m["mlp"] == {"path": "gpt_neox.layers.0.mlp", "kind": "plain", "activation": "gelu", "d_in": 12,
+                        "d_hidden": 40, "d_out": 12, "dtype": "float32"}
+    assert (m["activation_scales"]["input_scale"], m["activation_scales"]["output_scale"]) == (2.0, 0.5)
+    assert m["saes"]["sae_out"]["hooks"]["transformer_lens"] == "blocks.0.hook_mlp_out"
+    assert m["saes"]["sae_in"]["hooks"]["sparsify"] == "layers.0.post_attention_layernorm"
+    assert m["training"]["tokens"] == 1024 and m["evaluation"] is None
+    assert m["versions"]["written_with"]["torch"] == torch.__version__
+
+
+def test_manifest_summarises_evaluation_with_nan_as_null(tmp_path: Path, hf_mlp_neox: torch.nn.Module) -> None:
+    from jsae.export import write_manifest
+
+    mlp = mlp_from_module(hf_mlp_neox).float()
+    pair = JSAEPair(trained_like_sae(12, 40, 4, seed=3), trained_like_sae(12, 30, 3, seed=4), mlp)
+    run_dir = tmp_path / "results" / "runs" / "m" / "L0" / "trained" / "lam1" / "seed0"
+    save_pair(pair, run_dir, hook_name="gpt_neox.layers.0.mlp", metadata={"model_name": "m"})
+    run = {"model": "m", "layer": 0, "control": "trained", "lam": 1.0, "seed": 0, "hook_name": "gpt_neox.layers.0.mlp",
+           "params": {"mlp_kind": "plain"}}
+    (run_dir / "run.json").write_text(json.dumps(run))
+    eval_json = tmp_path / "results" / "eval" / "m" / "L0" / "trained" / "lam1" / "seed0" / "evaluation.json"
+    eval_json.parent.mkdir(parents=True)
+    metrics = {"in/explained_variance": 0.9, "in/ce_loss_score": float("nan"), "jac/frac_above_0.01": 0.2,
+               "jac/hist_overflow_frac": 0.0}
+    eval_json.write_text(json.dumps({"metrics": metrics, "pair": {"model": "m", "layer": 0, "lam": 1.0, "seed": 0},
+                                     "settings": {"n_tokens": 100}}))
+    m = write_manifest(run_dir)  # finds the evaluation at the workflow's layout
+    assert m["evaluation"]["metrics"] == {"in/explained_variance": 0.9, "in/ce_loss_score": None,
+                                          "jac/frac_above_0.01": 0.2}
+    assert m["evaluation"]["n_tokens"] == 100
+    assert "NaN" not in (run_dir / "pair.json").read_text()
+    eval_json.write_text(json.dumps({"metrics": metrics, "pair": {"model": "m", "layer": 0, "lam": 3.0}}))
+    with pytest.raises(ValueError, match="evaluates lam=3.0 but the run has lam=1.0") as exc:
+        write_manifest(run_dir)
+    assert "\n" not in str(exc.value)
+
+
+def test_bad_manifests_are_one_line_errors(tmp_path: Path, hf_mlp_neox: torch.nn.Module) -> None:
+    from jsae.export import PAIR_FILENAME, read_manifest
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_manifest(tmp_path / "missing")
+    mlp = mlp_from_module(hf_mlp_neox).float()
+    pair = JSAEPair(trained_like_sae(12, 40, 4, seed=3), trained_like_sae(12, 30, 3, seed=4), mlp)
+    save_pair(pair, tmp_path / "run", hook_name="gpt_neox.layers.0.mlp", metadata={"model_name": "m"})
+    path = tmp_path / "run" / PAIR_FILENAME
+    m = json.loads(path.read_text())
+    for doc, match in (({**m, "format": "other"}, "not a jsae pair manifest"),
+                       ({**m, "format_version": 2}, "format_version=2"),
+                       ({**m, "layer": None}, "has layer=None")):
+        path.write_text(json.dumps(doc))
+        with pytest.raises(ValueError, match=match) as exc:
+            load_pair(tmp_path / "run")
+        assert "\n" not in str(exc.value)
+    pair.set_activation_scales(2.0, 1.0)  # not folded: the SAEs would be saved in scaled units
+    with pytest.raises(ValueError, match=r"activation scales \(2, 1\) .* expected them folded in first"):
+        save_pair(pair, tmp_path / "scaled", hook_name="gpt_neox.layers.0.mlp", metadata={})
+    assert not (tmp_path / "scaled").exists()
+    # given the MLP itself, no manifest is needed (run directories from before pair.json existed)
+    path.unlink()
+    assert torch.equal(load_pair(tmp_path / "run", mlp).sae_in.W_enc, pair.sae_in.W_enc)

@@ -84,7 +84,8 @@ def test_loss_decreases_and_outputs_are_complete(tmp_path: Path, mlp, source) ->
         key == "step" or key.startswith("train/") for key in last)
     assert run["metrics"]["train/tokens"] == run["tokens_trained"] == 60 * 32
     assert not work_dir_for(tmp_path / "run").exists()  # checkpoints are removed once the run is complete
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["metrics.jsonl", "run.json", "sae_in", "sae_out"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["metrics.jsonl", "pair.json", "run.json", "sae_in",
+                                                                     "sae_out"]
     # decoders are unit-norm after training (renormalised after every step)
     pair = load_pair(tmp_path / "run", mlp)
     for sae in (pair.sae_in, pair.sae_out):

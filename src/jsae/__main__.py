@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tokenizer": ("jsae.data.pretrain:cli_tokenizer", "train the byte-level BPE tokenizer on a corpus"),
     "pretrain": ("jsae.data.pretrain:cli", "pretrain the embedded tiny-neox model"),
     "reinit": ("jsae.data.models:cli_reinit", "save a randomly re-initialised copy of a model"),
+    "materialize": ("jsae.data.models:cli_materialize", "save a model (e.g. GGUF weights) as a plain local folder"),
     "planted": ("jsae.data.planted:cli", "build a planted ground-truth model (known features and edges)"),
     "cache": ("jsae.data.cache:cli", "cache MLP inputs of (model, layer) to HDF5"),
     "train": ("jsae.train.cli:cli", "train one JSAE pair from a cache"),
@@ -40,8 +41,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "probes": ("jsae.eval.probes:cli", "linearity probes of f_s (appendix B)"),
     "tables": ("jsae.eval.tables:cli", "qualitative tables: top output latents and their inputs"),
     "recovery": ("jsae.eval.recovery:cli", "recovery of a planted model's features, edges and kinds by a pair"),
+    "core": ("jsae.eval.core:cli", "SAEBench core metrics of both SAEs of a pair (one SAEBench JSON each)"),
     "figures": ("jsae.report.figures:cli", "render the paper's figures from evaluation outputs"),
     "summary": ("jsae.report.summary:cli", "one row per pair and the paper-claims table"),
+    "export": ("jsae.release:cli", "a release of trained pairs for SAELens, sparsify and Neuronpedia"),
 }
 
 

@@ -340,7 +340,7 @@ def _train(
     ``model_name``: the short name of the MLflow run (default: the spec's last path component);
     ``hook_name``: the MLP's module path (default: from the cache's hook).
     """
-    from jsae.export import save_pair
+    from jsae.export import save_pair, write_manifest
     from jsae.tracking import Tracker, run_name
 
     attrs = jsonable(dict(source.attrs))
@@ -420,6 +420,7 @@ def _train(
         run_json = record.to_json(result, metrics=final, session_wall_s=session_wall_s, mlflow_uri=mlflow_uri,
                                   experiment=experiment, mlflow_status=tracker.status)
         write_json(tmp / RUN_FILENAME, run_json)
+        write_manifest(tmp)  # pair.json complete: it reads run.json (seed, scales, model class)
         tracker.log_artifact(tmp / RUN_FILENAME)
     tracker.finish()
     shutil.rmtree(work_dir_for(out_dir), ignore_errors=True)
