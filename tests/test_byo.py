@@ -214,6 +214,11 @@ def test_byo_study_end_to_end(tmp_path, checkpoint, parquet_data):
         path = tmp_path / layout()["eval_dir"]("my-model", 1, "trained", lam, 0) / "evaluation.json"
         metrics = json.loads(path.read_text())["metrics"]
         assert metrics["eval/n_tokens"] == cfg["evaluate"]["n_tokens"] and metrics["jac/l1"] > 0, lam
+        # SAEBench's core-eval JSON of both SAEs (the core rule is on unless a config turns it off)
+        for sae in ("sae_in", "sae_out"):
+            core = json.loads((path.parent / "core" / f"{sae}_eval_results.json").read_text())
+            assert core["eval_type_id"] == "core" and core["eval_result_metrics"]["sparsity"]["l0"] == 4, core
+            assert core["eval_result_metrics"]["model_performance_preservation"]["ce_loss_without_sae"] > 0
     corpus = json.loads((tmp_path / layout()["corpus_dir"]("mine") / "corpus.json").read_text())
     assert corpus["source"] == "parquet" and corpus["details"]["text_column"] == "content"
     assert (tmp_path / "results" / "figures" / "fig4.png").is_file()

@@ -244,8 +244,8 @@ def test_planted_study_dry_run_plans_the_expected_jobs(tmp_path):
     n_probed = sum(1 for p in pairs if p[3] in cfg["probes"]["lambdas"])
     counts = job_counts(res.stdout)
     assert counts == {"planted": n_models, "cache": 2 * n_models, "train": n_pairs, "evaluate": n_pairs,
-                      "probes": n_probed, "recovery": n_pairs, "figure": len(cfg["figures"]["names"]), "summary": 1,
-                      "all": 1}, counts
+                      "probes": n_probed, "recovery": n_pairs, "core": n_pairs, "figure": len(cfg["figures"]["names"]),
+                      "summary": 1, "all": 1}, counts
     commands = [line for line in res.stdout.splitlines() if "python -m jsae" in line]
     caches = [c for c in commands if "jsae cache" in c]
     assert len(caches) == 2 * n_models and not any("--corpus" in c for c in caches)
@@ -366,6 +366,10 @@ def test_tiny_planted_study_end_to_end(tmp_path):
     assert not (results / "corpus").exists() and not (results / "models" / "planted-tiny-reinit").exists()
     csv = (results / "summary.csv").read_text().splitlines()[0]
     assert R.EDGE_ROC_AUC_KEY in csv
+    # SAEBench's core metrics, without CE/KL (no LM)
+    core = json.loads((results / "eval/planted-tiny/L0/trained/lam1/seed0/core/sae_out_eval_results.json").read_text())
+    assert core["eval_result_metrics"]["sparsity"]["l0"] == 3
+    assert core["eval_result_metrics"]["model_performance_preservation"]["ce_loss_score"] is None
     # the positive-control claims, combined over the seeds both pairs have (seed 0 only at lambda 1 here)
     import pandas as pd
 

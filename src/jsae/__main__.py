@@ -45,6 +45,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "figures": ("jsae.report.figures:cli", "render the paper's figures from evaluation outputs"),
     "summary": ("jsae.report.summary:cli", "one row per pair and the paper-claims table"),
     "export": ("jsae.release:cli", "a release of trained pairs for SAELens, sparsify and Neuronpedia"),
+    "gpu-slot": ("jsae.gpu_slots:cli", "run a command on a free GPU of its own (CUDA_VISIBLE_DEVICES)"),
 }
 
 

@@ -24,7 +24,8 @@ rule evaluate:
     conda:
         "../../envs/jsae.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m jsae evaluate --model {params.spec} "
+        f"OMP_NUM_THREADS={{threads}} {GPU_LAUNCH}"
+        "python -m jsae evaluate --model {params.spec} "
         "--layer {wildcards.layer} --run {params.run} --cache {input.cache} --out {output.metrics} "
         "--n-tokens {params.tokens} --ce-tokens {params.ce_tokens} --device {params.device} {params.mlflow} 2> {log}"
 
@@ -53,7 +54,8 @@ rule probes:
     conda:
         "../../envs/jsae.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m jsae probes --model {params.spec} --layer {wildcards.layer} "
+        f"OMP_NUM_THREADS={{threads}} {GPU_LAUNCH}"
+        "python -m jsae probes --model {params.spec} --layer {wildcards.layer} "
         "--run {params.run} --cache {input.cache} --out {output.metrics} --n-sweeps {params.sweeps} {params.cap} "
         "--tolerance {params.tolerance} --seed {params.seed} --device {params.device} {params.mlflow} 2> {log}"
 
@@ -85,7 +87,8 @@ rule tables:
     conda:
         "../../envs/jsae.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m jsae tables --model {params.spec} "
+        f"OMP_NUM_THREADS={{threads}} {GPU_LAUNCH}"
+        "python -m jsae tables --model {params.spec} "
         "--layer {wildcards.layer} --run {params.run} --cache {input.cache} --out {output.html} "
         "--n-output-latents {params.n} --n-tokens {params.tokens} --device {params.device} {params.mlflow} 2> {log}"
 
@@ -116,6 +119,39 @@ rule recovery:
     conda:
         "../../envs/jsae.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m jsae recovery --model {params.spec} --layer {wildcards.layer} "
+        f"OMP_NUM_THREADS={{threads}} {GPU_LAUNCH}"
+        "python -m jsae recovery --model {params.spec} --layer {wildcards.layer} "
         "--run {params.run} --cache {input.cache} {params.probes} --out {output.metrics} "
         "--n-tokens {params.tokens} --device {params.device} {params.mlflow} 2> {log}"
+
+
+# SAEBench's core metrics of both SAEs of every pair (jsae.eval.core): the field's common report card, in its
+# own JSON schema, next to evaluation.json. A planted model has no LM: no CE/KL (--ce-contexts 0).
+rule core:
+    input:
+        unpack(pair_inputs),
+    output:
+        sae_in=f"{EVAL_DIR}/core/sae_in_eval_results.json",
+        sae_out=f"{EVAL_DIR}/core/sae_out_eval_results.json",
+    params:
+        spec=pair_spec,
+        run=lambda wc, input: Path(input.run).parent,
+        out=lambda wc, output: Path(output.sae_in).parent,
+        tokens=config["core"]["n_tokens"] or config["evaluate"]["n_tokens"],
+        # a planted model: no LM (no CE/KL), and one row per "context": batches of 2048 rows, as an LM's 16 x 127
+        ce=lambda wc: "--ce-contexts 0 --batch-size-prompts 2048" if is_planted(wc.model) else (
+            f"--ce-contexts {config['core']['ce_contexts']}" if config["core"]["ce_contexts"] is not None else ""),
+        device=config["device"],
+    log:
+        log_file("core", PAIR_LOG),
+    threads: 1
+    resources:
+        gpu=GPU,
+        mem_mb=3000,
+    conda:
+        "../../envs/jsae.yaml"
+    shell:
+        f"OMP_NUM_THREADS={{threads}} {GPU_LAUNCH}"
+        "python -m jsae core --model {params.spec} --layer {wildcards.layer} "
+        "--run {params.run} --cache {input.cache} --out {params.out} --n-tokens {params.tokens} {params.ce} "
+        "--device {params.device} --no-progress 2> {log}"

@@ -47,7 +47,8 @@ for _variant in cache_variants():
         conda:
             "../../envs/jsae.yaml"
         shell:
-            "OMP_NUM_THREADS={threads} python -m jsae cache --model {params.spec} --layer {params.layers} "
+            f"OMP_NUM_THREADS={{threads}} {GPU_LAUNCH}"
+            "python -m jsae cache --model {params.spec} --layer {params.layers} "
             "{params.corpus} --split {wildcards.split} --n-tokens {params.tokens} "
             "--context-length {params.context} --out {output} --dtype {params.dtype} "
             "--forward-dtype {params.forward_dtype} --batch-size {params.batch} --seed {params.seed} "

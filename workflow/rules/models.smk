@@ -52,7 +52,8 @@ rule pretrain:
     conda:
         "../../envs/jsae.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m jsae pretrain --corpus {params.corpus} --out {params.out} {params.arch} "
+        f"OMP_NUM_THREADS={{threads}} {GPU_LAUNCH}"
+        "python -m jsae pretrain --corpus {params.corpus} --out {params.out} {params.arch} "
         "--seed {params.seed} --device {params.device} 2> {log}"
 
 

@@ -21,6 +21,10 @@ MLFLOW_URI = config["mlflow"]["tracking_uri"] if config["mlflow"]["enabled"] els
 # Rules that run models claim a GPU unless the study is pinned to the CPU: on a CPU-only machine they
 # may then run side by side (each with its own threads) instead of one at a time.
 GPU = 0 if config["device"] == "cpu" else 1
+# `--resources gpu=N` only counts GPUs (snakemake/snakemake#281): each GPU rule's command runs through the slot
+# launcher (jsae.gpu_slots), which gives the job a GPU of its own. Filled in by an f-string, not a {placeholder}
+# or a param: a CPU study's command text and params stay exactly as before (no code/params rerun trigger).
+GPU_LAUNCH = "python -m jsae gpu-slot -- " if GPU else ""
 PROBE_LAMBDAS = [fmt_lam(x) for x in config["probes"]["lambdas"]] if config["probes"]["lambdas"] is not None else None
 TABLE_LAMBDAS = [fmt_lam(x) for x in config["tables"]["lambdas"]] if config["tables"]["lambdas"] is not None else None
 JSAE_LAM = chosen_jsae_lam(config)

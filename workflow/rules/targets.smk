@@ -81,6 +81,9 @@ def figure_targets():
 def analysis_targets():
     out = pair_files("evaluation.json", pairs()) + pair_files("probes.json", probed_pairs())
     out += pair_files("recovery.json", pairs(planted=True))
+    if config["core"]["enabled"]:  # SAEBench's core metrics of every pair's two SAEs
+        out += pair_files("core/sae_in_eval_results.json", pairs()) + pair_files("core/sae_out_eval_results.json",
+                                                                                  pairs())
     if config["tables"]["enabled"]:  # text windows: not for a planted model, whose rows have no text
         out += pair_files("tables.html", pairs(lams=TABLE_LAMBDAS, replicates=False, planted=False))
     return out

@@ -26,7 +26,8 @@ rule train:
     conda:
         "../../envs/jsae.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m jsae train --model {params.spec} --model-name {wildcards.model} "
+        f"OMP_NUM_THREADS={{threads}} {GPU_LAUNCH}"
+        "python -m jsae train --model {params.spec} --model-name {wildcards.model} "
         "--layer {wildcards.layer} --control {wildcards.control} --cache {input.cache} --out {params.out} "
         "--config-json {params.train_config:q} --device {params.device} {params.mlflow} "
         # Snakemake decides when a pair is (re)trained; --force lets it replace a stale run directory
