@@ -345,6 +345,7 @@ TINY_STUDY = {
     "lambdas": [0, 1], "reinit": {"enabled": False}, "seeds": {"n": 2, "lambdas": [0]},
     "evaluate": {"n_tokens": 2048, "ce_tokens": 2048}, "probes": {"enabled": True, "n_sweeps": 32},
     "tables": {"enabled": False}, "figures": {"names": ["fig2", "fig_recovery"], "jsae_lam": 1},
+    "interaction": {"enabled": True},
 }
 
 
@@ -366,6 +367,9 @@ def test_tiny_planted_study_end_to_end(tmp_path):
     assert not (results / "corpus").exists() and not (results / "models" / "planted-tiny-reinit").exists()
     csv = (results / "summary.csv").read_text().splitlines()[0]
     assert R.EDGE_ROC_AUC_KEY in csv
+    # SCALAR-style interaction sparsity: the planted model's own output is "downstream"
+    inter = json.loads((results / "eval/planted-tiny/L0/trained/lam1/seed0/interaction.json").read_text())
+    assert 0 <= inter["metrics"]["interaction/circuit_area"] <= 1, inter["metrics"]
     # SAEBench's core metrics, without CE/KL (no LM)
     core = json.loads((results / "eval/planted-tiny/L0/trained/lam1/seed0/core/sae_out_eval_results.json").read_text())
     assert core["eval_result_metrics"]["sparsity"]["l0"] == 3

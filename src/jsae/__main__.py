@@ -41,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "probes": ("jsae.eval.probes:cli", "linearity probes of f_s (appendix B)"),
     "tables": ("jsae.eval.tables:cli", "qualitative tables: top output latents and their inputs"),
     "recovery": ("jsae.eval.recovery:cli", "recovery of a planted model's features, edges and kinds by a pair"),
+    "interaction": ("jsae.eval.interaction:cli", "SCALAR-style interaction sparsity: effect recovered vs edges kept"),
     "core": ("jsae.eval.core:cli", "SAEBench core metrics of both SAEs of a pair (one SAEBench JSON each)"),
     "figures": ("jsae.report.figures:cli", "render the paper's figures from evaluation outputs"),
     "summary": ("jsae.report.summary:cli", "one row per pair and the paper-claims table"),
@@ -51,7 +52,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def _usage() -> str:
     lines = ["usage: python -m jsae <command> [options]", "", "commands:"]
-    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<11} {help_}" for name, (_, help_) in COMMANDS.items()]
     return "\n".join(lines)
 
 

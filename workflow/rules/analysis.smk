@@ -155,3 +155,30 @@ rule core:
         "python -m jsae core --model {params.spec} --layer {wildcards.layer} "
         "--run {params.run} --cache {input.cache} --out {params.out} --n-tokens {params.tokens} {params.ce} "
         "--device {params.device} --no-progress 2> {log}"
+
+
+# SCALAR-style interaction sparsity (jsae.eval.interaction): how many input -> output latent edges the pair needs
+# to recover the MLP's effect; interaction.json next to evaluation.json. Off unless interaction.enabled.
+rule interaction:
+    input:
+        unpack(pair_inputs),
+    output:
+        f"{EVAL_DIR}/interaction.json",
+    params:
+        spec=pair_spec,
+        run=lambda wc, input: Path(input.run).parent,
+        edges=config["interaction"]["edges"],
+        tokens=f"--n-tokens {config['interaction']['n_tokens']}" if config["interaction"]["n_tokens"] else "",
+        device=config["device"],
+    log:
+        log_file("interaction", PAIR_LOG),
+    threads: 1
+    resources:
+        gpu=GPU,
+        mem_mb=3000,
+    conda:
+        "../../envs/jsae.yaml"
+    shell:
+        f"OMP_NUM_THREADS={{threads}} {GPU_LAUNCH}python -m jsae interaction --model {{params.spec}} "
+        "--layer {wildcards.layer} --run {params.run} --cache {input.cache} --out {output} --edges {params.edges} "
+        "{params.tokens} --device {params.device} --no-progress 2> {log}"

@@ -81,6 +81,8 @@ def figure_targets():
 def analysis_targets():
     out = pair_files("evaluation.json", pairs()) + pair_files("probes.json", probed_pairs())
     out += pair_files("recovery.json", pairs(planted=True))
+    if config["interaction"]["enabled"]:  # SCALAR-style interaction sparsity of every pair
+        out += pair_files("interaction.json", pairs())
     if config["core"]["enabled"]:  # SAEBench's core metrics of every pair's two SAEs
         out += pair_files("core/sae_in_eval_results.json", pairs()) + pair_files("core/sae_out_eval_results.json",
                                                                                   pairs())

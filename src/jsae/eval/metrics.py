@@ -13,9 +13,10 @@ Conventions:
   100%, as the paper's fig. 2 / 7 do.
 
 The metric keys (the names in evaluation.json, probes.json, summary.csv and MLflow) are built here
-and only here: the key functions and constants below are what every other module uses. The one
-exception is the planted ground truth's ``recovery/…`` keys, owned by :mod:`jsae.eval.recovery`,
-the only module that computes them.
+and only here: the key functions and constants below are what every other module uses. The
+exceptions are keys of files of their own, each owned by the only module that computes them: the planted
+ground truth's ``recovery/…`` (:mod:`jsae.eval.recovery`), the SCALAR-style ``interaction/…``
+(:mod:`jsae.eval.interaction`) and SAEBench's core-eval JSONs (:mod:`jsae.eval.core`, in SAEBench's names).
 """
 
 from __future__ import annotations
