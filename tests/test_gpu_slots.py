@@ -332,14 +332,17 @@ def planned_commands(output: str) -> list[tuple[str, str]]:
 def test_workflow_runs_gpu_rules_through_the_launcher_only_off_the_cpu(tmp_path):
     cfg = REPO / "config" / "config.yaml"
     assert load("config.yaml")["device"] == "cpu"
-    # `all` and one pair's core metrics (off in the default study), so that every GPU rule is planned
-    core = f"{layout()['eval_dir'](*study_pairs(load('config.yaml'))[0])}/core/sae_in_eval_results.json"
+    # `all` and one pair's core metrics and interaction sparsity (off in the default study), so that every GPU rule
+    # is planned
+    pair_dir = layout()["eval_dir"](*study_pairs(load("config.yaml"))[0])
+    core = f"{pair_dir}/core/sae_in_eval_results.json"
+    interaction = f"{pair_dir}/interaction.json"
     runs = {}
 
     def plan(device):
         (tmp_path / device).mkdir()
-        runs[device] = snakemake("-n", "-p", "all", core, "--configfile", str(cfg), "--config", f"device={device}",
-                                 cwd=tmp_path / device)
+        runs[device] = snakemake("-n", "-p", "all", core, interaction, "--configfile", str(cfg), "--config",
+                                 f"device={device}", cwd=tmp_path / device)
 
     threads = [threading.Thread(target=plan, args=(d,)) for d in ("cpu", "cuda")]
     for t in threads:
@@ -351,7 +354,7 @@ def test_workflow_runs_gpu_rules_through_the_launcher_only_off_the_cpu(tmp_path)
     cpu, cuda = planned_commands(runs["cpu"].stdout), planned_commands(runs["cuda"].stdout)
     assert job_counts(runs["cpu"].stdout) == job_counts(runs["cuda"].stdout)
     launched = gpu_rules()
-    assert launched == {"pretrain", "cache", "train", "evaluate", "probes", "tables", "recovery", "core"}
+    assert launched == {"pretrain", "cache", "train", "evaluate", "probes", "tables", "recovery", "core", "interaction"}
     assert {rule for rule, _ in cuda} >= launched  # each one is planned, so each one is checked below
     assert not any("gpu-slot" in cmd for _, cmd in cpu)
     for rule, cmd in cuda:

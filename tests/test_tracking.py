@@ -81,15 +81,15 @@ def test_run_contents_read_back_with_mlflow_client(tmp_path: Path, store: str, m
     assert run.info.run_id == rec["mlflow_run_id"] == read_run(tmp_path / "run")["mlflow_run_id"]
     assert run.info.run_name == "tiny/L1/trained/lam0.5/seed0" and run.info.status == "FINISHED"
     tags = run.data.tags
-    assert {k: tags[k] for k in ("model", "layer", "lam", "k", "expansion", "control")} == {
+    assert {k: tags[k] for k in ("study", "model", "layer", "control")} == {
+        "study": "study-a",
         "model": "tiny",
         "layer": "1",
-        "lam": "0.5",
-        "k": "3",
-        "expansion": "4",
         "control": "trained",
     }
+    assert "lam" not in tags  # λ is a param only
     params = run.data.params
+    assert params["lambda"] == "0.5" and "lam" not in params and params["k"] == "3" and params["n_latents"] == "48"
     assert params["lr"] == "0.003" and params["lam_warmup_frac"] == "0.05" and params["n_steps"] == "12"
     assert params["evaluation_point"] == "true_mlp_input" and params["model"] == "results/models/tiny"
     assert params["cache.n_tokens"] == "600"
@@ -151,7 +151,7 @@ def test_unreachable_backend_does_not_stop_training(tmp_path: Path, store: str, 
     client = MlflowClient(tracking_uri=store)
     logged = client.get_run(run_id)
     assert logged.info.run_name == "tiny/L1/trained/lam0.5/seed0" and logged.info.status == "FINISHED"
-    assert logged.data.tags["lam"] == "0.5" and logged.data.params["lr"] == "0.003"
+    assert logged.data.params["lambda"] == "0.5" and logged.data.params["lr"] == "0.003"
     assert sorted(m.step for m in client.get_metric_history(run_id, "train/loss")) == [4, 8, 12, 12]
     assert logged.data.metrics == pytest.approx(run["metrics"])  # the same keys and values as training logs them
     assert {"sae_in", "sae_out", "run.json", "metrics.jsonl"} <= {a.path for a in client.list_artifacts(run_id)}

@@ -1,6 +1,14 @@
 """MLflow tracking that can never stop training: every call is guarded, failures are logged once.
 
-* One experiment per study, one run per pair, named ``{model}/L{layer}/{control}/lam{lam}/seed{seed}``.
+* One experiment per study, one run per pair, named ``{model}/L{layer}/{control}/lam{lam}/seed{seed}``,
+  nested under the study's parent run ``study/<study>`` (tag ``mlflow.parentRunId``): ``python -m jsae.tracking
+  URI --study S --marker M`` creates (or finds, by name) the parent once and records its id in the marker,
+  which each training job reads (``--mlflow-parent-from``). The summary's study-level logging
+  (:func:`log_study_run`) goes into that parent: the figures, and one table row per pair (``lambda`` a column).
+* The experiment is tagged ``mlflow.experimentKind = custom_model_development``: MLflow 3's UI otherwise
+  may open it in its GenAI view (traces) instead of the runs table.
+* Each training run logs its activation cache as a dataset input (:func:`cache_dataset`), with a content
+  digest made from the cache's stored CRC-32 checksums and attributes (the data is not re-read).
 * Telemetry is off (``MLFLOW_DISABLE_TELEMETRY=true``) unless the user set it otherwise.
 * A fresh sqlite store is created (and migrated) under an exclusive lock on ``<db>.lock``: MLflow's own
   migrations race when several processes touch a new store at once (``duplicate column name: step``).
@@ -45,6 +53,12 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 #: The namespace of evaluation, probe and headline metrics in a pair's run (training's is ``train/``).
 EVAL_PREFIX = "eval/"
 DEFAULT_EXPERIMENT = "jsae"
+#: The experiment tag MLflow 3's UI reads to choose its view; the classic runs table for model training.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+PARENT_TAG = "mlflow.parentRunId"  # what makes the UI nest a run under another
+STUDY_KIND = "study"  # the ``kind`` tag of a study's parent run
+#: The study table in the parent run's artifacts (MLflow's log_table format, shown in the Evaluation view).
+STUDY_TABLE = "study_summary.json"
 _MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value (8000 on recent stores; stay below)
 
 
@@ -62,7 +76,7 @@ def default_artifact_root(uri: str) -> str | None:
     return (db.resolve().parent / "mlruns").as_uri() if db is not None else None
 
 
-def init_tracking_store(uri: str = DEFAULT_TRACKING_URI) -> dict[str, Any]:
+def init_tracking_store(uri: str = DEFAULT_TRACKING_URI, study: str | None = None) -> dict[str, Any]:
     """Create (or migrate) the tracking store once, before parallel training jobs touch it.
 
     For sqlite this creates the tables (what ``mlflow db upgrade`` does for an existing file) under
@@ -70,6 +84,8 @@ def init_tracking_store(uri: str = DEFAULT_TRACKING_URI) -> dict[str, Any]:
     cannot be initialised (a bad URI, a dead server) is one warning, never an error: tracking must not
     stop a study, and each job's run directory keeps its metrics. Returns ``{"uri", "database",
     "created", "experiments", "artifact_root"}`` for the workflow's marker, plus ``"error"`` on failure.
+    With ``study``: its experiment and parent run exist too (:func:`study_parent_run`), ``"parent_run_id"``
+    (None when tracking failed) and ``"experiment"`` are added.
     """
     db = sqlite_path(uri)
     existed = db is not None and db.is_file() and db.stat().st_size > 0
@@ -80,16 +96,145 @@ def init_tracking_store(uri: str = DEFAULT_TRACKING_URI) -> dict[str, Any]:
         "experiments": [],
         "artifact_root": default_artifact_root(uri),
     }
+    if study is not None:
+        record.update(experiment=study, parent_run_id=None)
     try:
         experiments = Tracker.client(uri).search_experiments()
+        if study is not None:
+            record["parent_run_id"] = study_parent_run(uri, study)
     except Exception as exc:
         record["error"] = Tracker.describe(exc)
         log.warning("MLflow tracking store %s cannot be initialised (%s); continuing without tracking: each job "
                     "warns once and its run directory keeps every metric", uri, record["error"])
         return record
-    log.info("tracking store ready at %s (%d experiments)", uri, len(experiments))
+    log.info("tracking store ready at %s (%d experiments)%s", uri, len(experiments),
+             f", study {study!r} parent run {record['parent_run_id']}" if study is not None else "")
     record.update(created=db is not None and not existed, experiments=[e.name for e in experiments])
     return record
+
+
+def study_run_name(study: str) -> str:
+    """The name of a study's parent run."""
+    return f"study/{study}"
+
+
+def study_parent_run(uri: str, study: str) -> str:
+    """The id of the study's parent run, created (FINISHED until the summary logs into it) if there is none.
+
+    Found by name and ``kind`` tag, so re-initialising a store reuses it; raises on a backend failure.
+    The lookup and creation hold the sqlite store's lock, so two initialisations cannot create two parents.
+    """
+    from jsae.io import file_lock
+
+    db = sqlite_path(uri)
+    lock = file_lock(db.resolve().with_name(f"{db.name}.lock")) if db is not None else _no_lock()
+    tracker = Tracker(uri, study, quiet=True)
+    client = Tracker.client(uri)
+    with lock:
+        tracker._client = client
+        exp_id = tracker._experiment_id()
+        name = study_run_name(study)
+        found = client.search_runs([exp_id], f"tags.kind = '{STUDY_KIND}' and attributes.run_name = '{name}'",
+                                   max_results=1, order_by=["attributes.start_time ASC"])
+        if found:
+            return found[0].info.run_id
+        run = client.create_run(exp_id, run_name=name, tags={"kind": STUDY_KIND, "study": study})
+        client.log_batch(run.info.run_id, params=[_param("study", study), _param("kind", STUDY_KIND)])
+        client.set_terminated(run.info.run_id)
+        return run.info.run_id
+
+
+def _param(key: str, value: Any) -> Any:
+    from mlflow.entities import Param
+
+    return Param(key, str(value))
+
+
+class _no_lock:  # noqa: N801  (a null context manager named like file_lock's)
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def read_parent_run_id(marker: str | os.PathLike[str]) -> str | None:
+    """The study's parent run id from the workflow's tracking marker, None (one warning) if it has none."""
+    try:
+        record = read_json(marker)
+        run_id = record.get("parent_run_id")
+    except (OSError, ValueError, AttributeError) as exc:
+        log.warning("tracking marker %s is unreadable (%s); the run is not nested under the study's run",
+                    marker, Tracker.describe(exc))
+        return None
+    if not run_id and not record.get("error"):  # a failed store: the job's tracker warns about it
+        log.warning("tracking marker %s has no parent_run_id; the run is not nested under the study's run", marker)
+    return str(run_id) if run_id else None
+
+
+def _plain(value: Any) -> Any:
+    """An HDF5 attribute as a JSON value (numpy scalars and arrays, bytes)."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+#: The cache attributes recorded in the dataset input's profile (what the cache is of).
+CACHE_PROFILE_KEYS = ("model", "layer", "split", "n_tokens", "d_model", "dtype")
+
+
+def cache_digest(path: str | os.PathLike[str]) -> tuple[str, dict[str, Any]]:
+    """``(digest, attrs)`` of an activation cache without reading its activations.
+
+    The digest is the first 32 hex digits (MLflow stores 36 characters at most) of the SHA-256 of the
+    canonical JSON of ``{"attrs": every file attribute but "request", "x_crc32": the per-block CRC-32s of x,
+    "crc32": {dataset: its CRC-32}}``: any changed row changes a block's checksum (:mod:`jsae.data.cache`).
+    A cache from before checksums has ``x_crc32`` null: its digest covers the attributes only.
+    """
+    import hashlib
+    import json
+
+    import h5py
+
+    from jsae.data.cache import CHECKSUMS
+
+    with h5py.File(path, "r") as f:
+        attrs = {k: _plain(v) for k, v in f.attrs.items() if k != "request"}
+        sums = [int(v) for v in f[CHECKSUMS][()]] if CHECKSUMS in f else None
+        crcs = {name: int(f[name].attrs["crc32"]) for name in sorted(f) if "crc32" in f[name].attrs}
+    text = json.dumps({"attrs": attrs, "x_crc32": sums, "crc32": crcs}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32], attrs
+
+
+def cache_dataset(path: str | os.PathLike[str]) -> Any:
+    """The activation cache as an ``mlflow.entities.Dataset``: a local source (the cache's path), the
+    :func:`cache_digest`, and a profile of its :data:`CACHE_PROFILE_KEYS` attributes and path."""
+    import json
+
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import Dataset
+
+    path = Path(path).resolve()
+    digest, attrs = cache_digest(path)
+    source = _local_source(path)
+    name = f"{attrs.get('model')}/L{attrs.get('layer')}/{attrs.get('split')}"
+    meta = MetaDataset(source, name=name, digest=digest).to_dict()
+    profile = {"path": str(path), **{k: attrs.get(k) for k in CACHE_PROFILE_KEYS}}
+    return Dataset(name=meta["name"], digest=meta["digest"], source_type=meta["source_type"], source=meta["source"],
+                   profile=json.dumps(profile, sort_keys=True, default=str))
+
+
+def _local_source(path: Path) -> Any:
+    """MLflow's ``local`` dataset source of ``path`` (a class MLflow registers at import, not importable by name)."""
+    import json
+
+    from mlflow.data.dataset_source_registry import get_dataset_source_from_json
+
+    return get_dataset_source_from_json(json.dumps({"uri": str(path)}), source_type="local")
 
 
 def run_name(model: str, layer: int, lam: float, control: str, seed: int) -> str:
@@ -211,8 +356,9 @@ class Tracker:
         self.error = msg
 
     def start(self, name: str, *, params: Mapping[str, Any], tags: Mapping[str, Any],
-              run_id: str | None = None) -> str | None:
-        """Start (or, with ``run_id``, resume) the run; returns its id, or None when tracking is off."""
+              run_id: str | None = None, parent_run_id: str | None = None) -> str | None:
+        """Start (or, with ``run_id``, resume) the run; returns its id, or None when tracking is off.
+        ``parent_run_id``: the study's run, under which the UI nests this one."""
         if self.error is not None:
             return None
         try:
@@ -230,6 +376,8 @@ class Tracker:
                     log.warning("MLflow run %s cannot be resumed (%s); starting a new run", run_id, type(exc).__name__)
             exp_id = self._experiment_id()
             str_tags = {key: str(value) for key, value in tags.items()}
+            if parent_run_id:
+                str_tags[PARENT_TAG] = parent_run_id
             run = self._client.create_run(exp_id, run_name=name, tags=str_tags)
             self.run_id = run.info.run_id
             flat = flatten_params(params)
@@ -259,10 +407,13 @@ class Tracker:
     def _experiment_id(self) -> str:
         exp = self._client.get_experiment_by_name(self.experiment)
         if exp is not None:
+            if exp.tags.get(EXPERIMENT_KIND_TAG) is None:  # an experiment from before the tag
+                self._client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return exp.experiment_id
         try:
             root = default_artifact_root(self.uri or "")
-            return self._client.create_experiment(self.experiment, artifact_location=root)
+            return self._client.create_experiment(self.experiment, artifact_location=root,
+                                                  tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except Exception:
             # Another job created it between our lookup and our create.
             exp = self._client.get_experiment_by_name(self.experiment)
@@ -282,6 +433,39 @@ class Tracker:
             self._client.log_batch(self.run_id, metrics=batch)
         except Exception as exc:
             self._fail(f"logging metrics at step {step}", exc)
+
+    def log_cache_input(self, path: str | os.PathLike[str]) -> None:
+        """Log the activation cache at ``path`` as the run's training dataset (:func:`cache_dataset`)."""
+        if not self.active:
+            return
+        try:
+            from mlflow.entities import DatasetInput, InputTag
+
+            dataset = cache_dataset(path)
+            self._client.log_inputs(self.run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", "train")])])
+        except Exception as exc:
+            self._fail("logging the activation cache as an input", exc)
+
+    def log_table(self, rows: Sequence[Mapping[str, Any]], artifact_file: str) -> None:
+        """Log ``rows`` (one dict per row) as an MLflow table artifact."""
+        if not self.active:
+            return
+        try:
+            import pandas as pd
+
+            self._client.log_table(self.run_id, data=pd.DataFrame(list(rows)), artifact_file=artifact_file)
+        except Exception as exc:
+            self._fail("logging a table", exc)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if not self.active:
+            return
+        try:
+            from mlflow.entities import RunTag
+
+            self._client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        except Exception as exc:
+            self._fail("setting tags", exc)
 
     def log_artifacts(self, local_dir: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         if not self.active:
@@ -399,23 +583,34 @@ def log_to_pair_run(
 
 def log_study_run(uri: str | None, experiment: str, *, metrics: Mapping[str, float], n_pairs: int,
                   artifacts: Sequence[str | os.PathLike[str]], out_run: str | os.PathLike[str],
-                  name: str | None = None) -> dict[str, Any]:
-    """The study-level run: ``metrics`` at step 0, the files as artifacts (figures under ``figures/``).
+                  name: str | None = None, table: Sequence[Mapping[str, Any]] = (),
+                  parent_run_id: str | None = None) -> dict[str, Any]:
+    """Log into the study's parent run: ``metrics`` at step 0, ``table`` (one row per pair, ``lambda`` a
+    column) as :data:`STUDY_TABLE`, the files as artifacts (figures under ``figures/``), ``n_pairs`` as a tag.
 
-    Writes ``out_run`` (run id, name, experiment, URI, status, artifacts) and returns that record.
+    The parent is ``parent_run_id`` (the workflow's marker), else the study's run found or created by name
+    (:func:`study_parent_run`). Writes ``out_run`` (run id, name, experiment, URI, status, artifacts) and
+    returns that record.
     """
     missing = [str(p) for p in artifacts if not Path(p).is_file()]
     if missing:
         raise FileNotFoundError(f"artifact {missing[0]} does not exist; expected the study's figures and summary files")
     tracker = Tracker(uri or None, experiment)
-    run_name = name or f"study/{experiment}"
-    run_id = tracker.start(run_name, params={"study": experiment, "n_pairs": n_pairs, "kind": "study"},
-                           tags={"kind": "study", "study": experiment})
-    tracker.log_metrics(metrics, step=0)
-    for p in map(Path, artifacts):
-        tracker.log_artifact(p, "figures" if p.parent.name == "figures" else None)
-    tracker.finish()
-    record = {"run_id": run_id, "run_name": run_name, "experiment": experiment, "tracking_uri": uri,
+    run_name = name or study_run_name(experiment)
+    if tracker.error is None and not parent_run_id:
+        try:
+            parent_run_id = study_parent_run(str(uri), experiment)
+        except Exception as exc:
+            tracker._fail("finding the study's run", exc)
+    if parent_run_id and tracker.attach(parent_run_id):
+        tracker.set_tags({"n_pairs": n_pairs})  # a tag: a study that grows logs a new count
+        tracker.log_metrics(metrics, step=0)
+        if table:
+            tracker.log_table(table, STUDY_TABLE)
+        for p in map(Path, artifacts):
+            tracker.log_artifact(p, "figures" if p.parent.name == "figures" else None)
+        tracker.finish()
+    record = {"run_id": tracker.run_id, "run_name": run_name, "experiment": experiment, "tracking_uri": uri,
               "status": tracker.status, "artifacts": [str(p) for p in artifacts]}
     write_json(out_run, record)
     return record
@@ -430,9 +625,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("uri", nargs="?", default=DEFAULT_TRACKING_URI, help="tracking URI (default: %(default)s)")
     parser.add_argument("--upload", nargs="+", default=None, metavar="RUN_DIR", help="run directories to log")
     parser.add_argument("--experiment", default=None, help="experiment for --upload (default: the one in run.json)")
+    parser.add_argument("--study", default=None, help="create (or find) this study's experiment and parent run")
+    parser.add_argument("--marker", default=None, help="write the store's record (with parent_run_id) here as JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    init_tracking_store(args.uri)
+    record = init_tracking_store(args.uri, args.study)
+    if args.marker is not None:
+        write_json(args.marker, {"tracking_uri": args.uri, **record})
     for run_dir in args.upload or []:
         try:
             upload_run(run_dir, args.uri, args.experiment)

@@ -1,16 +1,13 @@
-# MLflow: the store, created once before parallel jobs write to it, and the study-level run.
-
-import json
-
+# MLflow: the store, created once before parallel jobs write to it, and the study's parent run.
 
 # A fresh sqlite store races when several processes create it at once: this job runs first and every
-# train job depends on its marker.
+# train job depends on its marker, which also records the study's parent run (each pair's run is its child).
 rule init_tracking:
     output:
         marker=TRACKING_MARKER,
     params:
         uri=MLFLOW_URI,
-        record=json.dumps({"tracking_uri": MLFLOW_URI}),
+        study=config["study"],
     log:
         log_file("init_tracking"),
     threads: 1
@@ -19,7 +16,7 @@ rule init_tracking:
     conda:
         "../../envs/jsae.yaml"
     shell:
-        "python -m jsae.tracking {params.uri:q} 2> {log} && echo {params.record:q} > {output.marker}"
+        "python -m jsae.tracking {params.uri:q} --study {params.study:q} --marker {output.marker} 2> {log}"
 
 
 rule study_run:
@@ -42,6 +39,6 @@ rule study_run:
     conda:
         "../../envs/jsae.yaml"
     shell:
-        "python -m jsae summary --log-study --mlflow-uri '{params.uri}' "
+        "python -m jsae summary --log-study --mlflow-uri '{params.uri}' --mlflow-parent-from {input.tracking} "
         "--experiment {params.experiment} --summary-csv {input.csv} --artifacts {input.figures} {input.summary} {input.claims} "
         "--out-run {output.run} 2> {log}"

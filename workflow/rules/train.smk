@@ -17,6 +17,8 @@ rule train:
         train_config=train_config_json,
         device=config["device"],
         mlflow=mlflow_args(),
+        # the study's MLflow run (in init_tracking's marker), under which the pair's run is nested
+        parent=lambda wc, input: f"--mlflow-parent-from {input.tracking}" if "tracking" in input.keys() else "",
     log:
         log_file("train", PAIR_LOG),
     threads: 1
@@ -29,6 +31,6 @@ rule train:
         f"OMP_NUM_THREADS={{threads}} {GPU_LAUNCH}"
         "python -m jsae train --model {params.spec} --model-name {wildcards.model} "
         "--layer {wildcards.layer} --control {wildcards.control} --cache {input.cache} --out {params.out} "
-        "--config-json {params.train_config:q} --device {params.device} {params.mlflow} "
+        "--config-json {params.train_config:q} --device {params.device} {params.mlflow} {params.parent} "
         # Snakemake decides when a pair is (re)trained; --force lets it replace a stale run directory
         "--force 2> {log}"

@@ -299,14 +299,18 @@ def build_caches(model: str, layers: list[int], corpus: str | os.PathLike[str] |
         bar = tqdm(total=n_tokens, initial=min(n_tokens, done * body), unit="tok", unit_scale=True,
                    desc=f"cache {where} {split}", disable=not progress, dynamic_ncols=True)
         t0, rows0 = time.perf_counter(), done * body
+        # one handle per dataset for the whole loop: a handle freed right after a failed write (disk full) makes
+        # HDF5 flush into the full disk from its destructor and crash at exit; these live until the space is given
+        # back below
+        x_dsets = [f["x"] for f in files]
         for c0 in range(done, n_ctx, batch_size):
             c1 = min(n_ctx, c0 + batch_size)
             ids = torch.from_numpy(contexts[c0:c1]).to(dev)
             xs = capture_mlp_inputs(lm, layers, ids)
             r0, r1 = c0 * body, min(n_tokens, c1 * body)
-            for layer, f in zip(layers, files):
+            for layer, f, x_ds in zip(layers, files, x_dsets):
                 x = xs[layer][:, 1:].reshape(-1, d_models[layer]).float()  # drop position 0 (BOS)
-                f["x"][r0:r1] = _to_storage(x[: r1 - r0].cpu(), dtype)
+                x_ds[r0:r1] = _to_storage(x[: r1 - r0].cpu(), dtype)
                 store_block_checksums(f, r1)  # before contexts_done: a resumed build never skips a block
                 f.attrs["contexts_done"] = c1
                 f.flush()

@@ -5,8 +5,8 @@ Outputs ``results/summary.csv`` (the per-pair table, with the scale-free headlin
 :mod:`jsae.report.claims`) and ``results/summary.md`` (the model, the headline τ, the claims table,
 then the per-pair table; with a planted model's ``recovery.json`` among the inputs, a "Planted ground truth"
 section before it). ``--log-study`` instead records the study-level MLflow run
-(:func:`jsae.tracking.log_study_run`): the figures and the summary as artifacts, each pair's headline
-values (:func:`study_metrics`) as metrics.
+(:func:`jsae.tracking.log_study_run`) into the study's parent run: the figures and the summary as artifacts,
+each pair's headline values as a table (:func:`study_table`, one row per pair, ``lambda`` a column).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ from jsae.report.results import (
 )
 
 __all__ = ["Claim", "claims_frame", "paper_claims", "pair_table", "write_summary"]  # claims live in jsae.report.claims
-from jsae.tracking import log_study_run, run_name
+from jsae.tracking import log_study_run, read_parent_run_id, run_name
 
 log = logging.getLogger("jsae.report.summary")
 
@@ -380,6 +380,27 @@ def study_metrics(summary_csv: str | Path) -> tuple[int, dict[str, float]]:
     return len(table), metrics
 
 
+#: summary.csv's identity columns in the study run's table (``lam`` is named ``lambda``, as the pair runs' param).
+STUDY_TABLE_IDS = ("model", "layer", "control", "lam", "seed")
+
+
+def study_table(summary_csv: str | Path) -> list[dict[str, object]]:
+    """One row per pair of summary.csv for the study run's table: the pair's MLflow run name, its identity
+    (``lambda`` a column, so a chart plots against it) and its :data:`STUDY_COLUMNS` values (None if missing)."""
+    table = pd.read_csv(summary_csv)
+    rows = []
+    for _, row in table.iterrows():
+        out: dict[str, object] = {"run": run_name(row["model"], row["layer"], row["lam"], row["control"],
+                                                  int(row.get("seed", 0)))}
+        for col in STUDY_TABLE_IDS:
+            value = row.get(col, 0 if col == "seed" else None)
+            out["lambda" if col == "lam" else col] = value.item() if hasattr(value, "item") else value
+        for col in STUDY_COLUMNS:
+            out[col] = float(row[col]) if col in table.columns and pd.notna(row[col]) else None
+        rows.append(out)
+    return rows
+
+
 def cli(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="python -m jsae summary",
@@ -403,16 +424,22 @@ def cli(argv: list[str]) -> int:
     g.add_argument("--log-study", action="store_true", help="log the study-level run instead of writing the summary")
     g.add_argument("--mlflow-uri", default="sqlite:///mlflow.db", help="tracking URI ('none': off)")
     g.add_argument("--experiment", default="jsae-default", help="MLflow experiment (the study name)")
-    g.add_argument("--summary-csv", default=None, help="summary.csv whose key values become run metrics")
+    g.add_argument("--summary-csv", default=None, help="summary.csv whose rows become the study run's table")
+    g.add_argument("--mlflow-parent-from", default=None, metavar="MARKER", help="the workflow's tracking marker: "
+                   "log into the study run it records (default: the study's run found by name, or a new one)")
     g.add_argument("--artifacts", nargs="*", default=[], metavar="FILE", help="files to attach (figures, summary.md)")
     g.add_argument("--out-run", default="results/tracking/study_run.json", help="where to record the run id")
     p.add_argument("--log-file", default=None, help="also write logs here")
     args = p.parse_args(argv)
     setup_logging(log_file=args.log_file)
     if args.log_study:
-        n_pairs, metrics = study_metrics(args.summary_csv) if args.summary_csv is not None else (0, {})
-        record = log_study_run(tracking_uri(args.mlflow_uri), args.experiment, metrics=metrics, n_pairs=n_pairs,
-                               artifacts=args.artifacts, out_run=args.out_run)
+        # The pairs' numbers are a table (one row per pair), not one metric key per pair: each pair's own
+        # run holds them as metrics, where the Compare view plots them against its params.
+        rows = study_table(args.summary_csv) if args.summary_csv is not None else []
+        uri = tracking_uri(args.mlflow_uri)
+        parent = read_parent_run_id(args.mlflow_parent_from) if uri and args.mlflow_parent_from else None
+        record = log_study_run(uri, args.experiment, metrics={}, n_pairs=len(rows), table=rows,
+                               artifacts=args.artifacts, out_run=args.out_run, parent_run_id=parent)
         log.info("study run %s (%s) at %s: %s", record["run_id"], record["run_name"], args.mlflow_uri,
                  record["status"])
         return 0

@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | mps (bf16 autocast on CUDA)")
     r.add_argument("--mlflow-uri", default=DEFAULT_TRACKING_URI, help="MLflow tracking URI ('none' to disable)")
     r.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment (one per study)")
+    r.add_argument("--mlflow-parent-from", default=None, metavar="MARKER",
+                   help="the workflow's tracking marker (python -m jsae.tracking --marker): nest this run under "
+                   "the study's run recorded there")
     r.add_argument("--no-artifacts", action="store_true", help="do not copy the SAEs into MLflow's artifact store")
     r.add_argument("--force", action="store_true",
                    help="retrain even if --out holds a finished run (replaced at the end)")
@@ -146,6 +149,15 @@ def configs_from_args(args: argparse.Namespace) -> tuple[TrainConfig, RunOptions
     return TrainConfig(**train), RunOptions(**run)
 
 
+def parent_run(marker: str | None, uri: str | None) -> str | None:
+    """The study's run id from the tracking marker; None without a marker or with tracking off."""
+    if marker is None or uri is None:
+        return None
+    from jsae.tracking import read_parent_run_id
+
+    return read_parent_run_id(marker)
+
+
 def _train(args: argparse.Namespace) -> int:
     config, options = configs_from_args(args)
     try:
@@ -153,6 +165,7 @@ def _train(args: argparse.Namespace) -> int:
             args.model, args.layer, args.cache, args.out, config, control=args.control, force=args.force,
             model_name=args.model_name, device=args.device, checkpoint_every=options.checkpoint_every,
             log_every=options.log_every, mlflow_uri=tracking_uri(args.mlflow_uri), experiment=args.experiment,
+            mlflow_parent=parent_run(args.mlflow_parent_from, tracking_uri(args.mlflow_uri)),
             progress=not args.no_progress, log_artifacts=not args.no_artifacts,
         )
     except FloatingPointError as exc:  # diverged: a result, not a bug; no traceback

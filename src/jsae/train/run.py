@@ -188,18 +188,22 @@ class RunRecord:
                 "n_latents_out": d["n_latents_out"]}
 
     def params(self) -> dict[str, Any]:
-        """MLflow params (and run.json's ``params``): every hyper-parameter and what it ran on."""
+        """MLflow params (and run.json's ``params``): every hyper-parameter and what it ran on. One stable name
+        each, for the Compare view: λ is ``lambda`` only, ``k`` and ``n_latents`` are the input SAE's."""
+        identity = {("lambda" if key == "lam" else key): value for key, value in self.identity.items()}
         return {
-            **self.identity, **self.dims, **self.mlp, "n_steps": self.config.n_steps, "model_name": self.model_name,
+            **identity, **self.dims, "n_latents": self.dims["n_latents_in"], **self.mlp,
+            "n_steps": self.config.n_steps, "model_name": self.model_name,
             "evaluation_point": EVALUATION_POINT, "device": self.device, "jsae_version": __version__,
             "input_scale": self.activation_scales["in"], "output_scale": self.activation_scales["out"],
             "cache": {k: v for k, v in self.cache.items() if isinstance(v, (str, int, float, bool))},
         }
 
-    def tags(self) -> dict[str, Any]:
-        """MLflow tags: the names (the model by its short name) and the SAE sizes."""
-        return {**self.names, "model": self.model_name, "k": self.config.k, "expansion": self.config.expansion,
-                "n_latents": self.dims["n_latents_in"], "jsae_version": __version__}
+    def tags(self, study: str | None = None) -> dict[str, Any]:
+        """MLflow tags, to filter and group runs by (the values are params): the study, the model by its
+        short name, the layer and the control; λ and the sizes are params only."""
+        tags = {"model": self.model_name, "layer": self.layer, "control": self.control}
+        return {"study": study, **tags} if study else tags
 
     def sae_metadata(self) -> dict[str, Any]:
         """The ``metadata`` of both SAELens ``cfg.json`` files (SAELens names the model and layer so)."""
@@ -234,7 +238,7 @@ class RunRecord:
             "timings": {**result.timings, "session_wall_s": session_wall_s},
             "metrics": dict(metrics),
             "finished_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-            "mlflow_tags": {key: str(value) for key, value in self.tags().items()},
+            "mlflow_tags": {key: str(value) for key, value in self.tags(experiment if mlflow_uri else None).items()},
             "mlflow_uri": mlflow_uri,
             "mlflow_experiment": experiment if mlflow_uri else None,
             "mlflow_run_id": result.mlflow_run_id,
@@ -331,6 +335,7 @@ def _train(
     log_every: int = 50,
     mlflow_uri: str | None = None,
     experiment: str = "jsae",
+    mlflow_parent: str | None = None,
     progress: bool = True,
     log_artifacts: bool = True,
     on_step: Callable[[int], None] | None = None,
@@ -338,7 +343,9 @@ def _train(
     """Train a checked (mlp, source, config, out_dir) and write the run directory.
 
     ``model_name``: the short name of the MLflow run (default: the spec's last path component);
-    ``hook_name``: the MLP's module path (default: from the cache's hook).
+    ``hook_name``: the MLP's module path (default: from the cache's hook); ``mlflow_parent``: the study's
+    MLflow run id, under which this pair's run is nested. A source with a ``path`` (an activation cache
+    file) is logged as the run's dataset input.
     """
     from jsae.export import save_pair, write_manifest
     from jsae.tracking import Tracker, run_name
@@ -383,7 +390,10 @@ def _train(
     )
     tracker = Tracker(mlflow_uri, experiment) if mlflow_uri else Tracker.disabled()
     trainer.mlflow_run_id = tracker.start(run_name(record.model_name, layer, config.lam, control, config.seed),
-                                          params=record.params(), tags=record.tags(), run_id=trainer.mlflow_run_id)
+                                          params=record.params(), tags=record.tags(experiment),
+                                          run_id=trainer.mlflow_run_id, parent_run_id=mlflow_parent)
+    if isinstance(getattr(source, "path", None), (str, os.PathLike)):
+        tracker.log_cache_input(source.path)
     trainer.tracker = tracker
     d = record.dims
     auxk = f", AuxK coef {config.auxk_coef:g} k_aux {trainer.auxk_k[0]}/{trainer.auxk_k[1]}" if config.auxk_coef else ""
