@@ -311,6 +311,17 @@ def reinit_model(model: nn.Module, seed: int) -> nn.Module:
     return fresh.eval().requires_grad_(False)
 
 
+def _write_model_dir(out: str | os.PathLike[str], model: nn.Module, tokenizer: object | None, marker: str,
+                     meta: dict) -> None:
+    """A save_pretrained folder (weights, config, tokenizer) with ``marker`` (JSON of ``meta``) written last,
+    atomically: a folder that exists is complete."""
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        write_json(tmp / marker, meta)
+
+
 def save_reinit(spec: str, out: str | os.PathLike[str], *, seed: int) -> dict:
     """Write a re-initialised copy of SPEC (weights, config, tokenizer) to ``out`` with ``reinit.json``."""
     model, tokenizer = load_model(spec, device="cpu", dtype=torch.float32)
@@ -322,11 +333,7 @@ def save_reinit(spec: str, out: str | os.PathLike[str], *, seed: int) -> dict:
         "n_parameters": sum(p.numel() for p in fresh.parameters()),
         "initialiser": f"{type(fresh).__name__}._init_weights (transformers from_config)",
     }
-    with atomic_dir(out) as tmp:
-        fresh.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        write_json(tmp / "reinit.json", meta)
+    _write_model_dir(out, fresh, tokenizer, "reinit.json", meta)
     log.info("re-initialised copy of %s (seed %d) written to %s", spec, seed, out)
     return meta
 
@@ -351,11 +358,7 @@ def save_local(spec: str, out: str | os.PathLike[str]) -> dict:
     meta = {"source_model": str(spec), "model_class": type(plain).__name__,
             "n_parameters": sum(p.numel() for p in plain.parameters()), "dtype": "float32",
             "why": "a save_pretrained copy: loads in a fraction of the time of the source (GGUF de-quantization)"}
-    with atomic_dir(out) as tmp:
-        plain.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        write_json(tmp / "materialized.json", meta)
+    _write_model_dir(out, plain, tokenizer, "materialized.json", meta)
     log.info("saved %s as a save_pretrained folder in %s", spec, out)
     return meta
 
