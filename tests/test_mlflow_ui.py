@@ -1,22 +1,36 @@
-"""The MLflow UI shows the study: `mlflow server` on 127.0.0.1, pages rendered by headless Chromium.
+"""The MLflow UI shows a study's λ sweep in its Compare view: `mlflow ui` on 127.0.0.1, driven in headless Chromium.
 
-Runs are written by jsae's own tracker (the code the train/evaluate/summary rules use) into a fresh
-sqlite store; the test then reads the rendered DOM of the experiment's runs page and of one run page.
+A fresh sqlite store is written by jsae's own code, as a study writes it: the study's parent run
+(``init_tracking_store``), each pair a child run started by the :class:`~jsae.tracking.Tracker` with the params
+and tags training logs (:class:`~jsae.train.run.RunRecord`), training's metrics under ``train/``, evaluation's
+added by :func:`~jsae.tracking.log_to_pair_run` (``eval/…``, with the pair's headline ``eval/ce/score_mean``).
+Beside the sweep (tiny-neox L2, trained, seed 0, λ = 0, 1, 3) sit runs it must not pick up: the re-init
+control and another seed.
+
+``benchmarks/mlflow_ui_screenshot.py`` (the script that makes the README's screenshot) drives the browser
+over the DevTools protocol as a user clicks: "Model training", the experiment, expand the parent run, tick
+the sweep's runs, "Compare", then the parallel-coordinates plot set to ``lambda`` against the Jacobian
+sparsity and the CE score, and "Show diff only" on the parameters. The test asserts on what the page
+rendered: the runs, the ``lambda`` row (the only parameter that differs), each run's evaluation values in
+the metrics table (not training's value of the same quantity) and the plot's axes and ranges.
 """
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
+import importlib.util
+import math
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "mlflow_ui_screenshot.py"
+_spec = importlib.util.spec_from_file_location("mlflow_ui_screenshot", SCRIPT)
+ui = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = ui  # dataclasses look their module up by name
+_spec.loader.exec_module(ui)
+
+CHROMIUM = ui.find_chromium()
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
@@ -24,109 +38,101 @@ pytestmark = [
     ),
 ]
 
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-dev-shm-usage",
-]
-EXPERIMENT = "jsae-ui-study"
-RUNS = {"tiny-neox/L1/trained/lam0": 0.4375, "tiny-neox/L1/trained/lam1": 0.0625}
-METRIC = "eval/jac/frac_above_0.01"  # evaluation's value, logged as the evaluate rule logs it
-N_STEPS = 40
+STUDY = "jsae-ui-study"
+MODEL, LAYER, N_STEPS = "tiny-neox", 2, 40
+#: The sweep: λ -> (Jacobian sparsity, input SAE's CE loss score, output SAE's), as evaluation.json has them.
+SWEEP = {0.0: (0.75, 0.98, 0.96), 1.0: (0.5, 0.9, 0.86), 3.0: (0.25, 0.8, 0.7)}
+#: Runs beside it: (control, λ, seed).
+OTHERS = [("reinit", 0.0, 0), ("reinit", 1.0, 0), ("trained", 1.0, 1)]
+TRAIN_JAC = 0.999  # training's own (one-batch) value of the same quantity, under train/: never shown as eval's
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _log_pair(uri: str, parent: str, control: str, lam: float, seed: int, values: tuple[float, float, float]) -> str:
+    """One pair's child run, written as the train and evaluate rules write it; returns its id."""
+    from jsae.eval.metrics import IN_CE_SCORE_KEY, JAC_FRAC_KEY, OUT_CE_SCORE_KEY
+    from jsae.tracking import Tracker, log_to_pair_run, run_name
+    from jsae.train.config import TrainConfig
+    from jsae.train.run import RunRecord
 
-
-def _wait_http(url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
-
-
-def _render(url: str, profile: Path) -> str:
-    """The DOM after the page's scripts ran (virtual time lets the React app fetch and render)."""
-    res = subprocess.run(
-        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=30000", "--dump-dom", url],
-        capture_output=True,
-        text=True,
-        timeout=180,
+    config = TrainConfig(lam=lam, seed=seed, n_tokens=N_STEPS * 256, batch_size=256, k=16, expansion=8)
+    record = RunRecord(
+        model=f"results/models/{MODEL}", model_name=MODEL, layer=LAYER, control=control, config=config,
+        dims=config.dims(128, 128), mlp={"d_in": 128, "d_mlp": 512, "mlp_kind": "plain"}, hook=None,
+        hook_name=f"gpt_neox.layers.{LAYER}.mlp", cache={"n_tokens": 4096}, activation_scales={"in": 1.0, "out": 1.0},
+        device="cpu", autocast=None,
     )
-    assert res.returncode == 0, res.stderr[-2000:]
-    return res.stdout
+    tracker = Tracker(uri, STUDY)
+    run_id = tracker.start(run_name(MODEL, LAYER, lam, control, seed), params=record.params(),
+                           tags=record.tags(STUDY), parent_run_id=parent)
+    tracker.log_metrics({"train/loss": 0.125, f"train/{JAC_FRAC_KEY}": TRAIN_JAC}, step=N_STEPS)
+    tracker.finish()
+    assert tracker.status == "ok", tracker.status
+    jac, ce_in, ce_out = values
+    assert log_to_pair_run(uri, run_id, {JAC_FRAC_KEY: jac, IN_CE_SCORE_KEY: ce_in, OUT_CE_SCORE_KEY: ce_out},
+                           step=N_STEPS)
+    return run_id
 
 
 @pytest.fixture
 def study_store(tmp_path):
-    from jsae.tracking import Tracker, init_tracking_store, log_to_pair_run  # also switches MLflow's telemetry off
+    from jsae.tracking import init_tracking_store
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    init_tracking_store(uri)
-    ids = {}
-    for name, value in RUNS.items():
-        t = Tracker(uri, EXPERIMENT)
-        ids[name] = t.start(name, params={"lam": name.rsplit("lam", 1)[1], "k": 4}, tags={"control": "trained"})
-        t.log_metrics({"train/jac/frac_above_0.01": 0.999}, step=N_STEPS)  # training's own value, own key
-        t.finish()
-        assert t.status == "ok"
-        assert log_to_pair_run(uri, ids[name], {METRIC.removeprefix("eval/"): value}, step=N_STEPS)
-    from mlflow.tracking import MlflowClient
-
-    exp = MlflowClient(tracking_uri=uri).get_experiment_by_name(EXPERIMENT)
-    return uri, exp.experiment_id, ids
+    parent = init_tracking_store(uri, STUDY)["parent_run_id"]
+    assert parent
+    sweep = {lam: _log_pair(uri, parent, "trained", lam, 0, values) for lam, values in SWEEP.items()}
+    for control, lam, seed in OTHERS:
+        _log_pair(uri, parent, control, lam, seed, (0.1, 0.5, 0.5))
+    return uri, parent, sweep
 
 
-@pytest.fixture
-def mlflow_server(tmp_path, study_store):
-    uri, exp_id, ids = study_store
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("mlflow")),
-            "server",
-            "--backend-store-uri",
-            uri,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "server.log", "w"),
-    )
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/health", timeout=120)
-        yield f"http://127.0.0.1:{port}", exp_id, ids
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+def _number(text: str) -> float:
+    return float(text.replace(",", ""))
 
 
-def test_runs_and_metric_are_shown(tmp_path, mlflow_server):
-    base, exp_id, ids = mlflow_server
-    # The UI opens in GenAI mode; the classic runs table needs workflowType=machine_learning.
-    runs_page = _render(f"{base}/#/experiments/{exp_id}/runs?workflowType=machine_learning", tmp_path / "chrome1")
-    for name in RUNS:
-        assert name in runs_page, f"run {name} not on the runs page"
-    run_page = _render(f"{base}/#/experiments/{exp_id}/runs/{ids['tiny-neox/L1/trained/lam1']}", tmp_path / "chrome2")
-    assert METRIC in run_page and "0.0625" in run_page
+def test_compare_view_shows_the_lambda_sweep(tmp_path, study_store):
+    uri, parent, sweep_ids = study_store
+    from jsae.tracking import run_name
+
+    sweep = ui.find_sweep(uri, STUDY)
+    assert (sweep.parent_id, sweep.model, sweep.layer, sweep.control, sweep.seed) == (parent, MODEL, "2", "trained",
+                                                                                      "0")
+    assert sweep.run_ids == list(sweep_ids.values()) and sweep.lambdas == list(SWEEP)
+
+    # Generous limits: on a loaded machine (a study running beside the tests) the server's start takes minutes.
+    with ui.mlflow_ui(uri, tmp_path, timeout=900) as base, \
+            ui.Chromium(CHROMIUM, tmp_path / "chromium", timeout=300) as page:
+        view = ui.compare_sweep(page, base, sweep, screenshot=tmp_path / "compare.png",
+                                on_failure=tmp_path / "failed.png")
+    shown = view.page
+
+    # Exactly the sweep's runs, one column each.
+    assert sorted(view.run_ids) == sorted(sweep.run_ids), "the compare page shows other runs than the ticked ones"
+    assert shown["title"] == f"Comparing {len(SWEEP)} Runs from 1 Experiment"
+    lam_of = {rid: lam for lam, rid in sweep_ids.items()}
+    columns = [lam_of[rid] for rid in view.run_ids]  # λ of each column, in the page's order
+    assert shown["runs"]["Run Name:"] == [run_name(MODEL, LAYER, lam, "trained", 0) for lam in columns]
+
+    # λ is one parameter, `lambda`, and the only one that differs along the sweep.
+    assert list(shown["params"]) == [ui.LAMBDA_PARAM], f"parameters that differ: {list(shown['params'])}"
+    assert [float(v) for v in shown["params"][ui.LAMBDA_PARAM]] == columns
+
+    # Evaluation's values per run under eval/ keys (the CE score is the pair's headline mean of both SAEs').
+    for key in (ui.JAC_METRIC, ui.CE_METRIC):
+        assert key in shown["metrics"], f"{key} is not in the compare page's metrics: {sorted(shown['metrics'])}"
+    want_jac = [SWEEP[lam][0] for lam in columns]
+    want_ce = [0.5 * (SWEEP[lam][1] + SWEEP[lam][2]) for lam in columns]
+    got_jac = [_number(v) for v in shown["metrics"][ui.JAC_METRIC]]
+    got_ce = [_number(v) for v in shown["metrics"][ui.CE_METRIC]]
+    assert all(math.isclose(g, w, abs_tol=1e-3) for g, w in zip(got_jac, want_jac, strict=True)), (got_jac, want_jac)
+    assert all(math.isclose(g, w, abs_tol=1e-3) for g, w in zip(got_ce, want_ce, strict=True)), (got_ce, want_ce)
+    assert TRAIN_JAC not in got_jac
+
+    # The plot: λ against the Jacobian sparsity and the CE score, each axis spanning the sweep's values.
+    assert [a["title"] for a in view.axes] == [ui.LAMBDA_PARAM, ui.JAC_METRIC, ui.CE_METRIC]
+    for axis, values in zip(view.axes, (list(SWEEP), want_jac, want_ce), strict=True):
+        assert math.isclose(_number(axis["bottom"]), min(values), abs_tol=1e-3), axis
+        assert math.isclose(_number(axis["top"]), max(values), abs_tol=1e-3), axis
+
+    png = (tmp_path / "compare.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 20_000

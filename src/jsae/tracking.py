@@ -5,8 +5,9 @@
   URI --study S --marker M`` creates (or finds, by name) the parent once and records its id in the marker,
   which each training job reads (``--mlflow-parent-from``). The summary's study-level logging
   (:func:`log_study_run`) goes into that parent: the figures, and one table row per pair (``lambda`` a column).
-* The experiment is tagged ``mlflow.experimentKind = custom_model_development``: MLflow 3's UI otherwise
-  may open it in its GenAI view (traces) instead of the runs table.
+* The experiment is tagged ``mlflow.experimentKind = custom_model_development`` (classic model development).
+  MLflow 3.17's UI still opens it in its GenAI view until the sidebar is switched to "Model training" (a
+  per-browser setting the bundle prefers over the tag): the README says so.
 * Each training run logs its activation cache as a dataset input (:func:`cache_dataset`), with a content
   digest made from the cache's stored CRC-32 checksums and attributes (the data is not re-read).
 * Telemetry is off (``MLFLOW_DISABLE_TELEMETRY=true``) unless the user set it otherwise.

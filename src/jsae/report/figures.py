@@ -222,38 +222,51 @@ def fig4(results: Sequence[PairResult], out_dir: Path) -> list[Path]:
     fig, axes = plt.subplots(2, 3, figsize=(12, 6.4))
     styles = ["-", "--", ":", "-."]
     notes: list[str] = []
-    for si, site in enumerate(sites_of(trained)):
+    sites = sites_of(trained)
+    for si, site in enumerate(sites):
         rs = sorted([r for r in trained if r.site == site], key=lambda r: r.lam)
         lam_x = [r.lam for r in rs]
         ls = styles[si % len(styles)]
-        tag = f" ({_site_title(site)})" if len(sites_of(trained)) > 1 else ""
+        # several sites: colour and marker say the quantity (legends inside), line style the site (one legend
+        # under the figure), so the legends stay short however many sites there are
+        tag = "" if si == 0 else "_nolegend_"
         for ax, (key, ylabel, tf) in zip(axes.flat, FIG4_PANELS):
             for side, color in zip(SIDES, (COLORS["traditional"], COLORS["jsae"])):
                 name = f"{'input' if side == 'in' else 'output'} SAE"
                 y = [(tf or (lambda v: v))(metric(r, side_key(side, key))) for r in rs]
                 x, y, skipped = _finite_points(lam_x, y, lam_x)
-                ax.plot(x, y, ls, marker="o", color=color, label=f"{name}{tag}")
+                ax.plot(x, y, ls, marker="o", color=color, label=tag or name)
                 if skipped:
                     refused = key == "ce_loss_score" and all(side in refused_sides(r) for r in rs if r.lam in skipped)
                     why = REFUSED_NOTE if refused else "not measured"
-                    notes.append(f"{ylabel.split(' (')[0]}, {name}{tag}: λ = {_lams_text(skipped)} not drawn ({why}).")
+                    where = f" ({_site_title(site)})" if len(sites) > 1 else ""
+                    quantity = ylabel.split(" (")[0]
+                    notes.append(f"{quantity}, {name}{where}: λ = {_lams_text(skipped)} not drawn ({why}).")
             ax.set_ylabel(ylabel)
         ax = axes.flat[5]
         y = [headline.get(r.key, {}).get(HEADLINE_FRAC_KEY, math.nan) * 100 for r in rs]
         if not all(math.isnan(v) for v in y):
-            ax.plot(lam_x, y, ls, marker="D", color="#8c564b", label=f"|J| > τ* (λ = 0 median), scale-free{tag}")
+            ax.plot(lam_x, y, ls, marker="D", color="#8c564b", label=tag or "|J| > τ* (λ = 0 median), scale-free")
         y = [metric(r, JAC_FRAC_KEY) * 100 for r in rs]
-        ax.plot(lam_x, y, ls, marker="o", color="black", label=f"|J| > 0.01, paper's τ (absolute units){tag}")
+        ax.plot(lam_x, y, ls, marker="o", color="black", label=tag or "|J| > 0.01, paper's τ (absolute units)")
         y = [metric(r, EFFECTIVE_SHARE_KEY) * 100 for r in rs]
         if not all(math.isnan(v) for v in y):
-            ax.plot(lam_x, y, ls, marker="s", color="0.55", label=f"effective share, scale-free{tag}")
+            ax.plot(lam_x, y, ls, marker="s", color="0.55", label=tag or "effective share, scale-free")
         ax.set_ylabel("Jacobian elements (% of k²)")
     for ax in axes.flat:
         _lam_axis(ax, lams)
     axes.flat[0].legend(frameon=False, fontsize=7)
     axes.flat[5].legend(frameon=False, fontsize=7)
     fig.suptitle("Fig. 4 — quality and sparsity against the Jacobian coefficient λ", fontweight="bold")
-    fig.tight_layout()
+    if len(sites) > 1:
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], ls=styles[i % len(styles)], color="0.3", label=_site_title(site))
+                   for i, site in enumerate(sites)]
+        fig.legend(handles=handles, loc="lower center", ncol=len(sites), frameon=False, fontsize=8)
+        fig.tight_layout(rect=(0, 0.04, 1, 1))
+    else:
+        fig.tight_layout()
     _caption(fig, notes)
     return _save(fig, out_dir, "fig4")
 
