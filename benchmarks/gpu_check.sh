@@ -76,7 +76,7 @@ if [ "$QUICK" = 1 ]; then  # toy budgets, only to check that the study runs
   STUDY_CFG="$STUDY_CFG quick.yaml"
 fi
 STUDY_CFG="$STUDY_CFG --config device=$DEVICE"
-step tiny_study 150 bash -c "cd '$WORK' && $SMK --cores all --resources gpu=1 $STUDY_CFG results/summary.md"
+step tiny_study 180 bash -c "cd '$WORK' && $SMK results/summary.md --cores all --resources gpu=1 $STUDY_CFG"
 if [ -f "$WORK/results/summary.md" ]; then
   cp "$WORK/results/summary.md" "$OUT/tiny_study_summary.md"
   grep -h "tokens_per_second\|tok/s" "$WORK"/results/logs/train/*.log 2>/dev/null | tail -n 4 | tee -a "$SUMMARY"
