@@ -184,8 +184,10 @@ def test_stop_signals_reach_the_command_exactly_once(env):
             proc.kill()
     assert (proc.returncode, stdout) == (7, "SIGTERM\n"), stderr
     assert "jsae gpu-slot: GPU 0 (slot 1 of 1): CUDA_VISIBLE_DEVICES=0" in stderr
-    # Ctrl-C signals the whole foreground process group: the command gets it once, not twice
-    proc = launch(cmd, env, start_new_session=True)
+    # Ctrl-C signals the whole foreground process group: the command gets it once, not twice. A terminal's
+    # foreground job has SIGINT at its default; a shell without job control (`pytest ... &` in a script) starts
+    # it ignored, and an ignored SIGINT rightly stays ignored (test_an_ignored_signal_stays_ignored): reset it.
+    proc = launch(cmd, env, start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout.readline() == "ready\n"
         os.killpg(proc.pid, signal.SIGINT)
