@@ -270,6 +270,24 @@ def test_token_stream_and_contexts(tiny_corpus, tiny_tokenizer):  # noqa: F811
     assert (ctx[0, 1:] == stream.ids[0:9]).all() and (ctx[1, 1:] == stream.ids[27:36]).all()
 
 
+def test_token_stream_is_each_document_then_its_separator_across_batches(tiny_corpus, tiny_tokenizer):  # noqa: F811
+    """The stream, built a batch of documents at a time, equals one document at a time (written out here) for
+    batches that split the split anywhere; int32 (8 bytes a token in a cache job's memory)."""
+    docs = read_documents(tiny_corpus, "train")
+    eos = tiny_tokenizer.eos_token_id
+    ids, owner = [], []
+    for i, doc in enumerate(docs):
+        row = tiny_tokenizer(doc, add_special_tokens=False)["input_ids"]
+        ids += [*row, eos]
+        owner += [i] * len(row) + [-1]
+    for batch_docs in (1, 3, len(docs) - 1, len(docs) + 5):
+        stream = tokenize_split(tiny_tokenizer, tiny_corpus, "train", batch_docs=batch_docs)
+        assert stream.ids.dtype == np.int32 and stream.document.dtype == np.int32
+        assert stream.ids.tolist() == ids and stream.document.tolist() == owner, batch_docs
+    ctx, ctx_docs = make_contexts(stream, np.array([1]), 10, bos_id=eos)
+    assert ctx.dtype == np.int64 and ctx_docs.dtype == np.int64  # the cache's datasets keep their dtype
+
+
 def test_cli(tmp_path, no_network):  # noqa: F811
     assert (
         corpus_mod.cli(

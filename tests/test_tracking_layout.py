@@ -172,3 +172,28 @@ def test_concurrent_writers_to_one_sqlite_store_lose_nothing(tmp_path: Path) -> 
         loss = client.get_metric_history(r.info.run_id, "train/loss")
         assert sorted((m.step, m.value) for m in loss) == [(s, pytest.approx(i + s / 100)) for s in range(N_STEPS)]
         assert len(client.get_metric_history(r.info.run_id, "train/lam")) == N_STEPS
+
+
+def test_an_uploaded_run_is_a_child_of_its_study_with_its_cache(study, tmp_path: Path) -> None:
+    """`python -m jsae.tracking URI --upload RUN --cache CACHE` (a run trained offline): nested as training nests it."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(study["root"] / "run", run_dir)
+    uri = f"sqlite:///{tmp_path / 'later.db'}"
+    other = tmp_path / "other.h5"
+    assert main(["cache", "--model", str(study["root"] / "model"), "--layer", "0", "--split", "validation",
+                 "--n-tokens", "256", "--out", str(other)]) == 0
+    refused = subprocess.run([sys.executable, "-m", "jsae.tracking", uri, "--upload", str(run_dir), "--cache",
+                              str(other), "--experiment", STUDY], capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "expected the cache the run trained on" in refused.stderr, refused.stderr
+    done = subprocess.run([sys.executable, "-m", "jsae.tracking", uri, "--upload", str(run_dir), "--cache",
+                           str(study["cache"]), "--experiment", STUDY], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    client = _client(uri)
+    exp = client.get_experiment_by_name(STUDY)
+    [parent] = client.search_runs([exp.experiment_id], "tags.kind = 'study'")
+    run = client.get_run(json.loads((run_dir / "run.json").read_text())["mlflow_run_id"])
+    assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id and parent.info.run_name == f"study/{STUDY}"
+    [inp] = run.inputs.dataset_inputs
+    assert inp.dataset.digest == _expected_digest(study["cache"])

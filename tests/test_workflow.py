@@ -367,6 +367,11 @@ def test_micro_study_end_to_end(tmp_path):
     # a finished study reruns nothing
     again = snakemake("-n", *args, cwd=tmp_path)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr, again.stdout[-3000:]
+    # another tracking store (e.g. a server on a cluster) re-plans only the store's initialisation and the study's
+    # run: where a job logs is not in its params or command text (jobs read $JSAE_MLFLOW_URI)
+    (tmp_path / "elsewhere.yaml").write_text(yaml.safe_dump({"mlflow": {"tracking_uri": "sqlite:///elsewhere.db"}}))
+    moved = snakemake("-n", "--configfile", "config.yaml", "elsewhere.yaml", cwd=tmp_path)
+    assert job_counts(moved.stdout) == {"init_tracking": 1, "study_run": 1, "all": 1}, moved.stdout[-3000:]
 
     # fault injection: a deleted intermediate under existing downstream outputs is rebuilt, and what rests on it
     # reruns (Snakemake alone would say "Nothing to be done": the files are the study's targets)

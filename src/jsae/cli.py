@@ -27,6 +27,10 @@ log = logging.getLogger("jsae")
 
 #: What ``--mlflow-uri`` accepts to switch tracking off.
 NO_TRACKING = ("", "none")
+#: The environment variable that sets ``--mlflow-uri``'s default. The workflow hands the study's URI to its jobs
+#: through it: where a job logs is not what it computes, so it is kept out of the jobs' params and command
+#: text, and moving a study to another store (a tracking server on a cluster) re-plans nothing.
+MLFLOW_URI_ENV = "JSAE_MLFLOW_URI"
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 INTERRUPTED = "interrupted; re-run the same command to resume from the last checkpoint"
@@ -48,6 +52,11 @@ class HelpFormatter(argparse.HelpFormatter):
         if shown and "default" not in text:
             text += " (default: %(default)s)"
         return text
+
+
+def default_tracking_uri(fallback: str | None) -> str | None:
+    """``--mlflow-uri``'s default: ``$JSAE_MLFLOW_URI`` where it is set, else ``fallback``."""
+    return os.environ.get(MLFLOW_URI_ENV, fallback)
 
 
 def tracking_uri(value: str | None) -> str | None:

@@ -494,14 +494,17 @@ class Tracker:
             self._fail("closing the run", exc)
 
 
-def upload_run(run_dir: str | os.PathLike[str], uri: str, experiment: str | None = None) -> str:
+def upload_run(run_dir: str | os.PathLike[str], uri: str, experiment: str | None = None,
+               cache: str | os.PathLike[str] | None = None) -> str:
     """Log a finished run directory to MLflow after the fact (its backend was unreachable, or another store).
 
     Params and tags from ``run.json``, every row of ``metrics.jsonl`` at its step, the final metrics,
     and ``sae_in/``, ``sae_out/``, ``metrics.jsonl``, ``run.json`` as artifacts. Metric keys go under
     ``train/`` as training logs them (a run directory written before the namespace existed has bare
-    keys; :func:`jsae.train.keys.train_key` maps both to the same names). ``run.json`` is then
-    rewritten (atomically) with the new run id, so ``evaluate`` logs to it. Returns the run id.
+    keys; :func:`jsae.train.keys.train_key` maps both to the same names). The run is a child of the
+    experiment's study run (:func:`study_parent_run`, found or created), as training nests it; ``cache``, the
+    activation cache it trained on (checked against run.json's record of it), is logged as its input.
+    ``run.json`` is then rewritten (atomically) with the new run id, so ``evaluate`` logs to it. Returns the run id.
     """
     import json
 
@@ -509,13 +512,24 @@ def upload_run(run_dir: str | os.PathLike[str], uri: str, experiment: str | None
 
     run_dir = Path(run_dir)
     record = read_json(run_dir / "run.json")
+    if cache is not None:
+        _check_upload_cache(cache, record.get("cache", {}), run_dir)
     tracker = Tracker(uri, experiment or record.get("mlflow_experiment") or DEFAULT_EXPERIMENT)
     name = run_name(str(record.get("model_name") or record["model"]), int(record["layer"]), float(record["lam"]),
                     str(record["control"]), int(record.get("seed") or 0))
-    run_id = tracker.start(name, params=record.get("params", {}), tags=record.get("mlflow_tags", {}))
+    parent = None
+    if tracker.error is None:
+        try:
+            parent = study_parent_run(uri, tracker.experiment)
+        except Exception as exc:
+            tracker._fail("finding the study's run", exc)
+    run_id = tracker.start(name, params=record.get("params", {}), tags=record.get("mlflow_tags", {}),
+                           parent_run_id=parent)
     if run_id is None:
         raise ValueError(f"cannot log {run_dir} to MLflow at {uri} ({tracker.status}); "
                          "expected a reachable tracking store")
+    if cache is not None:
+        tracker.log_cache_input(cache)
     metrics_file = run_dir / "metrics.jsonl"
     lines = metrics_file.read_text().splitlines() if metrics_file.is_file() else []
     rows = [json.loads(line) for line in lines if line.strip()]
@@ -538,6 +552,23 @@ def upload_run(run_dir: str | os.PathLike[str], uri: str, experiment: str | None
                          "expected a reachable store")
     log.info("logged %s to MLflow run %s (%s)", run_dir, run_id, name)
     return run_id
+
+
+def _check_upload_cache(cache: str | os.PathLike[str], recorded: Mapping[str, Any], run_dir: Path) -> None:
+    """The cache given to :func:`upload_run` is the one the run trained on: its attrs agree with run.json's."""
+    from jsae.data.cache import ActivationCache
+    from jsae.train.trainer import jsonable
+
+    opened = ActivationCache.open(cache)
+    try:
+        attrs = jsonable(dict(opened.attrs))  # as training records them in run.json
+    finally:
+        opened.close()
+    differ = sorted(k for k in recorded if k in attrs and _plain(recorded[k]) != attrs[k])
+    if differ:
+        key = differ[0]
+        raise ValueError(f"cache {cache} has {key}={attrs[key]!r} but {run_dir} trained on {key}="
+                         f"{recorded[key]!r}; expected the cache the run trained on")
 
 
 def log_to_pair_run(
@@ -626,6 +657,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("uri", nargs="?", default=DEFAULT_TRACKING_URI, help="tracking URI (default: %(default)s)")
     parser.add_argument("--upload", nargs="+", default=None, metavar="RUN_DIR", help="run directories to log")
     parser.add_argument("--experiment", default=None, help="experiment for --upload (default: the one in run.json)")
+    parser.add_argument("--cache", default=None, help="with --upload: the activation cache the runs trained on, "
+                        "logged as their input (checked against run.json)")
     parser.add_argument("--study", default=None, help="create (or find) this study's experiment and parent run")
     parser.add_argument("--marker", default=None, help="write the store's record (with parent_run_id) here as JSON")
     args = parser.parse_args(argv)
@@ -635,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.marker, {"tracking_uri": args.uri, **record})
     for run_dir in args.upload or []:
         try:
-            upload_run(run_dir, args.uri, args.experiment)
+            upload_run(run_dir, args.uri, args.experiment, args.cache)
         except (ValueError, FileNotFoundError) as exc:
             log.error("%s", exc)
             return 2

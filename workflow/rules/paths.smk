@@ -109,7 +109,8 @@ def train_inputs(wildcards):
     variant = model_variant(wildcards.model, wildcards.control)
     inputs = {"cache": cache_path(variant, wildcards.layer, "train"), "model": model_marker(variant)}
     if MLFLOW_URI:
-        inputs["tracking"] = TRACKING_MARKER
+        # ancient: a store re-initialised (another URI) gives the pair a new parent run, not a retraining
+        inputs["tracking"] = ancient(TRACKING_MARKER)
     return inputs
 
 

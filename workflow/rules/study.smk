@@ -2,6 +2,7 @@
 # command-line arguments built from the config. No maths here: every rule calls `python -m jsae <command>`.
 
 import json
+import os
 import re
 import shlex
 
@@ -18,6 +19,10 @@ REINIT_LAMBDAS = (
 )
 CONTROLS = ["trained", "reinit"] if config["reinit"]["enabled"] else ["trained"]
 MLFLOW_URI = config["mlflow"]["tracking_uri"] if config["mlflow"]["enabled"] else ""
+# Jobs read the URI from the environment ($JSAE_MLFLOW_URI, the default of every command's --mlflow-uri), not
+# from params or the command text: where a job logs is not what it computes, so moving a study to another
+# store (a tracking server on a cluster) re-plans nothing. Only init_tracking, which makes the store, keys on it.
+os.environ["JSAE_MLFLOW_URI"] = MLFLOW_URI or "none"
 # Rules that run models claim a GPU unless the study is pinned to the CPU: on a CPU-only machine they
 # may then run side by side (each with its own threads) instead of one at a time.
 GPU = 0 if config["device"] == "cpu" else 1
@@ -155,7 +160,5 @@ def cache_tokens(wildcards):
 
 
 def mlflow_args(with_experiment=True):
-    if not MLFLOW_URI:
-        return ""
-    args = f"--mlflow-uri '{MLFLOW_URI}'"
-    return f"{args} --experiment {config['study']}" if with_experiment else args
+    """The MLflow arguments of a job besides the URI (which jobs read from $JSAE_MLFLOW_URI): the experiment."""
+    return f"--experiment {config['study']}" if MLFLOW_URI and with_experiment else ""

@@ -29,7 +29,6 @@ rule study_run:
     output:
         run=STUDY_RUN,
     params:
-        uri=MLFLOW_URI,
         experiment=config["study"],
     log:
         log_file("study_run"),
@@ -39,6 +38,6 @@ rule study_run:
     conda:
         "../../envs/jsae.yaml"
     shell:
-        "python -m jsae summary --log-study --mlflow-uri '{params.uri}' --mlflow-parent-from {input.tracking} "
+        "python -m jsae summary --log-study --mlflow-parent-from {input.tracking} "
         "--experiment {params.experiment} --summary-csv {input.csv} --artifacts {input.figures} {input.summary} {input.claims} "
         "--out-run {output.run} 2> {log}"

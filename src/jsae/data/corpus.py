@@ -28,6 +28,7 @@ import ast
 import glob as globlib
 import hashlib
 import importlib.util
+import itertools
 import json
 import logging
 import os
@@ -484,7 +485,8 @@ class TokenStream:
     """A split tokenised as one stream: documents joined by the separator token.
 
     ``ids[i]`` is a token id and ``document[i]`` the index (in stored order) of the document it came from
-    (``-1`` for separators).
+    (``-1`` for separators). Both are int32: a cache or pretraining job holds the whole split's stream, 8 bytes
+    a token (int64 was 16, and building it from per-document arrays twice that).
     """
 
     ids: np.ndarray
@@ -494,23 +496,33 @@ class TokenStream:
         return int(self.ids.shape[0])
 
 
-def tokenize_split(tokenizer, corpus_dir: str | os.PathLike[str], split: str, *, batch_docs: int = 256) -> TokenStream:
-    """Tokenise a corpus split with ``tokenizer`` (no special tokens inside documents; EOS between them)."""
+def tokenize_split(tokenizer, corpus_dir: str | os.PathLike[str], split: str, *, batch_docs: int = 64) -> TokenStream:
+    """Tokenise a corpus split with ``tokenizer`` (no special tokens inside documents; EOS between them).
+
+    Documents are read and tokenised a batch at a time, and each batch becomes one int32 array: the split's
+    text and per-document objects are never all in memory (peak ~16 bytes a token, at the final concatenation).
+    """
     if tokenizer is None:
         raise ValueError("the model has no tokenizer; expected a model directory with tokenizer files (tokenizer.json)")
     sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id
-    docs = read_documents(corpus_dir, split)
     ids: list[np.ndarray] = []
     owner: list[np.ndarray] = []
-    for start in range(0, len(docs), batch_docs):
-        encoded = tokenizer(docs[start : start + batch_docs], add_special_tokens=False, verbose=False)["input_ids"]
-        for j, row in enumerate(encoded):
-            ids.append(np.asarray(row, dtype=np.int64))
-            owner.append(np.full(len(row), start + j, dtype=np.int64))
-            if sep is not None:
-                ids.append(np.asarray([sep], dtype=np.int64))
-                owner.append(np.asarray([-1], dtype=np.int64))
-    all_ids = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+    docs = iter_documents(corpus_dir, split)
+    start = 0
+    while batch := list(itertools.islice(docs, batch_docs)):
+        encoded = tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"]
+        lengths = np.asarray([len(row) + (sep is not None) for row in encoded], dtype=np.int64)
+        flat = [t for row in encoded for t in ([*row, sep] if sep is not None else row)]
+        batch_ids = np.asarray(flat, dtype=np.int64)
+        if batch_ids.size and (batch_ids.min() < 0 or batch_ids.max() > np.iinfo(np.int32).max):
+            raise ValueError(f"the tokenizer produces id {int(batch_ids.max())}; expected ids in [0, 2^31)")
+        doc = np.repeat(np.arange(start, start + len(batch), dtype=np.int32), lengths)
+        if sep is not None:
+            doc[np.cumsum(lengths) - 1] = -1  # the separator after each document belongs to none
+        ids.append(batch_ids.astype(np.int32))
+        owner.append(doc)
+        start += len(batch)
+    all_ids = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int32)
     if all_ids.size == 0:
         raise ValueError(f"corpus {corpus_dir} split {split!r} tokenises to no tokens; expected non-empty text")
     return TokenStream(all_ids, np.concatenate(owner))
@@ -530,9 +542,12 @@ def make_contexts(stream: TokenStream, window_index: np.ndarray, context_length:
     BOS), so every context is a fresh sequence that starts the same way.
     """
     body = context_length - 1
-    starts = np.asarray(window_index, dtype=np.int64) * body
-    offsets = starts[:, None] + np.arange(body)[None, :]
-    first = np.full((len(starts), 1), bos_id, dtype=np.int64)
-    ids = np.concatenate([first, stream.ids[offsets]], axis=1)
-    docs = np.concatenate([np.full((len(starts), 1), -1, dtype=np.int64), stream.document[offsets]], axis=1)
+    rows = np.asarray(window_index, dtype=np.int64)
+    n_windows = context_windows(len(stream), context_length)
+    # the windows as rows of a view of the stream: no index array of every token, one int64 copy per output
+    ids = np.empty((len(rows), context_length), dtype=np.int64)
+    docs = np.empty((len(rows), context_length), dtype=np.int64)
+    ids[:, 0], docs[:, 0] = bos_id, -1
+    ids[:, 1:] = stream.ids[: n_windows * body].reshape(n_windows, body)[rows]
+    docs[:, 1:] = stream.document[: n_windows * body].reshape(n_windows, body)[rows]
     return ids, docs

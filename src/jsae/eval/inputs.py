@@ -19,7 +19,7 @@ import numpy as np
 from torch import Tensor, nn
 
 from jsae.checks import same_model
-from jsae.cli import HelpFormatter, run_cli
+from jsae.cli import MLFLOW_URI_ENV, HelpFormatter, default_tracking_uri, run_cli
 from jsae.io import atomic_path, setup_logging, write_json
 from jsae.nn.pair import JSAEPair
 
@@ -218,8 +218,8 @@ def pair_parser(prog: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run directory of the trained pair (run.json, sae_in/, sae_out/)")
     p.add_argument("--cache", required=True, help="validation activation cache (.h5) of the same model and layer")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | mps")
-    p.add_argument("--mlflow-uri", default=None,
-                   help="MLflow tracking URI ('none': off); logs to the run id in run.json")
+    p.add_argument("--mlflow-uri", default=default_tracking_uri(None),
+                   help=f"MLflow tracking URI ('none': off; default: ${MLFLOW_URI_ENV}); logs to the run id in run.json")
     p.add_argument("--log-file", default=None, help="also write the log to this file")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p

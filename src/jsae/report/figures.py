@@ -48,6 +48,13 @@ from jsae.eval.metrics import global_shares as metric_global_shares
 from jsae.eval.recovery import EDGE_BEST_F1_KEY, EDGE_PR_AUC_KEY, EDGE_ROC_AUC_KEY, recovery_key
 from jsae.io import atomic_path, setup_logging
 from jsae.report.claims import PAPER_TAU, TokenStats, headline_columns, headline_taus
+from jsae.report.methods import (  # methods imports this module lazily (its plot helpers): no cycle at import
+    BaselineResult,
+    fig_methods,
+    find_baselines,
+    load_baselines,
+    split_baseline_paths,
+)
 from jsae.report.results import (
     PairResult,
     base_seed,
@@ -64,8 +71,9 @@ from jsae.report.results import (
 log = logging.getLogger("jsae.report.figures")
 
 FIGURES = ("fig2", "fig4", "fig5", "fig7", "fig8", "fig32", "fig35", "fig36")  # the paper's
-#: Ours, beyond the paper: drawn only for a study with a planted model (its pairs' recovery.json).
-OWN_FIGURES = ("fig_recovery",)
+#: Ours, beyond the paper: fig_recovery for a study with a planted model (its pairs' recovery.json), fig_methods for
+#: a study with peer methods (baselines' baseline_evaluation.json; jsae.report.methods).
+OWN_FIGURES = ("fig_recovery", "fig_methods")
 ALL_FIGURES = FIGURES + OWN_FIGURES
 THRESHOLDS = DEFAULT_THRESHOLDS  # the paper's taus (figs. 2, 7, 36)
 
@@ -645,8 +653,9 @@ def fig_recovery(results: Sequence[PairResult], jsae_lam: float, out_dir: Path) 
 
 
 def render(names: Sequence[str], results: Sequence[PairResult], out_dir: str | Path,
-           jsae_lam: float | None = None) -> list[Path]:
-    """Render the named figures into ``out_dir`` (``figN.pdf`` and ``figN.png`` each)."""
+           jsae_lam: float | None = None, baselines: Sequence[BaselineResult] = ()) -> list[Path]:
+    """Render the named figures into ``out_dir`` (``figN.pdf`` and ``figN.png`` each); ``baselines``: the peer
+    methods' evaluations, which fig_methods draws beside the pairs."""
     unknown = [n for n in names if n not in ALL_FIGURES]
     if unknown:
         raise ValueError(f"unknown figure {unknown[0]!r}; expected one of {', '.join(ALL_FIGURES)}")
@@ -660,6 +669,7 @@ def render(names: Sequence[str], results: Sequence[PairResult], out_dir: str | P
     out = Path(out_dir)
     makers: dict[str, Callable[[], list[Path]]] = {
         "fig_recovery": lambda: fig_recovery(every_seed, lam, out),
+        "fig_methods": lambda: fig_methods(every_seed, baselines, out),
         "fig2": lambda: fig2(results, lam, out),
         "fig4": lambda: fig4(results, out),
         "fig5": lambda: fig5(results, out),
@@ -684,8 +694,8 @@ def cli(argv: list[str]) -> int:
         formatter_class=HelpFormatter,
     )
     p.add_argument("--inputs", nargs="+", metavar="FILE",
-                   help="evaluation.json / probes.json files (npz siblings are read next to them); "
-                   "default: every such file under --eval-root")
+                   help="evaluation.json / probes.json files (npz siblings are read next to them), and the peer "
+                   "methods' baseline_evaluation.json; default: every such file under --eval-root")
     p.add_argument("--eval-root", default="results/eval", help="where to look when --inputs is not given")
     p.add_argument("--runs-root", default="results/runs", help="accepted for symmetry with the workflow; unused")
     p.add_argument("--out-dir", default="results/figures", help="output directory")
@@ -696,8 +706,10 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--log-file", default=None, help="also write logs here")
     args = p.parse_args(argv)
     setup_logging(log_file=args.log_file)
-    paths = args.inputs if args.inputs else find_results(args.eval_root)
-    results = load_results(paths)
-    default = FIGURES + (OWN_FIGURES if any(r.has_recovery for r in results) else ())
-    render(args.only or default, results, args.out_dir, args.jsae_lam)
+    paths = args.inputs if args.inputs else [*find_results(args.eval_root), *find_baselines(args.eval_root)]
+    pair_paths, baseline_paths = split_baseline_paths(paths)
+    results, baselines = load_results(pair_paths), load_baselines(baseline_paths)
+    default = (FIGURES + (("fig_recovery",) if any(r.has_recovery for r in results) else ())
+               + (("fig_methods",) if baselines else ()))
+    render(args.only or default, results, args.out_dir, args.jsae_lam, baselines)
     return 0

@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from jsae.cli import HelpFormatter, tracking_uri
+from jsae.cli import MLFLOW_URI_ENV, HelpFormatter, default_tracking_uri, tracking_uri
 from jsae.eval.metrics import (
     CE_SCORE_MEAN_KEY,
     EFFECTIVE_SHARE_KEY,
@@ -57,6 +57,15 @@ from jsae.report.claims import (
     headline_columns,
     paper_claims,
     paper_tau_saturation,
+)
+from jsae.report.methods import (
+    BaselineResult,
+    find_baselines,
+    load_baselines,
+    method_rows,
+    methods_markdown,
+    methods_table,
+    split_baseline_paths,
 )
 from jsae.report.results import (
     CE_ABLATION_DELTA_KEYS,
@@ -299,8 +308,21 @@ def _nanmean(values: Sequence[float]) -> float:
     return sum(finite) / len(finite) if finite else math.nan
 
 
+def methods_section(results: Sequence[PairResult], baselines: Sequence[BaselineResult]) -> str:
+    """The JSAE beside its peer methods (:mod:`jsae.report.methods`): one row per site, control and method."""
+    table = methods_table(method_rows(results, baselines))
+    return ("Every method at a site is trained from the same activation cache with the same width, k, recipe and "
+            "tokens, and evaluated on the same validation tokens; means over training seeds. Fidelity: the method's "
+            "output spliced into the LM in place of the MLP's — a transcoder's T(x) predicts y from x, a pair's "
+            "sae_out(y) reconstructs y from y (the easier task). Computation per token: a pair's effective number "
+            "of Jacobian entries (jac/effective_share × k_in × k_out, scale-free); a transcoder's k active latents "
+            "(each latent connects only to itself); a skip transcoder also has a dense linear path no count sees. "
+            "Figure: fig_methods. Definitions: docs/metrics.md, 'Methods'.\n\n" + _md_table(methods_markdown(table)))
+
+
 def render_markdown(table: pd.DataFrame, claims: Sequence[Claim], jsae_lam: float,
-                    pretrain: Sequence[PretrainRecord] = (), results: Sequence[PairResult] = ()) -> str:
+                    pretrain: Sequence[PretrainRecord] = (), results: Sequence[PairResult] = (),
+                    baselines: Sequence[BaselineResult] = ()) -> str:
     key = [c for c in ID_COLUMNS + KEY_COLUMNS + [CE_SCORE_MEAN_KEY] if c in table.columns]
     warning, models = model_section(pretrain, results)
     parts = [
@@ -331,6 +353,7 @@ def render_markdown(table: pd.DataFrame, claims: Sequence[Claim], jsae_lam: floa
         "inconclusive. ΔCE values are CE_recon − CE_clean and CE_zero − CE_clean in nats.\n",
         _md_table(claims_markdown(claims)),
         *(["## Planted ground truth\n", planted] if (planted := planted_section(results, jsae_lam)) else []),
+        *(["## The JSAE beside its peer methods\n", methods_section(results, baselines)] if baselines else []),
         "## Pairs (key metrics; every scalar is in summary.csv)\n",
         _md_table(_mark_refused(table)[key].rename(columns=COLUMN_UNITS)),
     ]
@@ -339,7 +362,8 @@ def render_markdown(table: pd.DataFrame, claims: Sequence[Claim], jsae_lam: floa
 
 def write_summary(results: Sequence[PairResult], out_md: str | Path, out_csv: str | Path,
                   jsae_lam: float | None = None, pretrain: Sequence[str | Path] = (),
-                  out_claims: str | Path | None = None) -> tuple[pd.DataFrame, list[Claim]]:
+                  out_claims: str | Path | None = None,
+                  baselines: Sequence[BaselineResult] = ()) -> tuple[pd.DataFrame, list[Claim]]:
     """Write the CSV (every scalar per pair), the claims CSV (when ``out_claims`` is given) and the markdown
     (model, headline τ, claims, key metrics), atomically.
 
@@ -358,7 +382,7 @@ def write_summary(results: Sequence[PairResult], out_md: str | Path, out_csv: st
         with atomic_path(out_claims) as tmp:
             claims_frame(claims).to_csv(tmp, index=False)
     with atomic_path(out_md) as tmp:
-        tmp.write_text(render_markdown(table, claims, lam, records, results))
+        tmp.write_text(render_markdown(table, claims, lam, records, results, baselines))
     for p in records:
         if p.stopped_early:
             log.warning("%s was stopped early by the time cap (step %d of %d): summary.md says so above the claims",
@@ -409,8 +433,8 @@ def cli(argv: list[str]) -> int:
         "ours), or with --log-study record the study-level MLflow run.",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--inputs", nargs="+", metavar="FILE", help="evaluation.json / probes.json / recovery.json files "
-                   "(default: every such file under --eval-root)")
+    p.add_argument("--inputs", nargs="+", metavar="FILE", help="evaluation.json / probes.json / recovery.json files, "
+                   "and baseline_evaluation.json of the peer methods (default: every such file under --eval-root)")
     p.add_argument("--eval-root", default="results/eval", help="where to look when --inputs is not given")
     p.add_argument("--out-md", default="results/summary.md", help="markdown output")
     p.add_argument("--out-csv", default="results/summary.csv", help="CSV output")
@@ -422,7 +446,8 @@ def cli(argv: list[str]) -> int:
                    "default: those under <eval-root>/../models when --inputs is not given")
     g = p.add_argument_group("study-level MLflow run (--log-study)")
     g.add_argument("--log-study", action="store_true", help="log the study-level run instead of writing the summary")
-    g.add_argument("--mlflow-uri", default="sqlite:///mlflow.db", help="tracking URI ('none': off)")
+    g.add_argument("--mlflow-uri", default=default_tracking_uri("sqlite:///mlflow.db"),
+                   help=f"tracking URI ('none': off; default: ${MLFLOW_URI_ENV}, else sqlite:///mlflow.db)")
     g.add_argument("--experiment", default="jsae-default", help="MLflow experiment (the study name)")
     g.add_argument("--summary-csv", default=None, help="summary.csv whose rows become the study run's table")
     g.add_argument("--mlflow-parent-from", default=None, metavar="MARKER", help="the workflow's tracking marker: "
@@ -443,12 +468,14 @@ def cli(argv: list[str]) -> int:
         log.info("study run %s (%s) at %s: %s", record["run_id"], record["run_name"], args.mlflow_uri,
                  record["status"])
         return 0
-    results = load_results(args.inputs if args.inputs else find_results(args.eval_root))
+    paths = args.inputs if args.inputs else [*find_results(args.eval_root), *find_baselines(args.eval_root)]
+    pair_paths, baseline_paths = split_baseline_paths(paths)
+    results, baselines = load_results(pair_paths), load_baselines(baseline_paths)
     pretrain = args.pretrain
     if pretrain is None:
         pretrain = [] if args.inputs else sorted((Path(args.eval_root).parent / "models").glob("*/pretrain.json"))
     out_claims = args.out_claims if args.out_claims is not None else Path(args.out_csv).with_name("claims.csv")
-    table, claims = write_summary(results, args.out_md, args.out_csv, args.jsae_lam, pretrain, out_claims)
+    table, claims = write_summary(results, args.out_md, args.out_csv, args.jsae_lam, pretrain, out_claims, baselines)
     log.info("wrote %s (%d pairs), %s and %s (%d claims: %d hold, %d do not, %d inconclusive)", args.out_csv,
              len(table), out_claims, args.out_md, len(claims), sum(c.holds is True for c in claims),
              sum(c.holds is False for c in claims), sum(c.holds is None for c in claims))

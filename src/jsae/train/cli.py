@@ -17,7 +17,7 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from jsae.cli import HelpFormatter, run_cli, tracking_uri
+from jsae.cli import MLFLOW_URI_ENV, HelpFormatter, default_tracking_uri, run_cli, tracking_uri
 from jsae.io import setup_logging
 from jsae.tracking import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI
 from jsae.train.config import RunOptions, TrainConfig
@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = p.add_argument_group("running: how, where and what is recorded (never changes the weights)")
     add_config_options(r, RunOptions)
     r.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | mps (bf16 autocast on CUDA)")
-    r.add_argument("--mlflow-uri", default=DEFAULT_TRACKING_URI, help="MLflow tracking URI ('none' to disable)")
+    r.add_argument("--mlflow-uri", default=default_tracking_uri(DEFAULT_TRACKING_URI),
+                   help=f"MLflow tracking URI ('none' to disable; default: ${MLFLOW_URI_ENV}, else {DEFAULT_TRACKING_URI})")
     r.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment (one per study)")
     r.add_argument("--mlflow-parent-from", default=None, metavar="MARKER",
                    help="the workflow's tracking marker (python -m jsae.tracking --marker): nest this run under "
