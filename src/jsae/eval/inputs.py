@@ -219,7 +219,8 @@ def pair_parser(prog: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--cache", required=True, help="validation activation cache (.h5) of the same model and layer")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | mps")
     p.add_argument("--mlflow-uri", default=default_tracking_uri(None),
-                   help=f"MLflow tracking URI ('none': off; default: ${MLFLOW_URI_ENV}); logs to the run id in run.json")
+                   help=f"MLflow tracking URI ('none': off; default: ${MLFLOW_URI_ENV}); logs to the run id in "
+                   "run.json")
     p.add_argument("--log-file", default=None, help="also write the log to this file")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p

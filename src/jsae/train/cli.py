@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(r, RunOptions)
     r.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | mps (bf16 autocast on CUDA)")
     r.add_argument("--mlflow-uri", default=default_tracking_uri(DEFAULT_TRACKING_URI),
-                   help=f"MLflow tracking URI ('none' to disable; default: ${MLFLOW_URI_ENV}, else {DEFAULT_TRACKING_URI})")
+                   help=f"MLflow tracking URI ('none' to disable; default: ${MLFLOW_URI_ENV}, else "
+                   f"{DEFAULT_TRACKING_URI})")
     r.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment (one per study)")
     r.add_argument("--mlflow-parent-from", default=None, metavar="MARKER",
                    help="the workflow's tracking marker (python -m jsae.tracking --marker): nest this run under "
