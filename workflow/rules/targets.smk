@@ -113,8 +113,36 @@ def built_files():
     return files
 
 
+def baselines():
+    """Every (model, layer, control, method, seed) baseline of the study (baselines.smk): baselines.controls (a
+    planted model has no re-init control), the base seed (and the replicate seeds with baselines.replicates)."""
+    out = []
+    for m in config["models"]:
+        for layer in m["layers"]:
+            for control in CONTROLS:
+                if control not in BASELINES["controls"] or (control == "reinit" and is_planted(m["name"])):
+                    continue
+                for seed in SEEDS if BASELINES["replicates"] else [SEED]:
+                    out += [dict(model=m["name"], layer=layer, control=control, method=method, seed=seed)
+                            for method in BASELINE_METHODS]
+    return out
+
+
+def baseline_targets():
+    """Each baseline's run (run.json and the transcoder: targets, so a deleted one is rebuilt), its evaluation and,
+    with core.enabled, its SAEBench core JSON."""
+    out = []
+    for b in baselines():
+        run, ev = baseline_run_dir(**b), baseline_eval_dir(**b)
+        out += [f"{run}/run.json", *(f"{run}/{name}" for name in BASELINE_CODER_FILES), f"{ev}/{BASELINE_EVALUATION}"]
+        if config["core"]["enabled"]:
+            out.append(f"{ev}/{BASELINE_CORE}")
+    return out
+
+
 def final_targets():
     targets = built_files() + analysis_targets() + figure_targets() + [SUMMARY_MD, SUMMARY_CSV, CLAIMS_CSV]
+    targets += baseline_targets()  # the transcoder baselines (baselines.smk), when baselines.enabled
     if MLFLOW_URI:
         targets.append(STUDY_RUN)
     return targets
