@@ -46,21 +46,16 @@ from tqdm.auto import tqdm
 from jsae.checks import check_positive_int
 from jsae.eval.metrics import (
     CE_SCORE_MIN_ABLATION_NATS,
-    CE_TOKENS_KEY,
     N_TOKENS_KEY,
     OUT_CE_SCORE_KEY,
     OUT_EV_KEY,
     RECONSTRUCTION_METRICS,
     ReconstructionAccumulator,
-    ce_splice_metrics,
     check_min_ablation,
     dead_and_rare,
     firing_counts,
-    recovered_score,
     side_key,
     splice_key,
-    token_cross_entropy,
-    token_kl,
 )
 from jsae.nn.mlp import MLP
 from jsae.nn.transcoder import TopKTranscoder
@@ -195,53 +190,26 @@ def splice_token_losses(model: nn.Module, layer: int, tc: TopKTranscoder, contex
     """Per token, the LM's next-token CE clean and with each of :data:`SPLICE_VARIANTS`, and KL(clean || spliced):
     ``ce/clean``, ``ce/recon_out``, ``ce/zero_out`` ``[n * (length - 1)]``, ``kl/recon_out``, ``kl/zero_out``
     ``[n * length]`` (float64, nats; keys and layout of :func:`jsae.eval.evaluate.splice_token_losses`)."""
-    from jsae.data.hooks import mlp_module, replace_mlp_output
-    from jsae.eval.evaluate import _splice
+    from jsae.data.hooks import replace_mlp_output
+    from jsae.eval.evaluate import _splice, spliced_token_losses, zero_output
 
-    check_positive_int("batch_size", batch_size)
-    if contexts.dim() != 2 or contexts.shape[0] == 0 or contexts.shape[1] < 2:
-        raise ValueError(f"contexts has shape {tuple(contexts.shape)}; "
-                         "expected [n_contexts >= 1, length >= 2] token ids")
-    module = mlp_module(model, layer)
-    device = next(model.parameters()).device
     dtype = tc.W_enc.dtype
 
     def recon_out(x: Tensor, y: Tensor) -> Tensor:
         return tc(x.to(dtype)).to(y.dtype)
 
-    variants = {
-        "recon_out": _splice(first_position_clean, recon_out),
-        "zero_out": _splice(first_position_clean, lambda _x, y: torch.zeros_like(y)),
-    }
-    ce: dict[str, list[Tensor]] = {k: [] for k in ["clean", *variants]}
-    kl: dict[str, list[Tensor]] = {k: [] for k in variants}
-    for start in tqdm(range(0, contexts.shape[0], batch_size), desc="CE/KL", disable=not progress, leave=False):
-        ids = contexts[start:start + batch_size].to(device=device, dtype=torch.long)
-        clean = model(input_ids=ids, use_cache=False).logits
-        ce["clean"].append(token_cross_entropy(clean, ids).double().reshape(-1).cpu())
-        for name, fn in variants.items():
-            with replace_mlp_output(module, fn):
-                logits = model(input_ids=ids, use_cache=False).logits
-            ce[name].append(token_cross_entropy(logits, ids).double().reshape(-1).cpu())
-            kl[name].append(token_kl(clean, logits).double().reshape(-1).cpu())
-    out = {splice_key("ce", k): torch.cat(v) for k, v in ce.items()}
-    out.update({splice_key("kl", k): torch.cat(v) for k, v in kl.items()})
-    return out
+    variants = {"recon_out": (replace_mlp_output, _splice(first_position_clean, recon_out)),
+                "zero_out": (replace_mlp_output, zero_output(first_position_clean))}
+    return spliced_token_losses(model, layer, contexts, variants, batch_size=batch_size, progress=progress)
 
 
 def splice_metrics(losses: dict[str, Tensor], min_ablation_nats: float = CE_SCORE_MIN_ABLATION_NATS
                    ) -> dict[str, float]:
     """Mean CE / KL per variant and the ``out/…`` CE loss score (refused below the floor), CE deltas and KL score
-    (ratio of means), by the pairs' definitions (:func:`jsae.eval.metrics.ce_splice_metrics`, ``recovered_score``)."""
-    check_min_ablation(min_ablation_nats)
-    means = {k: float(v.double().mean()) for k, v in losses.items()}
-    out = dict(means)
-    ce = {k.split("/", 1)[1]: v for k, v in means.items() if k.startswith("ce/")}
-    kl = {k.split("/", 1)[1]: v for k, v in means.items() if k.startswith("kl/")}
-    out.update(ce_splice_metrics(SIDE, ce["clean"], ce["recon_out"], ce["zero_out"], min_ablation_nats))
-    out[side_key(SIDE, "kl_score")] = recovered_score(kl["zero_out"], kl["recon_out"], 0.0)
-    out[CE_TOKENS_KEY] = float(len(losses[splice_key("ce", "clean")]))
-    return out
+    (ratio of means), by the pairs' definitions (:func:`jsae.eval.evaluate.splice_metrics` on the ``out`` side)."""
+    from jsae.eval.evaluate import splice_metrics as pair_splice_metrics
+
+    return pair_splice_metrics(losses, min_ablation_nats, sides=(SIDE,))
 
 
 def _ce_contexts(cache: Any, ce_tokens: int) -> tuple[np.ndarray, bool]:
@@ -356,21 +324,6 @@ def write_evaluation(out_json: str | Path, metrics: dict[str, float], arrays: di
 # --------------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def weight_features(tc: TopKTranscoder) -> dict[str, np.ndarray]:
-    """SAEBench's weight-based per-latent details that apply to a transcoder (``encoder_bias``, ``encoder_norm``,
-    ``max_encoder_cosine_sim``, ``max_decoder_cosine_sim``; :func:`jsae.eval.core.max_cosine_sim`). Not
-    ``encoder_decoder_cosine_sim``: the encoder reads x and the decoder writes y, two different spaces."""
-    from jsae.eval.core import max_cosine_sim
-
-    return {
-        "encoder_bias": tc.b_enc.detach().double().cpu().numpy(),
-        "encoder_norm": tc.W_enc.detach().double().norm(dim=1).cpu().numpy(),
-        "max_encoder_cosine_sim": max_cosine_sim(tc.W_enc).double().cpu().numpy(),
-        "max_decoder_cosine_sim": max_cosine_sim(tc.W_dec).double().cpu().numpy(),
-    }
-
-
 def core_splice_metrics(losses: dict[str, Tensor], contexts: Tensor | np.ndarray,
                         ignore_token_ids: Iterable[int] = ()) -> dict[str, float]:
     """SAEBench's CE / KL metrics of the transcoder: :func:`jsae.eval.core.splice_core_metrics` (the one
@@ -431,92 +384,41 @@ def core_cli(argv: list[str]) -> int:
 
 def _core_cli(args: argparse.Namespace) -> int:
     from jsae.eval import core
-    from jsae.eval import metrics as ours
-    from jsae.eval.inputs import token_count
+    from jsae.io import read_json
     from jsae.train.baseline import CODER_DIRNAME, SPARSIFY_CFG
 
-    check_positive_int("n_tokens", args.n_tokens, allow_none=True)
-    check_positive_int("batch_size_prompts", args.batch_size_prompts)
-    check_positive_int("ce_contexts", args.ce_contexts, minimum=0, allow_none=True)
-    check_positive_int("ce_batch_size", args.ce_batch_size)
+    core.CoreRun.check_args(args)
     layer = _layer(args)
     inputs = load_baseline_inputs(args.model, layer, args.run, args.cache, device=args.device)
     tc, cache = inputs.transcoder, inputs.cache
-    n_rows = token_count(cache, args.n_tokens)
-    n_contexts, context_length = int(cache.contexts().shape[0]), cache.context_length
-    first_clean = str(cache.attrs.get("first_position", "excluded")) == "excluded"
-    rows_per_context = context_length - 1 if first_clean else context_length
-    ce_contexts = (min(10 * args.batch_size_prompts, n_contexts) if args.ce_contexts is None else args.ce_contexts)
-    if ce_contexts > n_contexts:
-        raise ValueError(f"ce_contexts={ce_contexts} is invalid for a cache of {n_contexts} contexts; expected "
-                         f"0..{n_contexts}")
-    planted = inputs.model is None
+    run = core.CoreRun.from_cache(args, cache)
     ignore = core.ignored_tokens(inputs.tokenizer)
-    batch_rows = args.batch_size_prompts * rows_per_context
-    acc = core_accumulate(tc, inputs.mlp, core.row_batches(cache, n_rows, batch_rows, ignore), total=n_rows,
-                          progress=not args.no_progress)
-    metrics, per_latent = acc.result()
-    weights = weight_features(tc)
-    density = per_latent["feature_density"]
-    metrics.update(core.misc_metrics(density, weights["max_encoder_cosine_sim"], weights["max_decoder_cosine_sim"]))
-    metrics["total_tokens_eval_sparsity_variance"] = acc.n_tokens
-    features = {"feature_density": density, **weights}
-    null_reasons = {"encoder_decoder_cosine_sim": "a transcoder's encoder reads the MLP input and its decoder writes "
-                    "the MLP output: two different spaces"}
-    if planted:
-        null_reasons["consistent_activation_heuristic"] = "the cache's rows are sampled, not contexts of text"
-    else:
-        features["consistent_activation_heuristic"] = per_latent["consistent_activation_heuristic"]
-    counts, n_zero = core.feature_density_histogram(density)
-    extra: dict[str, Any] = {
-        **ours.dead_and_rare(torch.as_tensor(per_latent["fired_count"]), acc.n_tokens), "rare_rate": ours.RARE_RATE,
-        "feature_density_histogram": {"log10_edges": [float(e) for e in core.DENSITY_LOG10_EDGES],
-                                      "counts": counts.tolist(), "n_never_fired": n_zero},
-        "jsae_metrics": {k: core._finite_or_none(float(v)) for k, v in acc.ours.result().items()},
-    }
-    ce_reason = "a planted model has no language model to splice into" if planted else (
-        "skipped: --ce-contexts 0" if ce_contexts == 0 else None)
+    acc = core_accumulate(tc, inputs.mlp, core.row_batches(cache, run.n_rows, run.batch_rows, ignore),
+                          total=run.n_rows, progress=not args.no_progress)
+    res = core.sae_results(acc, tc, prompts_meaningful=inputs.model is not None, encoder_decoder=False)
+    res.extra["null_reasons"]["encoder_decoder_cosine_sim"] = ("a transcoder's encoder reads the MLP input and its "
+                                                               "decoder writes the MLP output: two different spaces")
+    ce_reason = run.ce_reason(inputs.model)
     if ce_reason is None:
-        contexts = torch.as_tensor(np.asarray(cache.contexts()[:ce_contexts]))
+        contexts = torch.as_tensor(np.asarray(cache.contexts()[:run.ce_contexts]))
         losses = splice_token_losses(inputs.model, layer, tc, contexts, batch_size=args.ce_batch_size,
-                                     first_position_clean=first_clean, progress=not args.no_progress)
-        metrics.update(core_splice_metrics(losses, contexts, ignore))
-        metrics["total_tokens_eval_reconstruction"] = ce_contexts * context_length
-        extra["jsae_metrics"].update({k.split("/", 1)[1]: core._finite_or_none(v)
-                                      for k, v in splice_metrics(losses).items() if k.startswith(f"{SIDE}/")})
+                                     first_position_clean=run.first_clean, progress=not args.no_progress)
+        core.add_splice_results(res, core_splice_metrics(losses, contexts, ignore), splice_metrics(losses), SIDE,
+                                run.ce_contexts * run.context_length)
     else:
-        null_reasons.update(dict.fromkeys((*core.METRIC_GROUPS["model_behavior_preservation"],
-                                           *core.METRIC_GROUPS["model_performance_preservation"],
-                                           "total_tokens_eval_reconstruction"), ce_reason))
-    null_reasons.update(core.non_finite_reasons(metrics))
-    model_dtype = str(next(inputs.model.parameters()).dtype).removeprefix("torch.") if not planted else None
-    config = core.core_eval_config(
-        model_name=str(args.model), llm_dtype=model_dtype, batch_size_prompts=args.batch_size_prompts,
-        n_eval_reconstruction_batches=math.ceil(ce_contexts / args.batch_size_prompts) if ce_reason is None else 0,
-        n_eval_sparsity_variance_batches=acc.n_batches,
-        dataset=f"corpus_sha256={cache.attrs.get('corpus_sha256')} split={cache.attrs.get('split')}",
-        context_size=context_length, compute_kl=ce_reason is None, compute_ce_loss=ce_reason is None,
-        compute_l2_norms=True, compute_sparsity_metrics=True, compute_variance_metrics=True,
-        compute_featurewise_density_statistics=True, compute_featurewise_weight_based_metrics=True,
-        exclude_special_tokens_from_reconstruction=first_clean and ce_reason is None,
-    )
-    from jsae.io import read_json
-
-    unstructured = {"jsae": {
-        "sae": CODER_DIRNAME, "method": tc.method,
-        "reconstructs": "MLP output y = MLP(x), from the MLP input x (a transcoder: the reconstruction metrics are of "
-                        "y against the transcoder's output)",
-        "baseline": baseline_identity(inputs.run, tc), "run": str(args.run), "cache": str(args.cache), "layer": layer,
-        "definitions": {"sae_bench_commit": core.SAE_BENCH_COMMIT, "sae_bench_files": list(core.SAE_BENCH_FILES),
-                        "docs": "docs/metrics.md, 'SAEBench core metrics'"},
-        "ignore_token_ids": ignore, "rows_read": n_rows, "ce_contexts": ce_contexts if ce_reason is None else 0,
-        "first_position_clean": first_clean, "null_reasons": null_reasons, **extra,
-    }}
-    doc = core.core_eval_json(metrics, features, eval_config=config,
-                              sae_cfg_dict=read_json(Path(args.run) / CODER_DIRNAME / SPARSIFY_CFG),
-                              unstructured=unstructured, eval_id=str(uuid.uuid4()))
+        core.skip_splice_results(res, ce_reason)
+    head = {"sae": CODER_DIRNAME, "method": tc.method,
+            "reconstructs": "MLP output y = MLP(x), from the MLP input x (a transcoder: the reconstruction metrics are "
+                            "of y against the transcoder's output)",
+            "baseline": baseline_identity(inputs.run, tc)}
     out = Path(args.out) / CORE_FILENAME
-    core.write_core_json(out, doc)
+    core.write_core_result(out, res, head=head, settings=run.settings(args, layer=layer, ignore=ignore,
+                                                                       ce_reason=ce_reason),
+                           eval_config=run.eval_config(args, inputs.model, cache, ce_reason=ce_reason,
+                                                       n_batches=acc.n_batches),
+                           sae_cfg_dict=read_json(Path(args.run) / CODER_DIRNAME / SPARSIFY_CFG),
+                           eval_id=str(uuid.uuid4()))
+    m = res.metrics
     log.info("wrote %s: explained_variance %.4f, l0 %.2f, frac_alive %.3f, ce_loss_score %s", out,
-             metrics["explained_variance"], metrics["l0"], metrics["frac_alive"], metrics.get("ce_loss_score"))
+             m["explained_variance"], m["l0"], m["frac_alive"], m.get("ce_loss_score"))
     return 0

@@ -10,7 +10,7 @@ A *skip transcoder* (Paulo, Shabalin, Belrose 2025, "Transcoders Beat Sparse Aut
 
 Shapes follow :mod:`jsae.nn.sae`: ``W_enc [n_latents, d_in]``, ``W_dec [n_latents, d_out]`` (one row per latent),
 ``b_enc [n_latents]``, ``b_dec [d_out]``, ``W_skip [d_out, d_in]``. The encoder and decode are the TopK SAE's
-(:class:`jsae.nn.sae._TopKEncode`: a backward over the k selected latents only; :func:`jsae.nn.sae.sparse_decode`).
+(:class:`jsae.nn.sae.TopKCoder`: a backward over the k selected latents only; :func:`jsae.nn.sae.sparse_decode`).
 
 Initialisation is sparsify's (and so Paulo et al.'s), not the TopK SAE's appendix-D tying ``W_enc = W_dec``: the
 encoder and decoder live in different spaces (x and y), so there is nothing to tie. ``W_enc`` uniform in
@@ -27,11 +27,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jsae.checks import check_features, check_k
-from jsae.nn.sae import _TopKEncode, _TopKEncodeAux, sparse_decode
+from jsae.checks import check_k
+from jsae.nn.sae import TopKCoder, sparse_decode
 
 #: The baselines, by the name used in configs, paths and MLflow (``method``): whether each has a skip path.
 TRANSCODER_METHODS = {"transcoder": False, "skip_transcoder": True}
@@ -50,8 +49,9 @@ def _check_scale(name: str, value: object) -> float:
     return float(value)
 
 
-class TopKTranscoder(nn.Module):
-    """``y_hat = W_dec^T TopK(ReLU(W_enc x + b_enc)) + b_dec`` (``+ W_skip x`` with ``skip=True``)."""
+class TopKTranscoder(TopKCoder):
+    """``y_hat = W_dec^T TopK(ReLU(W_enc x + b_enc)) + b_dec`` (``+ W_skip x`` with ``skip=True``); the encoder,
+    :meth:`encode_with_aux` and :meth:`decode_directions` are :class:`jsae.nn.sae.TopKCoder`'s."""
 
     def __init__(
         self,
@@ -88,36 +88,6 @@ class TopKTranscoder(nn.Module):
     def extra_repr(self) -> str:
         return f"d_in={self.d_in}, d_out={self.d_out}, n_latents={self.n_latents}, k={self.k}, skip={self.skip}"
 
-    def pre_activations(self, x: Tensor) -> Tensor:
-        """Dense ``W_enc x + b_enc``, ``[..., n_latents]``: for analysis, never used in training."""
-        return F.linear(x, self.W_enc, self.b_enc)
-
-    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The k largest ReLU'd pre-activations of x and their latent indices: ``[..., k]``, ``[..., k]``."""
-        check_features(x, self.d_in, "x")
-        lead = x.shape[:-1]
-        vals, idx = _TopKEncode.apply(x.reshape(-1, self.d_in).to(self.W_enc.dtype), self.W_enc, self.b_enc, self.k)
-        return vals.reshape(*lead, self.k), idx.reshape(*lead, self.k)
-
-    def encode_with_aux(self, x: Tensor, aux_mask: Tensor, k_aux: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """:meth:`encode` plus AuxK's codes among the latents where ``aux_mask`` is True (as
-        :meth:`jsae.nn.sae.TopKSAE.encode_with_aux`)."""
-        check_features(x, self.d_in, "x")
-        if isinstance(k_aux, bool) or not isinstance(k_aux, int) or not 1 <= k_aux <= self.n_latents:
-            raise ValueError(
-                f"k_aux={k_aux!r} is invalid; expected an integer with 1 <= k_aux <= n_latents={self.n_latents}"
-            )
-        if aux_mask.shape != (self.n_latents,) or aux_mask.dtype != torch.bool:
-            raise ValueError(f"aux_mask has shape {tuple(aux_mask.shape)} and dtype {aux_mask.dtype}; "
-                             f"expected a bool [{self.n_latents}] mask")
-        lead = x.shape[:-1]
-        vals, idx, aux_vals, aux_idx = _TopKEncodeAux.apply(
-            x.reshape(-1, self.d_in).to(self.W_enc.dtype), self.W_enc, self.b_enc, self.k,
-            aux_mask.to(self.W_enc.device), k_aux,
-        )
-        return (vals.reshape(*lead, self.k), idx.reshape(*lead, self.k), aux_vals.reshape(*lead, k_aux),
-                aux_idx.reshape(*lead, k_aux))
-
     def decode(self, vals: Tensor, idx: Tensor, x: Tensor | None = None) -> Tensor:
         """``[..., d_out]`` from k (value, index) pairs per token; a skip transcoder also needs its input ``x``."""
         if vals.shape != idx.shape:
@@ -128,13 +98,6 @@ class TopKTranscoder(nn.Module):
             if x is None:
                 raise ValueError("a skip transcoder decodes with its input; expected decode(vals, idx, x)")
             out = out + x.reshape(-1, self.d_in).to(self.W_skip.dtype) @ self.W_skip.t()
-        return out.reshape(*lead, self.d_out)
-
-    def decode_directions(self, vals: Tensor, idx: Tensor) -> Tensor:
-        """``sum_a vals[:, a] * W_dec[idx[:, a]]`` without ``b_dec`` or the skip path (AuxK's model of the error)."""
-        lead, kk = vals.shape[:-1], vals.shape[-1]
-        weights = vals.reshape(-1, kk).to(self.W_dec.dtype)
-        out = F.embedding_bag(idx.reshape(-1, kk), self.W_dec, per_sample_weights=weights, mode="sum")
         return out.reshape(*lead, self.d_out)
 
     def forward(self, x: Tensor) -> Tensor:

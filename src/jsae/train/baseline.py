@@ -12,8 +12,9 @@ What is shared with a pair's training (:mod:`jsae.train.run`, :mod:`jsae.train.t
   :class:`~jsae.train.dead.DeadLatentTracker`, checkpoints every ``checkpoint_every`` steps in ``.{run_dir}.work``
   with the run's fingerprint (a resumed run ends bit-identical on CPU), the run-directory checks
   (:func:`~jsae.train.run.check_out_dir`: a finished identical run is skipped), atomic writes, MLflow through
-  :class:`jsae.tracking.Tracker` (nested under the study's run). :class:`TranscoderTrainer` is its own short loop:
-  :class:`~jsae.train.trainer.Trainer` is written around a pair's two SAEs and its Jacobian metrics.
+  :class:`jsae.tracking.Tracker` (nested under the study's run). :class:`TranscoderTrainer` is a
+  :class:`~jsae.train.trainer.TrainerBase`, as the pair's :class:`~jsae.train.trainer.Trainer` is: the same loop,
+  checkpoints and log, its own step; the run directory is written by :func:`~jsae.train.run.run_and_write`.
 * **The model's own choices.** Loss: ``MSE(y, y_hat)`` in the scaled units (eq. 5's output term, without the
   input SAE's term and the Jacobian's); sparsify's initialisation (:class:`~jsae.nn.transcoder.TopKTranscoder`),
   with ``b_enc`` and ``b_dec`` from the means of the first :data:`~jsae.train.run.NORM_ESTIMATE_TOKENS` tokens of the
@@ -31,17 +32,10 @@ The run directory: ``transcoder/`` in sparsify's on-disk format (``cfg.json`` + 
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import json
 import logging
-import math
 import os
-import shutil
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,28 +43,30 @@ import torch
 from torch import Tensor
 
 from jsae import __version__
-from jsae.devices import DTYPES, autocast_dtype, resolve_device
-from jsae.io import atomic_dir, atomic_path, read_json, write_json
+from jsae.devices import DTYPES, resolve_device
+from jsae.io import atomic_dir, read_json, write_json
 from jsae.nn.mlp import MLP, mlp_from_module
 from jsae.nn.pair import mse
 from jsae.nn.transcoder import TRANSCODER_METHODS, TopKTranscoder, check_method
 from jsae.train import keys
-from jsae.train.config import RunOptions, TrainConfig
+from jsae.train.config import TrainConfig
 from jsae.train.dead import DeadLatentTracker
 from jsae.train.run import (
-    METRICS_FILENAME,
     NORM_ESTIMATE_TOKENS,
-    RUN_FILENAME,
+    RunSettings,
+    cache_facts,
     check_cache_matches,
-    check_out_dir,
     check_pair_args,
     estimate_activation_scales,
+    open_training_inputs,
+    run_and_write,
     run_identity,
-    work_dir_for,
+    run_json_fields,
+    skip_finished,
+    start_tracking,
 )
-from jsae.train.schedules import lr_at
-from jsae.train.sources import BatchSource, Prefetcher
-from jsae.train.trainer import CHECKPOINT_FILENAME, TrainResult, _progress_bar, fingerprint_diff, jsonable
+from jsae.train.sources import BatchSource
+from jsae.train.trainer import TrainerBase, TrainResult
 
 log = logging.getLogger("jsae.train")
 
@@ -82,7 +78,6 @@ SPARSIFY_WEIGHTS = "sae.safetensors"
 SPARSIFY_CFG = "cfg.json"
 #: Our facts in the transcoder's ``cfg.json`` (sparsify's loader drops keys it does not know).
 CFG_METADATA_KEY = "jsae"
-CHECKPOINT_FORMAT = 1
 CHECKPOINT_KIND = "transcoder"
 
 #: The loss parts summed over a log window -> their keys (the pair's names: the transcoder's error is y's).
@@ -159,27 +154,13 @@ class StepParts:
     idx: Tensor
 
 
-@dataclass
-class _Window:
-    """Sums of the step parts since the last log (device tensors: no sync per step)."""
-
-    steps: int = 0
-    sums: dict[str, Tensor] = field(default_factory=dict)
-    timed_steps: int = 0
-    t0: float = field(default_factory=time.perf_counter)
-    wait0: float = 0.0
-
-    def add(self, parts: StepParts) -> None:
-        for name in WINDOW_MEANS:
-            value = getattr(parts, name)
-            self.sums[name] = self.sums[name] + value if name in self.sums else value.clone()
-        self.steps += 1
-        self.timed_steps += 1
-
-
-class TranscoderTrainer:
+class TranscoderTrainer(TrainerBase):
     """Trains ``transcoder`` in place to map ``input_scale * x`` to ``output_scale * MLP(x)``; checkpoints into
-    ``work_dir`` (the recipe of :class:`jsae.train.trainer.Trainer`; resume with the same arguments is exact)."""
+    ``work_dir`` (the recipe and machinery of :class:`jsae.train.trainer.TrainerBase`; resume with the same
+    arguments is exact)."""
+
+    window_means = WINDOW_MEANS
+    checkpoint_kind = CHECKPOINT_KIND
 
     def __init__(
         self,
@@ -188,110 +169,27 @@ class TranscoderTrainer:
         source: BatchSource,
         config: TrainConfig,
         *,
-        device: torch.device | str = "cpu",
-        work_dir: str | os.PathLike[str] | None = None,
-        fingerprint: Mapping[str, Any] | None = None,
         scales: tuple[float, float] = (1.0, 1.0),
-        checkpoint_every: int = 500,
-        log_every: int = 50,
-        progress: bool = True,
-        tracker: Any = None,
-        on_step: Callable[[int], None] | None = None,
-        prefetch: int = 4,
+        **kwargs: Any,
     ) -> None:
-        options = RunOptions(checkpoint_every=checkpoint_every, log_every=log_every)
         check_baseline_config(config)
-        self.mlp = mlp_from_module(mlp)
-        if source.d_model != transcoder.d_in or self.mlp.d_in != transcoder.d_in or self.mlp.d_out != transcoder.d_out:
+        mlp = mlp_from_module(mlp)
+        if source.d_model != transcoder.d_in or mlp.d_in != transcoder.d_in or mlp.d_out != transcoder.d_out:
             raise ValueError(f"the cache holds activations of width {source.d_model} and the MLP maps "
-                             f"{self.mlp.d_in} -> {self.mlp.d_out}; expected the transcoder's {transcoder.d_in} -> "
+                             f"{mlp.d_in} -> {mlp.d_out}; expected the transcoder's {transcoder.d_in} -> "
                              f"{transcoder.d_out}")
-        self.tc, self.source, self.config = transcoder, source, config
-        self.device = torch.device(device)
-        self.mlp = self.mlp.to(self.device)
-        self.work_dir = Path(work_dir) if work_dir is not None else None
-        self.fingerprint = jsonable(dict(fingerprint or {"config": dataclasses.asdict(config)}))
+        super().__init__(source, config, transcoder.parameters(), **kwargs)
+        self.tc = transcoder
+        self.mlp = mlp.to(self.device)
         self.input_scale, self.output_scale = float(scales[0]), float(scales[1])
-        self.checkpoint_every, self.log_every = options.checkpoint_every, options.log_every
-        self.progress, self.tracker, self.on_step, self.prefetch = progress, tracker, on_step, prefetch
-        self.n_steps = config.n_steps
-        self.params = list(transcoder.parameters())
-        self.optimizer = torch.optim.Adam(
-            self.params, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps,
-            fused=self.device.type in ("cpu", "cuda") or None,
-        )
         self.dead = DeadLatentTracker(transcoder.n_latents, config.dead_window_tokens, self.device)
         self.k_aux = transcoder_dims(config, transcoder.d_in, transcoder.d_out)["k_aux"]
-        self.step = 0
-        self.history: list[dict[str, float]] = []
-        self.timing: dict[str, Any] = {"train_s": 0.0, "reader_wait_s": 0.0, "sessions": 0, "resumed_from": []}
-        self.mlflow_run_id: str | None = None
-        self.autocast = autocast_dtype(self.device)
-        self.window = _Window()
 
-    # -- checkpoints -------------------------------------------------------------------------------
+    def checkpoint_modules(self) -> dict[str, torch.nn.Module]:
+        return {"transcoder": self.tc}
 
-    @property
-    def checkpoint_path(self) -> Path | None:
-        return self.work_dir / CHECKPOINT_FILENAME if self.work_dir is not None else None
-
-    def save_checkpoint(self) -> None:
-        path = self.checkpoint_path
-        if path is None:
-            return
-        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        state = {
-            "format": CHECKPOINT_FORMAT, "kind": CHECKPOINT_KIND, "fingerprint": self.fingerprint, "step": self.step,
-            "transcoder": self.tc.state_dict(), "optimizer": self.optimizer.state_dict(), "rng": rng,
-            "dead": self.dead.state_dict(), "history": self.history,
-            "window": {"steps": self.window.steps, "sums": self.window.sums}, "timing": self.timing,
-            "mlflow_run_id": self.mlflow_run_id,
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
-
-    def restore(self) -> bool:
-        """Load the work directory's checkpoint if there is one; True when resuming."""
-        path = self.checkpoint_path
-        if path is None or not path.is_file():
-            return False
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"checkpoint {path} cannot be read ({type(exc).__name__}); "
-                             "expected a jsae checkpoint (delete it to start over)") from None
-        if not isinstance(state, dict) or (state.get("format"), state.get("kind")) != (CHECKPOINT_FORMAT,
-                                                                                       CHECKPOINT_KIND):
-            raise ValueError(f"checkpoint {path} is not a transcoder checkpoint of format {CHECKPOINT_FORMAT}; "
-                             "expected one written by train-baseline (delete it to start over)")
-        diff = fingerprint_diff(state.get("fingerprint", {}), self.fingerprint)
-        if diff:
-            raise ValueError(f"checkpoint {path} was written with different hyper-parameters or data ({diff}); "
-                             f"expected the arguments of the interrupted run (or delete {path.parent} to start over)")
-        self.tc.load_state_dict(state["transcoder"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
-        self.dead.load_state_dict(state["dead"])
-        self.step = int(state["step"])
-        self.history = list(state["history"])
-        self.window = _Window(steps=int(state["window"]["steps"]), sums=dict(state["window"]["sums"]))
-        self.timing = dict(state["timing"])
-        self.timing["resumed_from"] = list(self.timing.get("resumed_from", [])) + [self.step]
-        self.mlflow_run_id = state.get("mlflow_run_id")
-        log.info("resuming from %s at step %d/%d", path, self.step, self.n_steps)
-        return True
-
-    # -- training ----------------------------------------------------------------------------------
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast)
+    def dead_trackers(self) -> dict[str, DeadLatentTracker]:
+        return {"out": self.dead}  # its latents write the MLP output, as the output SAE's
 
     def targets(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(input_scale * x, output_scale * MLP(x))`` in the transcoder's dtype (the MLP runs in its own, frozen)."""
@@ -324,9 +222,8 @@ class TranscoderTrainer:
     def train_step(self, x: Tensor) -> StepParts:
         """One optimiser step at ``self.step`` (the LR from the step); returns the step's parts."""
         cfg = self.config
-        lr = lr_at(self.step, self.n_steps, lr=cfg.lr, warmup_frac=cfg.lr_warmup_frac, decay_frac=cfg.lr_decay_frac)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = self._lr(self.step)
         loss, parts = self.loss(x)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -336,71 +233,6 @@ class TranscoderTrainer:
         self.dead.update(parts.vals, parts.idx)
         self.step += 1
         return parts
-
-    def _log_row(self, window: _Window, reader: Prefetcher) -> dict[str, float]:
-        cfg = self.config
-        elapsed = time.perf_counter() - window.t0
-        last = self.step - 1
-        return {
-            keys.STEP: float(self.step),
-            keys.TOKENS: float(self.step * cfg.batch_size),
-            **{key: float(window.sums[name]) / window.steps for name, key in WINDOW_MEANS.items()},
-            keys.LR: lr_at(last, self.n_steps, lr=cfg.lr, warmup_frac=cfg.lr_warmup_frac, decay_frac=cfg.lr_decay_frac),
-            keys.TOKENS_PER_S: window.timed_steps * cfg.batch_size / max(elapsed, 1e-9),
-            keys.READER_WAIT_FRACTION: (reader.wait_s - window.wait0) / max(elapsed, 1e-9),
-            keys.OUT_DEAD_FRACTION: self.dead.dead_fraction(),
-            keys.OUT_DEAD_COUNT: float(self.dead.dead_count()),
-        }
-
-    def run(self) -> TrainResult:
-        """Train from ``self.step`` to the end; returns the final metrics (last logged window)."""
-        cfg = self.config
-        self.timing["sessions"] = int(self.timing.get("sessions", 0)) + 1
-        start = self.step
-        session_s = self._loop(start) if start < self.n_steps else 0.0
-        timings = dict(self.timing)
-        timings["session_tokens_per_s"] = (self.n_steps - start) * cfg.batch_size / session_s if session_s > 0 else None
-        train_s = float(self.timing["train_s"])
-        timings["tokens_per_s"] = self.n_steps * cfg.batch_size / train_s if train_s > 0 else None
-        timings["reader_wait_fraction"] = float(self.timing["reader_wait_s"]) / train_s if train_s > 0 else None
-        final = dict(self.history[-1]) if self.history else {}
-        return TrainResult(metrics=final, history=list(self.history), timings=timings, mlflow_run_id=self.mlflow_run_id)
-
-    def _loop(self, start: int) -> float:
-        cfg = self.config
-        reader = Prefetcher(self.source.batches(cfg.batch_size, seed=cfg.seed, start_batch=start), depth=self.prefetch,
-                            pin_memory=self.device.type == "cuda")
-        wait_base = float(self.timing.get("reader_wait_s", 0.0))
-        bar = _progress_bar(self.n_steps * cfg.batch_size, start * cfg.batch_size, enabled=self.progress)
-        session_t0 = time.perf_counter()
-        self.window.t0, self.window.wait0 = session_t0, 0.0
-        try:
-            for _ in range(start, self.n_steps):
-                t_step = time.perf_counter()
-                x = next(reader).to(self.device, non_blocking=True)
-                self.window.add(self.train_step(x))
-                if self.step % self.log_every == 0 or self.step == self.n_steps:
-                    row = self._log_row(self.window, reader)
-                    if not math.isfinite(row[keys.LOSS]):
-                        raise FloatingPointError(
-                            f"the training loss became {row[keys.LOSS]} by step {self.step}; expected finite values "
-                            "(lower --lr or set --grad-clip; the last finite checkpoint is kept)")
-                    self.history.append(row)
-                    if self.tracker is not None:
-                        self.tracker.log_metrics({k: v for k, v in row.items() if k != keys.STEP}, step=self.step)
-                    bar.set_postfix(loss=f"{row[keys.LOSS]:.4g}", refresh=False)
-                    self.window = _Window(t0=time.perf_counter(), wait0=reader.wait_s)
-                bar.update(cfg.batch_size)
-                self.timing["train_s"] = float(self.timing["train_s"]) + (time.perf_counter() - t_step)
-                self.timing["reader_wait_s"] = wait_base + reader.wait_s
-                if self.step % self.checkpoint_every == 0 or self.step == self.n_steps:
-                    self.save_checkpoint()
-                if self.on_step is not None:
-                    self.on_step(self.step)
-        finally:
-            bar.close()
-            reader.close()
-        return time.perf_counter() - session_t0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -531,57 +363,22 @@ class BaselineRecord:
 
     def to_json(self, result: TrainResult, *, metrics: Mapping[str, float], session_wall_s: float,
                 mlflow_uri: str | None, experiment: str, mlflow_status: str) -> dict[str, Any]:
+        """run.json: the fields of a pair's (:func:`jsae.train.run.run_json_fields`) and the ``baseline`` section."""
         return {
-            **self.names,
-            "model_name": self.model_name,
-            "hook": self.hook,
-            "hook_name": self.hook_name,
+            **run_json_fields(self, result, metrics=metrics, session_wall_s=session_wall_s, mlflow_uri=mlflow_uri,
+                              experiment=experiment, mlflow_status=mlflow_status),
             "baseline": {**self.names, "k": self.dims["k"], "n_latents": self.dims["n_latents"],
                          "skip": TRANSCODER_METHODS[self.method], "coder": CODER_DIRNAME},
-            "identity": self.identity,
-            "params": self.params(),
-            "activation_scales": dict(self.activation_scales),
-            "cache": dict(self.cache),
-            "jsae_version": __version__,
-            "torch_version": torch.__version__,
-            "device": self.device,
-            "autocast": self.autocast,
-            "torch_threads": torch.get_num_threads(),
-            "n_steps": self.config.n_steps,
-            "tokens_trained": self.config.n_steps * self.config.batch_size,
-            "timings": {**result.timings, "session_wall_s": session_wall_s},
-            "metrics": dict(metrics),
-            "finished_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-            "mlflow_tags": {key: str(value) for key, value in self.tags(experiment if mlflow_uri else None).items()},
-            "mlflow_uri": mlflow_uri,
-            "mlflow_experiment": experiment if mlflow_uri else None,
-            "mlflow_run_id": result.mlflow_run_id,
-            "mlflow_status": mlflow_status,
         }
 
 
-def train_baseline(
-    mlp: MLP | torch.nn.Module,
-    source: BatchSource,
-    config: TrainConfig,
-    out_dir: str | os.PathLike[str],
-    *,
-    method: str,
-    model: str,
-    layer: int,
-    control: str = "trained",
-    force: bool = False,
-    **kwargs: Any,
-) -> dict[str, Any]:
+def train_baseline(mlp: MLP | torch.nn.Module, source: BatchSource, config: TrainConfig,
+                   out_dir: str | os.PathLike[str], *, method: str, model: str, layer: int, control: str = "trained",
+                   force: bool = False, **kwargs: Any) -> dict[str, Any]:
     """Train one baseline into ``out_dir`` from an MLP and a batch source; returns run.json's content (a finished
     identical run is skipped and its record returned). ``kwargs``: :func:`_train`'s."""
-    check_method(method)
-    check_baseline_config(config)
-    check_pair_args(layer=layer, control=control)
-    done = check_out_dir(out_dir, baseline_identity(config, method=method, model=model, layer=layer, control=control),
-                         force=force)
+    done = _check_args(config, out_dir, method=method, model=model, layer=layer, control=control, force=force)
     if done is not None:
-        log.info("%s already holds this finished run; skipping (pass --force to retrain)", out_dir)
         return done
     check_cache_matches(source.attrs, model=None, layer=layer)
     return _train(mlp_from_module(mlp), source, config, Path(out_dir), method=method, model=model, layer=layer,
@@ -592,34 +389,22 @@ def train_baseline_from_files(model: str, layer: int, cache_path: str | os.PathL
                               out_dir: str | os.PathLike[str], config: TrainConfig, *, method: str,
                               control: str = "trained", force: bool = False, **kwargs: Any) -> dict[str, Any]:
     """Open the cache, check it belongs to (model, layer), load the model's MLP and train (cheap checks first)."""
+    done = _check_args(config, out_dir, method=method, model=model, layer=layer, control=control, force=force)
+    if done is not None:
+        return done
+    mlp, cache, mlp_path = open_training_inputs(model, layer, cache_path)
+    return _train(mlp, cache, config, Path(out_dir), method=method, model=model, layer=layer, control=control,
+                  hook_name=mlp_path, **kwargs)
+
+
+def _check_args(config: TrainConfig, out_dir: str | os.PathLike[str], *, method: str, model: str, layer: int,
+                control: str, force: bool) -> dict[str, Any] | None:
+    """The cheap checks, before anything is loaded; the finished identical run at ``out_dir`` if there is one."""
     check_method(method)
     check_baseline_config(config)
     check_pair_args(layer=layer, control=control)
     identity = baseline_identity(config, method=method, model=model, layer=layer, control=control)
-    done = check_out_dir(out_dir, identity, force=force)
-    if done is not None:
-        log.info("%s already holds this finished run; skipping (pass --force to retrain)", out_dir)
-        return done
-    if not Path(cache_path).is_file():
-        raise FileNotFoundError(f"cache {cache_path} does not exist; expected an HDF5 activation cache "
-                                "(python -m jsae cache)")
-    from jsae.data.cache import ActivationCache, hook_name
-    from jsae.data.hooks import mlp_module
-    from jsae.data.models import load_model
-    from jsae.data.planted import PLANTED_HOOK, is_planted_dir, planted_mlp
-
-    cache = ActivationCache.open(cache_path)
-    check_cache_matches(cache.attrs, model=model, layer=layer)
-    if is_planted_dir(model):
-        return _train(planted_mlp(model, layer), cache, config, Path(out_dir), method=method, model=model, layer=layer,
-                      control=control, hook_name=PLANTED_HOOK.removesuffix(".input"), **kwargs)
-    lm, _tokenizer = load_model(model, device="cpu", dtype=torch.float32)
-    module = mlp_module(lm, layer)
-    mlp = mlp_from_module(module)
-    path = hook_name(lm, layer).removesuffix(".input")
-    del lm, module
-    return _train(mlp, cache, config, Path(out_dir), method=method, model=model, layer=layer, control=control,
-                  hook_name=path, **kwargs)
+    return skip_finished(out_dir, identity, force=force)
 
 
 def _train(
@@ -632,27 +417,13 @@ def _train(
     model: str,
     layer: int,
     control: str,
-    model_name: str | None = None,
-    hook_name: str | None = None,
-    device: str = "auto",
-    checkpoint_every: int = 500,
-    log_every: int = 50,
-    mlflow_uri: str | None = None,
-    experiment: str = "jsae",
-    mlflow_parent: str | None = None,
-    progress: bool = True,
-    log_artifacts: bool = True,
-    on_step: Callable[[int], None] | None = None,
+    **kwargs: Any,
 ) -> dict[str, Any]:
-    """Train a checked baseline and write its run directory (as :func:`jsae.train.run._train` writes a pair's)."""
-    from jsae.tracking import Tracker
-
-    attrs = jsonable(dict(source.attrs))
-    n_cache, budget = attrs.get("n_tokens"), config.n_steps * config.batch_size
-    if isinstance(n_cache, int) and budget > n_cache:
-        log.warning("token budget %d exceeds the cache's %d tokens: %.2f passes over the cache",
-                    budget, n_cache, budget / n_cache)
-    dev = resolve_device(device)
+    """Train a checked baseline and write its run directory (as :func:`jsae.train.run._train` writes a pair's;
+    ``kwargs``: :class:`~jsae.train.run.RunSettings`)."""
+    opts = RunSettings(**kwargs)
+    attrs = cache_facts(source, config)
+    dev = resolve_device(opts.device)
     mlp = mlp.to(dev)
     tc = build_transcoder(mlp, config, method, device=dev)
     scales = {"in": 1.0, "out": 1.0}
@@ -661,62 +432,28 @@ def _train(
         log.info("activation scales (expected_norm): input x%.4g, output x%.4g", scales["in"], scales["out"])
     tc.init_biases_(*data_means(mlp, source, config, (scales["in"], scales["out"]), device=dev))
     identity = baseline_identity(config, method=method, model=model, layer=layer, control=control)
-    trainer = TranscoderTrainer(
-        tc, mlp, source, config, device=dev, work_dir=work_dir_for(out_dir),
-        fingerprint={"identity": identity, "cache": attrs}, scales=(scales["in"], scales["out"]),
-        checkpoint_every=checkpoint_every, log_every=log_every, progress=progress, on_step=on_step,
-    )
+    trainer = TranscoderTrainer(tc, mlp, source, config, device=dev, fingerprint={"identity": identity, "cache": attrs},
+                                scales=(scales["in"], scales["out"]), **opts.trainer_kwargs(out_dir))
     resumed = trainer.restore()
     dims = transcoder_dims(config, mlp.d_in, mlp.d_out)
+    short_name, mlp_path = opts.names(model, attrs, layer)
     record = BaselineRecord(
-        method=method, model=model, model_name=model_name or Path(str(model).rstrip("/")).name or str(model),
-        layer=layer, control=control, config=config, dims=dims,
+        method=method, model=model, model_name=short_name, layer=layer, control=control, config=config, dims=dims,
         mlp={"d_in": mlp.d_in, "d_mlp": mlp.d_hidden, "d_out": mlp.d_out, "mlp_kind": mlp.kind},
-        hook=attrs.get("hook"),
-        hook_name=hook_name or str(attrs.get("hook") or f"layers.{layer}.mlp.input").removesuffix(".input"),
-        cache=attrs, activation_scales=scales, device=str(dev),
+        hook=attrs.get("hook"), hook_name=mlp_path, cache=attrs, activation_scales=scales, device=str(dev),
         autocast=str(trainer.autocast).replace("torch.", "") if trainer.autocast else None,
     )
-    tracker = Tracker(mlflow_uri, experiment) if mlflow_uri else Tracker.disabled()
-    trainer.mlflow_run_id = tracker.start(run_name(record.model_name, layer, control, method, config.seed),
-                                          params=record.params(), tags=record.tags(experiment),
-                                          run_id=trainer.mlflow_run_id, parent_run_id=mlflow_parent)
-    if isinstance(getattr(source, "path", None), (str, os.PathLike)):
-        tracker.log_cache_input(source.path)
-    trainer.tracker = tracker
+    tracker = start_tracking(trainer, record, run_name(short_name, layer, control, method, config.seed), source, opts)
     log.info("training %s %s layer %d (%s): %d steps x %d tokens, %d latents, k %d, device %s%s", method,
              record.model_name, layer, control, config.n_steps, config.batch_size, dims["n_latents"], dims["k"], dev,
              f", resumed at step {trainer.step}" if resumed else "")
-    wall0 = time.perf_counter()
-    try:
-        result = trainer.run()
-    except KeyboardInterrupt:
-        tracker.finish("KILLED")
-        raise
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    final = {k: v for k, v in result.metrics.items() if k != keys.STEP}
-    final[keys.OUT_DEAD_FRACTION] = trainer.dead.dead_fraction()
-    session_wall_s = time.perf_counter() - wall0
-    tc.fold_scales_(scales["in"], scales["out"])  # the saved transcoder maps raw x to raw y
-    with atomic_dir(out_dir) as tmp:
+
+    def save(tmp: Path) -> tuple[str, ...]:
+        tc.fold_scales_(scales["in"], scales["out"])  # the saved transcoder maps raw x to raw y
         save_transcoder(tc, tmp / CODER_DIRNAME, record.metadata())
-        with atomic_path(tmp / METRICS_FILENAME) as mtmp:
-            mtmp.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in result.history))
-        tracker.log_metrics(final, step=config.n_steps)
-        if log_artifacts:
-            tracker.log_artifacts(tmp / CODER_DIRNAME, CODER_DIRNAME)
-            tracker.log_artifact(tmp / METRICS_FILENAME)
-        run_json = record.to_json(result, metrics=final, session_wall_s=session_wall_s, mlflow_uri=mlflow_uri,
-                                  experiment=experiment, mlflow_status=tracker.status)
-        write_json(tmp / RUN_FILENAME, run_json)
-        tracker.log_artifact(tmp / RUN_FILENAME)
-    tracker.finish()
-    shutil.rmtree(work_dir_for(out_dir), ignore_errors=True)
-    if tracker.error is not None and mlflow_uri:
-        log.warning("MLflow tracking was unavailable (%s); all metrics are in %s", tracker.error,
-                    out_dir / METRICS_FILENAME)
+        return (CODER_DIRNAME,)
+
+    run_json, final = run_and_write(trainer, tracker, record, out_dir, opts, save=save)
     log.info("finished %s %s: train loss %.4g, dead %.3f -> %s", method, record.model_name,
              final.get(keys.LOSS, float("nan")), final[keys.OUT_DEAD_FRACTION], out_dir)
     return run_json

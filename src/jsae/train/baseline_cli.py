@@ -10,14 +10,11 @@ Snakemake rule passes the study's ``sae:`` and ``train:`` keys and the seed, exa
 from __future__ import annotations
 
 import argparse
-import logging
 
-from jsae.cli import run_cli, tracking_uri
+from jsae.cli import run_cli
 from jsae.io import setup_logging
 from jsae.train import cli as train_cli
 from jsae.train.baseline import BASELINE_METHODS, CODER_DIRNAME, train_baseline_from_files
-
-log = logging.getLogger("jsae.train")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,32 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """The arguments, ``--config-json`` filling the options not given explicitly (as ``train``'s)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.config_json is not None:
-        try:
-            parser.set_defaults(**train_cli.config_json_values(args.config_json))
-        except ValueError as exc:
-            parser.error(str(exc))
-        args = parser.parse_args(argv)
-    return args
+    return train_cli.parse_args(argv, build_parser())
 
 
 def _train(args: argparse.Namespace) -> int:
-    config, options = train_cli.configs_from_args(args)
-    uri = tracking_uri(args.mlflow_uri)
-    try:
-        train_baseline_from_files(
-            args.model, args.layer, args.cache, args.out, config, method=args.method, control=args.control,
-            force=args.force, model_name=args.model_name, device=args.device,
-            checkpoint_every=options.checkpoint_every, log_every=options.log_every, mlflow_uri=uri,
-            experiment=args.experiment, mlflow_parent=train_cli.parent_run(args.mlflow_parent_from, uri),
-            progress=not args.no_progress, log_artifacts=not args.no_artifacts,
-        )
-    except FloatingPointError as exc:  # diverged: a result, not a bug
-        log.error("%s", exc)
-        return 1
-    return 0
+    return train_cli.train_from_args(train_baseline_from_files, args, method=args.method)
 
 
 def cli(argv: list[str]) -> int:
