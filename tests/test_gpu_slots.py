@@ -339,12 +339,16 @@ def test_workflow_runs_gpu_rules_through_the_launcher_only_off_the_cpu(tmp_path)
     pair_dir = layout()["eval_dir"](*study_pairs(load("config.yaml"))[0])
     core = f"{pair_dir}/core/sae_in_eval_results.json"
     interaction = f"{pair_dir}/interaction.json"
+    # and one transcoder baseline's evaluation and core metrics (baselines.smk; off in the default study)
+    baseline = pair_dir.replace("/lam0/", "/transcoder/")
+    baseline_targets = (f"{baseline}/baseline_evaluation.json", f"{baseline}/core/transcoder_eval_results.json")
     runs = {}
 
     def plan(device):
         (tmp_path / device).mkdir()
-        runs[device] = snakemake("-n", "-p", "all", core, interaction, "--configfile", str(cfg), "--config",
-                                 f"device={device}", cwd=tmp_path / device)
+        (tmp_path / device / "on.yaml").write_text("baselines: {enabled: true, methods: [transcoder]}\n")
+        runs[device] = snakemake("-n", "-p", "all", core, interaction, *baseline_targets, "--configfile", str(cfg),
+                                 "on.yaml", "--config", f"device={device}", cwd=tmp_path / device)
 
     threads = [threading.Thread(target=plan, args=(d,)) for d in ("cpu", "cuda")]
     for t in threads:
@@ -356,12 +360,14 @@ def test_workflow_runs_gpu_rules_through_the_launcher_only_off_the_cpu(tmp_path)
     cpu, cuda = planned_commands(runs["cpu"].stdout), planned_commands(runs["cuda"].stdout)
     assert job_counts(runs["cpu"].stdout) == job_counts(runs["cuda"].stdout)
     launched = gpu_rules()
-    assert launched == {"pretrain", "cache", "train", "evaluate", "probes", "tables", "recovery", "core", "interaction"}
+    assert launched == {"pretrain", "cache", "train", "evaluate", "probes", "tables", "recovery", "core", "interaction",
+                        "train_baseline", "evaluate_baseline", "core_baseline"}
     assert {rule for rule, _ in cuda} >= launched  # each one is planned, so each one is checked below
     assert not any("gpu-slot" in cmd for _, cmd in cpu)
     for rule, cmd in cuda:
         if rule in launched:
-            assert re.match(rf"OMP_NUM_THREADS=\d+ python -m jsae gpu-slot -- python -m jsae {rule} ", cmd), cmd
+            command = rule.replace("_", "-")  # train_baseline: python -m jsae train-baseline
+            assert re.match(rf"OMP_NUM_THREADS=\d+ python -m jsae gpu-slot -- python -m jsae {command} ", cmd), cmd
         else:
             assert "gpu-slot" not in cmd, cmd
     # apart from the launcher and the device the config names, the commands are the CPU study's, byte for byte

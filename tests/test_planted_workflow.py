@@ -285,7 +285,8 @@ def test_planted_model_beside_a_language_model_dry_run(tmp_path):
     fig7_block = res.stdout[res.stdout.rindex("rule figure:", 0, fig7.end()):fig7.end()] if fig7 else ""
     assert fig7_block and "planted-gelu" not in fig7_block
     # each model's training commands carry the study's sae/train keys with its own on top
-    for line in (x for x in res.stdout.splitlines() if "python -m jsae train" in x):
+    assert after["train_baseline"] == before["train_baseline"] + 2  # a transcoder and a skip transcoder
+    for line in (x for x in res.stdout.splitlines() if "python -m jsae train " in x):  # pairs, not train-baseline
         config = json.loads(re.search(r"--config-json '([^']+)'", line)[1])
         mine = planted if "--model-name planted-gelu" in line else {}
         want = {**cfg["sae"], **mine.get("sae", {}), **cfg["train"], **mine.get("train", {})}

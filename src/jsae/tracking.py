@@ -508,6 +508,8 @@ def upload_run(run_dir: str | os.PathLike[str], uri: str, experiment: str | None
     """
     import json
 
+    from jsae.train.baseline import CODER_DIRNAME
+    from jsae.train.baseline import run_name as baseline_run_name
     from jsae.train.keys import STEP, train_key
 
     run_dir = Path(run_dir)
@@ -515,8 +517,13 @@ def upload_run(run_dir: str | os.PathLike[str], uri: str, experiment: str | None
     if cache is not None:
         _check_upload_cache(cache, record.get("cache", {}), run_dir)
     tracker = Tracker(uri, experiment or record.get("mlflow_experiment") or DEFAULT_EXPERIMENT)
-    name = run_name(str(record.get("model_name") or record["model"]), int(record["layer"]), float(record["lam"]),
-                    str(record["control"]), int(record.get("seed") or 0))
+    model_name = str(record.get("model_name") or record["model"])
+    if "method" in record:  # a transcoder baseline (jsae.train.baseline): named by its method, no lambda
+        name = baseline_run_name(model_name, int(record["layer"]), str(record["control"]), str(record["method"]),
+                                 int(record.get("seed") or 0))
+    else:
+        name = run_name(model_name, int(record["layer"]), float(record["lam"]), str(record["control"]),
+                        int(record.get("seed") or 0))
     parent = None
     if tracker.error is None:
         try:
@@ -537,7 +544,7 @@ def upload_run(run_dir: str | os.PathLike[str], uri: str, experiment: str | None
         tracker.log_metrics({train_key(k): v for k, v in row.items() if k != STEP}, step=int(row[STEP]))
     tracker.log_metrics({train_key(k): v for k, v in record.get("metrics", {}).items()},
                         step=int(record.get("n_steps", 0)))
-    for sub in ("sae_in", "sae_out"):
+    for sub in ("sae_in", "sae_out", CODER_DIRNAME):
         if (run_dir / sub).is_dir():
             tracker.log_artifacts(run_dir / sub, sub)
     if metrics_file.is_file():

@@ -34,6 +34,8 @@ rule summary:
         probes=lambda wc: pair_files("probes.json", probed_pairs()),
         # a planted model's pairs against its ground truth (the "Planted ground truth" section)
         recovery=lambda wc: pair_files("recovery.json", pairs(planted=True)),
+        # the peer methods (baselines.enabled): the methods section beside the pairs
+        baselines=lambda wc: baseline_evaluations(),
         # what the verdicts were made on: steps, max_steps, stopped_by and held-out loss of each pretrained model
         pretrain=lambda wc: [PRETRAIN_MARKER.format(model=m) for m in MODELS if MODELS[m]["source"] == "pretrain"],
     output:
@@ -50,6 +52,6 @@ rule summary:
     conda:
         "../../envs/jsae.yaml"
     shell:
-        "python -m jsae summary --inputs {input.evaluations} {input.probes} {input.recovery} "
+        "python -m jsae summary --inputs {input.evaluations} {input.probes} {input.recovery} {input.baselines} "
         "--pretrain {input.pretrain} --out-md {output.md} --out-csv {output.csv} --out-claims {output.claims} "
         "--jsae-lam {params.jsae_lam} 2> {log}"

@@ -23,6 +23,12 @@ MLFLOW_URI = config["mlflow"]["tracking_uri"] if config["mlflow"]["enabled"] els
 # from params or the command text: where a job logs is not what it computes, so moving a study to another
 # store (a tracking server on a cluster) re-plans nothing. Only init_tracking, which makes the store, keys on it.
 os.environ["JSAE_MLFLOW_URI"] = MLFLOW_URI or "none"
+
+
+# and executors that start jobs elsewhere (SLURM) pass it on
+envvars:
+    "JSAE_MLFLOW_URI",
+
 # Rules that run models claim a GPU unless the study is pinned to the CPU: on a CPU-only machine they
 # may then run side by side (each with its own threads) instead of one at a time.
 GPU = 0 if config["device"] == "cpu" else 1
@@ -53,8 +59,9 @@ wildcard_constraints:
     lam=_alternation(LAMBDAS),
     control="trained|reinit",
     split="train|validation",
-    # the paper's numbered figures, and ours: fig_recovery (a planted ground truth's recovery against lambda)
-    fig=r"fig\d+|fig_recovery",
+    # the paper's numbered figures, and ours: fig_recovery (a planted ground truth's recovery against lambda) and
+    # fig_methods (the pairs beside the peer methods)
+    fig=r"fig\d+|fig_recovery|fig_methods",
 
 
 def is_planted(model):
@@ -162,3 +169,44 @@ def cache_tokens(wildcards):
 def mlflow_args(with_experiment=True):
     """The MLflow arguments of a job besides the URI (which jobs read from $JSAE_MLFLOW_URI): the experiment."""
     return f"--experiment {config['study']}" if MLFLOW_URI and with_experiment else ""
+
+
+# --- Baselines (baselines.smk): the transcoders trained beside the pairs, when baselines.enabled ---------------------
+BASELINES = config["baselines"]
+BASELINE_METHODS = list(BASELINES["methods"]) if BASELINES["enabled"] else []
+if BASELINES["enabled"] and "reinit" in BASELINES["controls"] and not config["reinit"]["enabled"]:
+    _fail("baselines.controls has reinit but reinit.enabled is false; enable the control or remove reinit "
+          "from baselines.controls")
+# A baseline's layout beside the pairs' (paths.smk): <method> where a pair has lam<lambda>; its evaluation file is
+# named apart from a pair's evaluation.json, which the report's loader reads as a pair.
+BASELINE = "{model}/L{layer}/{control}/{method}/seed{seed}"
+BASELINE_RUN_DIR = f"{RESULTS}/runs/{BASELINE}"
+BASELINE_EVAL_DIR = f"{RESULTS}/eval/{BASELINE}"
+BASELINE_LOG = "{model}_L{layer}_{control}_{method}_seed{seed}"
+# the transcoder in sparsify's format (jsae.train.baseline.CODER_DIRNAME, SPARSIFY_CFG, SPARSIFY_WEIGHTS)
+BASELINE_CODER_FILES = ("transcoder/cfg.json", "transcoder/sae.safetensors")
+BASELINE_EVALUATION = "baseline_evaluation.json"  # jsae.eval.baseline.EVALUATION_FILENAME
+BASELINE_CORE = "core/transcoder_eval_results.json"  # jsae.eval.baseline.CORE_FILENAME
+
+
+def baseline_run_dir(model, layer, control, method, seed):
+    return BASELINE_RUN_DIR.format(model=model, layer=layer, control=control, method=method, seed=seed)
+
+
+def baseline_eval_dir(model, layer, control, method, seed):
+    return BASELINE_EVAL_DIR.format(model=model, layer=layer, control=control, method=method, seed=seed)
+
+
+def baseline_train_config_json(wildcards):
+    """The pairs' TrainConfig and RunOptions fields (train_config_json's, the model's own keys on top) without lam."""
+    m = MODELS[base_model(wildcards.model)[0]]
+    return json.dumps({**model_section(config, m, "sae"), **model_section(config, m, "train"),
+                       "seed": int(wildcards.seed)}, sort_keys=True)
+
+
+def baseline_inputs(wildcards):
+    """Inputs of a baseline's analyses: its run, the validation cache and the model."""
+    variant = model_variant(wildcards.model, wildcards.control)
+    run = baseline_run_dir(wildcards.model, wildcards.layer, wildcards.control, wildcards.method, wildcards.seed)
+    return {"run": f"{run}/run.json", "coder": [f"{run}/{name}" for name in BASELINE_CODER_FILES],
+            "cache": cache_path(variant, wildcards.layer, "validation"), "model": model_marker(variant)}

@@ -48,6 +48,8 @@ FIGURE_NEEDS = {
     "fig36": (_EVAL_STATS, "baseline+jsae", ["trained"]),
     # ours: every planted pair (all lambdas and seeds) against its ground truth
     "fig_recovery": (("recovery.json",), "all", ["trained"]),
+    # ours: every trained pair (all lambdas and seeds) beside the peer methods' evaluations (baselines.enabled)
+    "fig_methods": (_EVAL, "all", ["trained"]),
 }
 
 
@@ -65,6 +67,10 @@ def figure_inputs(wildcards):
         raise ValueError("fig8 needs the linearity probes; set probes.enabled: true")
     if "probes.json" in names and PROBE_LAMBDAS is not None:
         lams = [lam for lam in lams if lam in PROBE_LAMBDAS]
+    if wildcards.fig == "fig_methods":
+        if not BASELINE_METHODS:
+            raise ValueError("fig_methods needs the peer methods; set baselines.enabled: true")
+        return pair_files("evaluation.json", pairs(controls=controls)) + baseline_evaluations(controls)
     if "recovery.json" in names:  # the recovery figure shows every seed of the planted models' pairs
         selected = pairs(controls=controls, lams=lams, planted=True)
     else:  # fig7 compares each model with its re-init, fig5 plots CE scores: language models only
@@ -74,7 +80,8 @@ def figure_inputs(wildcards):
 
 
 def figure_targets():
-    names = [f for f in config["figures"]["names"] if f != "fig8" or config["probes"]["enabled"]]
+    names = [f for f in config["figures"]["names"] if (f != "fig8" or config["probes"]["enabled"])
+             and (f != "fig_methods" or BASELINE_METHODS)]
     return [figure_file(f, ext) for f in names for ext in ("pdf", "png")]
 
 
@@ -113,8 +120,42 @@ def built_files():
     return files
 
 
+def baselines():
+    """Every (model, layer, control, method, seed) baseline of the study (baselines.smk): baselines.controls (a
+    planted model has no re-init control), the base seed (and the replicate seeds with baselines.replicates)."""
+    out = []
+    for m in config["models"]:
+        for layer in m["layers"]:
+            for control in CONTROLS:
+                if control not in BASELINES["controls"] or (control == "reinit" and is_planted(m["name"])):
+                    continue
+                for seed in SEEDS if BASELINES["replicates"] else [SEED]:
+                    out += [dict(model=m["name"], layer=layer, control=control, method=method, seed=seed)
+                            for method in BASELINE_METHODS]
+    return out
+
+
+def baseline_evaluations(controls=None):
+    """Each baseline's baseline_evaluation.json (of ``controls`` only, when given)."""
+    return [f"{baseline_eval_dir(**b)}/{BASELINE_EVALUATION}" for b in baselines()
+            if controls is None or b["control"] in controls]
+
+
+def baseline_targets():
+    """Each baseline's run (run.json and the transcoder: targets, so a deleted one is rebuilt), its evaluation and,
+    with core.enabled, its SAEBench core JSON."""
+    out = []
+    for b in baselines():
+        run, ev = baseline_run_dir(**b), baseline_eval_dir(**b)
+        out += [f"{run}/run.json", *(f"{run}/{name}" for name in BASELINE_CODER_FILES), f"{ev}/{BASELINE_EVALUATION}"]
+        if config["core"]["enabled"]:
+            out.append(f"{ev}/{BASELINE_CORE}")
+    return out
+
+
 def final_targets():
     targets = built_files() + analysis_targets() + figure_targets() + [SUMMARY_MD, SUMMARY_CSV, CLAIMS_CSV]
+    targets += baseline_targets()  # the transcoder baselines (baselines.smk), when baselines.enabled
     if MLFLOW_URI:
         targets.append(STUDY_RUN)
     return targets

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from jsae.eval import metrics as ours
 from jsae.nn.pair import JSAEPair
-from jsae.nn.sae import TopKSAE
+from jsae.nn.sae import TopKCoder
 
 log = logging.getLogger("jsae.eval.core")
 
@@ -357,18 +357,21 @@ def encoder_decoder_cosine_sim(W_enc: Tensor, W_dec: Tensor) -> Tensor:
     return (e / e.norm(dim=1, keepdim=True) * (d / d.norm(dim=1, keepdim=True))).sum(1)
 
 
-def weight_features(sae: TopKSAE) -> dict[str, np.ndarray]:
+def weight_features(sae: TopKCoder, *, encoder_decoder: bool = True) -> dict[str, np.ndarray]:
     """The weight-based ``eval_result_details`` of ``sae``: ``encoder_bias``, ``encoder_norm`` (the L2 norm of
     each latent's encoder vector), ``encoder_decoder_cosine_sim``, ``max_encoder_cosine_sim``,
-    ``max_decoder_cosine_sim`` (float64 ``[n_latents]``)."""
+    ``max_decoder_cosine_sim`` (float64 ``[n_latents]``). ``encoder_decoder=False`` (a transcoder: its encoder
+    reads x and its decoder writes y, two different spaces) leaves ``encoder_decoder_cosine_sim`` out."""
     with torch.no_grad():
-        return {
+        out = {
             "encoder_bias": sae.b_enc.detach().double().cpu().numpy(),
             "encoder_norm": sae.W_enc.detach().double().norm(dim=1).cpu().numpy(),
-            "encoder_decoder_cosine_sim": encoder_decoder_cosine_sim(sae.W_enc, sae.W_dec).cpu().numpy(),
+            "encoder_decoder_cosine_sim": (encoder_decoder_cosine_sim(sae.W_enc, sae.W_dec).cpu().numpy()
+                                           if encoder_decoder else None),
             "max_encoder_cosine_sim": max_cosine_sim(sae.W_enc).double().cpu().numpy(),
             "max_decoder_cosine_sim": max_cosine_sim(sae.W_dec).double().cpu().numpy(),
         }
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def misc_metrics(density: Tensor | np.ndarray, max_encoder_cos: Tensor | np.ndarray,
@@ -660,11 +663,12 @@ class CoreResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def sae_results(acc: CoreAccumulator, sae: TopKSAE, *, prompts_meaningful: bool = True,
-                edges: Sequence[float] = DENSITY_LOG10_EDGES) -> CoreResult:
-    """One SAE's :class:`CoreResult` from its accumulator and weights (no CE/KL: :func:`splice_core_metrics`)."""
+def sae_results(acc: CoreAccumulator, sae: TopKCoder, *, prompts_meaningful: bool = True,
+                edges: Sequence[float] = DENSITY_LOG10_EDGES, encoder_decoder: bool = True) -> CoreResult:
+    """One SAE's (or transcoder's: ``encoder_decoder=False``, :func:`weight_features`) :class:`CoreResult` from its
+    accumulator and weights (no CE/KL: :func:`add_splice_results`)."""
     metrics, per_latent = acc.result()
-    weights = weight_features(sae)
+    weights = weight_features(sae, encoder_decoder=encoder_decoder)
     density = per_latent["feature_density"]
     metrics.update(misc_metrics(density, weights["max_encoder_cosine_sim"], weights["max_decoder_cosine_sim"]))
     metrics["total_tokens_eval_sparsity_variance"] = acc.n_tokens
@@ -723,6 +727,111 @@ def ignored_tokens(tokenizer: Any) -> list[int]:
     return sorted({int(i) for i in ids if i is not None})
 
 
+def add_splice_results(res: CoreResult, spliced: dict[str, Any], ours_splice: dict[str, float], side: str,
+                       n_tokens: int) -> None:
+    """Add one SAE's CE / KL metrics to ``res``: SAEBench's (:func:`splice_core_metrics`' entry for it) and ours
+    (:func:`jsae.eval.evaluate.splice_metrics`' ``{side}/…``), over ``n_tokens`` spliced tokens."""
+    res.metrics.update(spliced)
+    res.metrics["total_tokens_eval_reconstruction"] = n_tokens
+    res.extra["jsae_metrics"].update({k.split("/", 1)[1]: _finite_or_none(v) for k, v in ours_splice.items()
+                                      if k.startswith(f"{side}/")})
+
+
+def skip_splice_results(res: CoreResult, reason: str) -> None:
+    """Record why ``res`` has no CE / KL metrics (they are written as null)."""
+    res.extra["null_reasons"].update(dict.fromkeys(
+        (*METRIC_GROUPS["model_behavior_preservation"], *METRIC_GROUPS["model_performance_preservation"],
+         "total_tokens_eval_reconstruction"), reason))
+
+
+@dataclass(frozen=True)
+class CoreRun:
+    """What a core command reads, from its arguments and the cache: rows, batches and CE contexts (checked)."""
+
+    n_rows: int
+    n_contexts: int
+    context_length: int
+    batch_rows: int  # --batch-size-prompts contexts of cache rows
+    ce_contexts: int
+    first_clean: bool  # the cache excludes position 0: the splice leaves it clean
+
+    @staticmethod
+    def check_args(args: argparse.Namespace) -> None:
+        """The numeric arguments of a core command (one-line ``ValueError``), checked before anything loads."""
+        from jsae.checks import check_positive_int
+
+        check_positive_int("n_tokens", args.n_tokens, allow_none=True)
+        check_positive_int("batch_size_prompts", args.batch_size_prompts)
+        check_positive_int("ce_contexts", args.ce_contexts, minimum=0, allow_none=True)
+        check_positive_int("ce_batch_size", args.ce_batch_size)
+
+    @classmethod
+    def from_cache(cls, args: argparse.Namespace, cache: Any) -> CoreRun:
+        """The cache's layout for the (checked: :meth:`check_args`) arguments; ``--ce-contexts`` checked against it."""
+        from jsae.eval.inputs import token_count
+
+        n_rows = token_count(cache, args.n_tokens)
+        n_contexts, context_length = int(cache.contexts().shape[0]), cache.context_length
+        rows_per_context = context_length - 1 if str(cache.attrs.get("first_position")) == "excluded" \
+            else context_length
+        default_ce = 10 * args.batch_size_prompts
+        ce_contexts = min(default_ce, n_contexts) if args.ce_contexts is None else args.ce_contexts
+        if ce_contexts > n_contexts:
+            raise ValueError(f"ce_contexts={ce_contexts} is invalid for a cache of {n_contexts} contexts; expected "
+                             f"0..{n_contexts}")
+        first_clean = str(cache.attrs.get("first_position", "excluded")) == "excluded"
+        return cls(n_rows, n_contexts, context_length, args.batch_size_prompts * rows_per_context, ce_contexts,
+                   first_clean)
+
+    def ce_reason(self, model: Any) -> str | None:
+        """Why CE / KL are not computed, or None to compute them."""
+        if model is None:
+            return "a planted model has no language model to splice into"
+        return "skipped: --ce-contexts 0" if self.ce_contexts == 0 else None
+
+    def eval_config(self, args: argparse.Namespace, model: Any, cache: Any, *, ce_reason: str | None,
+                    n_batches: int) -> dict[str, Any]:
+        """SAEBench's ``eval_config`` of this run (:func:`core_eval_config`)."""
+        model_dtype = str(next(model.parameters()).dtype).removeprefix("torch.") if model is not None else None
+        return core_eval_config(
+            model_name=str(args.model), llm_dtype=model_dtype,
+            batch_size_prompts=args.batch_size_prompts,
+            n_eval_reconstruction_batches=(math.ceil(self.ce_contexts / args.batch_size_prompts)
+                                           if ce_reason is None else 0),
+            n_eval_sparsity_variance_batches=n_batches,
+            dataset=f"corpus_sha256={cache.attrs.get('corpus_sha256')} split={cache.attrs.get('split')}",
+            context_size=self.context_length, compute_kl=ce_reason is None, compute_ce_loss=ce_reason is None,
+            compute_l2_norms=True, compute_sparsity_metrics=True, compute_variance_metrics=True,
+            compute_featurewise_density_statistics=True, compute_featurewise_weight_based_metrics=True,
+            # our splice keeps position 0 (the BOS) clean; SAEBench's flag keeps every BOS/EOS/PAD position clean
+            exclude_special_tokens_from_reconstruction=self.first_clean and ce_reason is None,
+        )
+
+    def settings(self, args: argparse.Namespace, *, layer: int, ignore: list[int], ce_reason: str | None
+                 ) -> dict[str, Any]:
+        """``eval_result_unstructured.jsae``'s entries on what was read and how."""
+        return {
+            "run": str(args.run), "cache": str(args.cache), "layer": layer,
+            "definitions": {"sae_bench_commit": SAE_BENCH_COMMIT, "sae_bench_files": list(SAE_BENCH_FILES),
+                            "docs": "docs/metrics.md, 'SAEBench core metrics'"},
+            "ignore_token_ids": ignore,
+            "rows_read": self.n_rows,
+            "ce_contexts": self.ce_contexts if ce_reason is None else 0,
+            "first_position_clean": self.first_clean,
+        }
+
+
+def write_core_result(path: str | os.PathLike[str], res: CoreResult, *, head: dict[str, Any],
+                      settings: dict[str, Any], eval_config: dict[str, Any], sae_cfg_dict: Any, eval_id: str) -> None:
+    """One SAE's SAEBench core-eval JSON: ``res`` with ``head`` (what the SAE is) and ``settings``
+    (:meth:`CoreRun.settings`) under ``eval_result_unstructured.jsae``; non-finite metrics get a null reason."""
+    res.extra["null_reasons"].update(non_finite_reasons(res.metrics))
+    unstructured = {"jsae": {**head, **settings, **res.extra}}
+    doc = core_eval_json(res.metrics, res.features, eval_config=eval_config, sae_cfg_dict=sae_cfg_dict,
+                         unstructured=unstructured, eval_id=eval_id)
+    write_core_json(path, doc)
+
+
 # --------------------------------------------------------------------------------------------------
 # Command line: python -m jsae core
 # --------------------------------------------------------------------------------------------------
@@ -756,18 +865,14 @@ def cli(argv: list[str]) -> int:
 
 
 def _core_cli(args: argparse.Namespace) -> int:
-    from jsae.checks import check_positive_int
     from jsae.data.cache import ActivationCache
     from jsae.data.planted import is_planted_dir
     from jsae.eval.evaluate import splice_metrics, splice_token_losses
-    from jsae.eval.inputs import load_inputs, pair_identity, run_field, token_count
+    from jsae.eval.inputs import load_inputs, pair_identity, run_field
     from jsae.export import read_run, read_sae_config
 
     # every argument is checked before the model loads
-    check_positive_int("n_tokens", args.n_tokens, allow_none=True)
-    check_positive_int("batch_size_prompts", args.batch_size_prompts)
-    check_positive_int("ce_contexts", args.ce_contexts, minimum=0, allow_none=True)
-    check_positive_int("ce_batch_size", args.ce_batch_size)
+    CoreRun.check_args(args)
     layer = args.layer
     if layer is None:
         layer = run_field(read_run(args.run), "layer")
@@ -777,91 +882,44 @@ def _core_cli(args: argparse.Namespace) -> int:
     if not Path(args.cache).is_file():
         raise FileNotFoundError(f"cache {args.cache} does not exist; expected an HDF5 activation cache")
     with ActivationCache.open(args.cache) as cache:
-        n_rows = token_count(cache, args.n_tokens)
-        n_contexts, context_length = int(cache.contexts().shape[0]), cache.context_length
-        rows_per_context = context_length - 1 if str(cache.attrs.get("first_position")) == "excluded" \
-            else context_length
+        run = CoreRun.from_cache(args, cache)
     planted = is_planted_dir(args.model)
-    default_ce = 10 * args.batch_size_prompts
-    ce_contexts = min(default_ce, n_contexts) if args.ce_contexts is None else args.ce_contexts
-    if ce_contexts > n_contexts:
-        raise ValueError(f"ce_contexts={ce_contexts} is invalid for a cache of {n_contexts} contexts; expected "
-                         f"0..{n_contexts}")
 
     inputs = load_inputs(args.model, layer, args.run, args.cache, device=args.device)
     pair, cache = inputs.pair, inputs.cache
     ignore = ignored_tokens(inputs.tokenizer)
-    batch_rows = args.batch_size_prompts * rows_per_context
-    log.info("core metrics over %d cache rows (batches of %d contexts = %d rows; ignoring token ids %s)", n_rows,
-             args.batch_size_prompts, batch_rows, ignore)
-    acc = pair_activation_metrics(pair, row_batches(cache, n_rows, batch_rows, ignore), total=n_rows,
+    log.info("core metrics over %d cache rows (batches of %d contexts = %d rows; ignoring token ids %s)", run.n_rows,
+             args.batch_size_prompts, run.batch_rows, ignore)
+    acc = pair_activation_metrics(pair, row_batches(cache, run.n_rows, run.batch_rows, ignore), total=run.n_rows,
                                   progress=not args.no_progress)
     saes = {"sae_in": pair.sae_in, "sae_out": pair.sae_out}
     results = {role: sae_results(acc[role], saes[role], prompts_meaningful=not planted) for role in SAE_ROLES}
 
-    ce_reason = None
-    if inputs.model is None:
-        ce_reason = "a planted model has no language model to splice into"
-    elif ce_contexts == 0:
-        ce_reason = "skipped: --ce-contexts 0"
-    first_clean = str(cache.attrs.get("first_position", "excluded")) == "excluded"
+    ce_reason = run.ce_reason(inputs.model)
     if ce_reason is None:
-        contexts = torch.as_tensor(np.asarray(cache.contexts()[:ce_contexts]))
-        log.info("CE/KL splice over %d contexts of %d tokens", ce_contexts, context_length)
+        contexts = torch.as_tensor(np.asarray(cache.contexts()[:run.ce_contexts]))
+        log.info("CE/KL splice over %d contexts of %d tokens", run.ce_contexts, run.context_length)
         losses = splice_token_losses(inputs.model, layer, pair, contexts, batch_size=args.ce_batch_size,
-                                     first_position_clean=first_clean, progress=not args.no_progress)
+                                     first_position_clean=run.first_clean, progress=not args.no_progress)
         spliced = splice_core_metrics(losses, contexts, ignore)
         ours_splice = splice_metrics(losses)
         for role, side in zip(SAE_ROLES, ours.SIDES):
-            results[role].metrics.update(spliced[role])
-            results[role].metrics["total_tokens_eval_reconstruction"] = ce_contexts * context_length
-            results[role].extra["jsae_metrics"].update(
-                {k.split("/", 1)[1]: _finite_or_none(v) for k, v in ours_splice.items()
-                 if k.startswith(f"{side}/")})
+            add_splice_results(results[role], spliced[role], ours_splice, side, run.ce_contexts * run.context_length)
     else:
         for role in SAE_ROLES:
-            results[role].extra["null_reasons"].update(
-                dict.fromkeys((*METRIC_GROUPS["model_behavior_preservation"],
-                               *METRIC_GROUPS["model_performance_preservation"], "total_tokens_eval_reconstruction"),
-                              ce_reason))
+            skip_splice_results(results[role], ce_reason)
 
-    model_dtype = (str(next(inputs.model.parameters()).dtype).removeprefix("torch.") if inputs.model is not None
-                   else None)
-    config = core_eval_config(
-        model_name=str(args.model), llm_dtype=model_dtype,
-        batch_size_prompts=args.batch_size_prompts,
-        n_eval_reconstruction_batches=math.ceil(ce_contexts / args.batch_size_prompts) if ce_reason is None else 0,
-        n_eval_sparsity_variance_batches=acc["sae_in"].n_batches,
-        dataset=f"corpus_sha256={cache.attrs.get('corpus_sha256')} split={cache.attrs.get('split')}",
-        context_size=context_length, compute_kl=ce_reason is None, compute_ce_loss=ce_reason is None,
-        compute_l2_norms=True, compute_sparsity_metrics=True, compute_variance_metrics=True,
-        compute_featurewise_density_statistics=True, compute_featurewise_weight_based_metrics=True,
-        # our splice keeps position 0 (the BOS) clean; SAEBench's flag keeps every BOS/EOS/PAD position clean
-        exclude_special_tokens_from_reconstruction=first_clean and ce_reason is None,
-    )
+    config = run.eval_config(args, inputs.model, cache, ce_reason=ce_reason, n_batches=acc["sae_in"].n_batches)
     identity = pair_identity(inputs.run, pair)
-    run_id = str(uuid.uuid4())
+    settings = run.settings(args, layer=layer, ignore=ignore, ce_reason=ce_reason)
+    eval_id = str(uuid.uuid4())
     out_dir = Path(args.out)
     for role in SAE_ROLES:
         res = results[role]
-        res.extra["null_reasons"].update(non_finite_reasons(res.metrics))
-        unstructured = {"jsae": {
-            "sae": role,
-            "reconstructs": "MLP input x" if role == "sae_in" else "MLP output y = MLP(x)",
-            "pair": identity,
-            "run": str(args.run), "cache": str(args.cache), "layer": layer,
-            "definitions": {"sae_bench_commit": SAE_BENCH_COMMIT, "sae_bench_files": list(SAE_BENCH_FILES),
-                            "docs": "docs/metrics.md, 'SAEBench core metrics'"},
-            "ignore_token_ids": ignore,
-            "rows_read": n_rows,
-            "ce_contexts": ce_contexts if ce_reason is None else 0,
-            "first_position_clean": first_clean,
-            **res.extra,
-        }}
-        doc = core_eval_json(res.metrics, res.features, eval_config=config,
-                             sae_cfg_dict=read_sae_config(Path(args.run) / role), unstructured=unstructured,
-                             eval_id=run_id)
-        write_core_json(out_dir / result_filename(role), doc)
+        head = {"sae": role, "reconstructs": "MLP input x" if role == "sae_in" else "MLP output y = MLP(x)",
+                "pair": identity}
+        write_core_result(out_dir / result_filename(role), res, head=head, settings=settings, eval_config=config,
+                          sae_cfg_dict=read_sae_config(Path(args.run) / role), eval_id=eval_id)
         m = res.metrics
         log.info("%s: explained_variance %.4f (ours: %s), l0 %.2f, frac_alive %.3f, ce_loss_score %s", role,
                  m["explained_variance"], res.extra["jsae_metrics"]["explained_variance"], m["l0"],

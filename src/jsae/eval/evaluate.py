@@ -24,7 +24,7 @@ import argparse
 import logging
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -216,12 +216,6 @@ def splice_token_losses(
     by zeros; ``sae_out``: MLP output replaced by ``y_hat = sae_out(y)`` with ``y`` the MLP's output
     on its true input / by zeros.
     """
-    check_positive_int("batch_size", batch_size)
-    if contexts.dim() != 2 or contexts.shape[0] == 0 or contexts.shape[1] < 2:
-        raise ValueError(f"contexts has shape {tuple(contexts.shape)}; "
-                         "expected [n_contexts >= 1, length >= 2] token ids")
-    module = mlp_module(model, layer)
-    device = next(model.parameters()).device
     sae_dtype = pair.sae_in.W_enc.dtype
 
     def recon_in(x: Tensor) -> Tensor:
@@ -234,8 +228,27 @@ def splice_token_losses(
         "recon_in": (replace_mlp_input, _splice(first_position_clean, recon_in)),
         "zero_in": (replace_mlp_input, _splice(first_position_clean, torch.zeros_like)),
         "recon_out": (replace_mlp_output, _splice(first_position_clean, recon_out)),
-        "zero_out": (replace_mlp_output, _splice(first_position_clean, lambda _x, y: torch.zeros_like(y))),
+        "zero_out": (replace_mlp_output, zero_output(first_position_clean)),
     }
+    return spliced_token_losses(model, layer, contexts, variants, batch_size=batch_size, progress=progress)
+
+
+def zero_output(first_position_clean: bool):
+    """The zero-ablation of the MLP output, as a splice of :func:`jsae.data.hooks.replace_mlp_output`."""
+    return _splice(first_position_clean, lambda _x, y: torch.zeros_like(y))
+
+
+def spliced_token_losses(model: nn.Module, layer: int, contexts: Tensor, variants: Mapping[str, tuple[Any, Any]], *,
+                         batch_size: int = 8, progress: bool = True) -> dict[str, Tensor]:
+    """Per token, the LM's next-token CE clean and with each of ``variants`` (``name: (replace, fn)``: the hook
+    context of :mod:`jsae.data.hooks` and the splice it applies to ``layer``'s MLP), and KL(clean || spliced):
+    ``ce/clean``, ``ce/{name}`` ``[n_contexts * (length - 1)]``, ``kl/{name}`` ``[n_contexts * length]``."""
+    check_positive_int("batch_size", batch_size)
+    if contexts.dim() != 2 or contexts.shape[0] == 0 or contexts.shape[1] < 2:
+        raise ValueError(f"contexts has shape {tuple(contexts.shape)}; "
+                         "expected [n_contexts >= 1, length >= 2] token ids")
+    module = mlp_module(model, layer)
+    device = next(model.parameters()).device
     ce: dict[str, list[Tensor]] = {k: [] for k in ["clean", *variants]}
     kl: dict[str, list[Tensor]] = {k: [] for k in variants}
     for start in tqdm(range(0, contexts.shape[0], batch_size), desc="CE/KL", disable=not progress, leave=False):
@@ -252,16 +265,17 @@ def splice_token_losses(
     return out
 
 
-def splice_metrics(losses: dict[str, Tensor], min_ablation_nats: float = CE_SCORE_MIN_ABLATION_NATS
-                   ) -> dict[str, float]:
-    """Mean CE / KL per variant, and per SAE side the CE loss score (refused below the floor), the
-    CE deltas and the KL score, from :func:`splice_token_losses` (ratio of means, appendix E)."""
+def splice_metrics(losses: dict[str, Tensor], min_ablation_nats: float = CE_SCORE_MIN_ABLATION_NATS,
+                   sides: Sequence[str] = SIDES) -> dict[str, float]:
+    """Mean CE / KL per variant, and per SAE side (of ``sides``: a transcoder has ``out`` only) the CE loss score
+    (refused below the floor), the CE deltas and the KL score, from :func:`splice_token_losses` (ratio of means,
+    appendix E)."""
     check_min_ablation(min_ablation_nats)
     means = {k: float(v.double().mean()) for k, v in losses.items()}
     out = dict(means)
     ce = {k.split("/", 1)[1]: v for k, v in means.items() if k.startswith("ce/")}
     kl = {k.split("/", 1)[1]: v for k, v in means.items() if k.startswith("kl/")}
-    for side in SIDES:
+    for side in sides:
         out.update(ce_splice_metrics(side, ce["clean"], ce[f"recon_{side}"], ce[f"zero_{side}"], min_ablation_nats))
         out[side_key(side, "kl_score")] = recovered_score(kl[f"zero_{side}"], kl[f"recon_{side}"], 0.0)
     out[CE_TOKENS_KEY] = float(len(losses[splice_key("ce", "clean")]))

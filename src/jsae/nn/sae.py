@@ -115,7 +115,82 @@ def sparse_decode(vals: Tensor, idx: Tensor, W_dec: Tensor, b_dec: Tensor) -> Te
     return F.embedding_bag(idx, W_dec, per_sample_weights=vals.to(W_dec.dtype), mode="sum") + b_dec
 
 
-class TopKSAE(nn.Module):
+def topk_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The k largest ReLU'd pre-activations ``W_enc x + b_enc`` of ``x [..., d_in]`` and their latent indices,
+    ``[..., k]`` each (:class:`_TopKEncode`): the encoder of a TopK SAE and of a transcoder."""
+    d_in = W_enc.shape[1]
+    check_features(x, d_in, "x")
+    lead = x.shape[:-1]
+    vals, idx = _TopKEncode.apply(x.reshape(-1, d_in).to(W_enc.dtype), W_enc, b_enc, k)
+    return vals.reshape(*lead, k), idx.reshape(*lead, k)
+
+
+def topk_encode_aux(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, aux_mask: Tensor, k_aux: int
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`topk_encode`'s ``(vals, idx)`` plus AuxK's ``(aux_vals, aux_idx)``, each ``[..., k_aux]``
+    (:class:`_TopKEncodeAux`; ``aux_mask``: a bool ``[n_latents]`` mask, ``1 <= k_aux <= n_latents``)."""
+    n_latents, d_in = W_enc.shape
+    check_features(x, d_in, "x")
+    if isinstance(k_aux, bool) or not isinstance(k_aux, int) or not 1 <= k_aux <= n_latents:
+        raise ValueError(f"k_aux={k_aux!r} is invalid; expected an integer with 1 <= k_aux <= n_latents={n_latents}")
+    if aux_mask.shape != (n_latents,) or aux_mask.dtype != torch.bool:
+        raise ValueError(
+            f"aux_mask has shape {tuple(aux_mask.shape)} and dtype {aux_mask.dtype}; "
+            f"expected a bool [{n_latents}] mask"
+        )
+    lead = x.shape[:-1]
+    vals, idx, aux_vals, aux_idx = _TopKEncodeAux.apply(
+        x.reshape(-1, d_in).to(W_enc.dtype), W_enc, b_enc, k, aux_mask.to(W_enc.device), k_aux,
+    )
+    return (vals.reshape(*lead, k), idx.reshape(*lead, k), aux_vals.reshape(*lead, k_aux),
+            aux_idx.reshape(*lead, k_aux))
+
+
+def decode_directions(vals: Tensor, idx: Tensor, W_dec: Tensor) -> Tensor:
+    """``sum_a vals[..., a] * W_dec[idx[..., a]]`` without a bias, ``[..., d]``: a reconstruction of a difference
+    of activations (AuxK's model of the reconstruction error), where the bias cancels."""
+    if vals.shape != idx.shape:
+        raise ValueError(f"vals shape {tuple(vals.shape)} != idx shape {tuple(idx.shape)}; expected equal shapes")
+    lead, kk = vals.shape[:-1], vals.shape[-1]
+    weights = vals.reshape(-1, kk).to(W_dec.dtype)
+    out = F.embedding_bag(idx.reshape(-1, kk), W_dec, per_sample_weights=weights, mode="sum")
+    return out.reshape(*lead, W_dec.shape[1])
+
+
+class TopKCoder(nn.Module):
+    """What a TopK SAE and a TopK transcoder (:class:`jsae.nn.transcoder.TopKTranscoder`) share: the TopK encoder
+    of ``W_enc [n_latents, d_in]``, ``b_enc [n_latents]`` with ``k`` and AuxK's decode of ``W_dec``'s rows."""
+
+    W_enc: nn.Parameter
+    b_enc: nn.Parameter
+    W_dec: nn.Parameter
+    k: int
+
+    def pre_activations(self, x: Tensor) -> Tensor:
+        """Dense ``W_enc x + b_enc``, ``[..., n_latents]``: for analysis, never used in training."""
+        return F.linear(x, self.W_enc, self.b_enc)
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The k largest ReLU'd pre-activations and their latent indices: ``[..., k]``, ``[..., k]``."""
+        return topk_encode(x, self.W_enc, self.b_enc, self.k)
+
+    def encode_with_aux(self, x: Tensor, aux_mask: Tensor, k_aux: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """:meth:`encode`'s ``(vals, idx)`` plus AuxK's ``(aux_vals, aux_idx)``, each ``[..., k_aux]``.
+
+        ``aux_vals`` are the ``k_aux`` largest ReLU'd pre-activations among the latents where the
+        ``[n_latents]`` bool ``aux_mask`` is True (0 for a slot no such latent fills with a positive
+        value). Gao et al. (2024, A.2) reconstruct the main reconstruction's error from these with the
+        dead latents as the mask (:meth:`jsae.nn.pair.JSAEPair.loss`).
+        """
+        return topk_encode_aux(x, self.W_enc, self.b_enc, self.k, aux_mask, k_aux)
+
+    def decode_directions(self, vals: Tensor, idx: Tensor) -> Tensor:
+        """``sum_a vals[:, a] * W_dec[idx[:, a]]`` without ``b_dec`` (nor a transcoder's skip path), ``[..., d]``
+        (:func:`decode_directions`)."""
+        return decode_directions(vals, idx, self.W_dec)
+
+
+class TopKSAE(TopKCoder):
     """A k-sparse autoencoder: ``s = TopK(ReLU(W_enc x + b_enc))``, ``x_hat = W_dec^T s + b_dec``.
 
     Initialised as in appendix D (after Gao et al., 2024): decoder rows drawn at random and scaled
@@ -152,61 +227,12 @@ class TopKSAE(nn.Module):
     def extra_repr(self) -> str:
         return f"d_in={self.d_in}, n_latents={self.n_latents}, k={self.k}"
 
-    def pre_activations(self, x: Tensor) -> Tensor:
-        """Dense ``W_enc x + b_enc``, ``[..., n_latents]``: for analysis, never used in training."""
-        return F.linear(x, self.W_enc, self.b_enc)
-
-    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The k largest ReLU'd pre-activations and their latent indices: ``[..., k]``, ``[..., k]``."""
-        check_features(x, self.d_in, "x")
-        lead = x.shape[:-1]
-        vals, idx = _TopKEncode.apply(
-            x.reshape(-1, self.d_in).to(self.W_enc.dtype), self.W_enc, self.b_enc, self.k
-        )
-        return vals.reshape(*lead, self.k), idx.reshape(*lead, self.k)
-
-    def encode_with_aux(self, x: Tensor, aux_mask: Tensor, k_aux: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """:meth:`encode`'s ``(vals, idx)`` plus AuxK's ``(aux_vals, aux_idx)``, each ``[..., k_aux]``.
-
-        ``aux_vals`` are the ``k_aux`` largest ReLU'd pre-activations among the latents where the
-        ``[n_latents]`` bool ``aux_mask`` is True (0 for a slot no such latent fills with a positive
-        value). Gao et al. (2024, A.2) reconstruct the main reconstruction's error from these with the
-        dead latents as the mask (:meth:`jsae.nn.pair.JSAEPair.loss`).
-        """
-        check_features(x, self.d_in, "x")
-        if isinstance(k_aux, bool) or not isinstance(k_aux, int) or not 1 <= k_aux <= self.n_latents:
-            raise ValueError(
-                f"k_aux={k_aux!r} is invalid; expected an integer with 1 <= k_aux <= n_latents={self.n_latents}"
-            )
-        if aux_mask.shape != (self.n_latents,) or aux_mask.dtype != torch.bool:
-            raise ValueError(
-                f"aux_mask has shape {tuple(aux_mask.shape)} and dtype {aux_mask.dtype}; "
-                f"expected a bool [{self.n_latents}] mask"
-            )
-        lead = x.shape[:-1]
-        vals, idx, aux_vals, aux_idx = _TopKEncodeAux.apply(
-            x.reshape(-1, self.d_in).to(self.W_enc.dtype), self.W_enc, self.b_enc, self.k,
-            aux_mask.to(self.W_enc.device), k_aux,
-        )
-        return (vals.reshape(*lead, self.k), idx.reshape(*lead, self.k), aux_vals.reshape(*lead, k_aux),
-                aux_idx.reshape(*lead, k_aux))
-
     def decode(self, vals: Tensor, idx: Tensor) -> Tensor:
         """Reconstruction from k (value, index) pairs per token, ``[..., d_in]``."""
         if vals.shape != idx.shape:
             raise ValueError(f"vals shape {tuple(vals.shape)} != idx shape {tuple(idx.shape)}; expected equal shapes")
         lead, kk = vals.shape[:-1], vals.shape[-1]
         out = sparse_decode(vals.reshape(-1, kk), idx.reshape(-1, kk), self.W_dec, self.b_dec)
-        return out.reshape(*lead, self.d_in)
-
-    def decode_directions(self, vals: Tensor, idx: Tensor) -> Tensor:
-        """``sum_a vals[:, a] * W_dec[idx[:, a]]`` without ``b_dec``, ``[..., d_in]``: a reconstruction of a
-        difference of activations (AuxK's model of the reconstruction error), where the bias cancels."""
-        if vals.shape != idx.shape:
-            raise ValueError(f"vals shape {tuple(vals.shape)} != idx shape {tuple(idx.shape)}; expected equal shapes")
-        lead, kk = vals.shape[:-1], vals.shape[-1]
-        weights = vals.reshape(-1, kk).to(self.W_dec.dtype)
-        out = F.embedding_bag(idx.reshape(-1, kk), self.W_dec, per_sample_weights=weights, mode="sum")
         return out.reshape(*lead, self.d_in)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from jsae.eval.baseline import EVALUATION_FILENAME
 from jsae.eval.metrics import (
     EFFECTIVE_SHARE_KEY,
     OUT_CE_SCORE_KEY,
@@ -43,8 +44,6 @@ from jsae.report.results import PairResult
 #: Where the workflow puts a baseline's evaluation: ``<model>/L<layer>/<control>/<method>/seed<seed>/<file>``.
 BASELINE_PATH = re.compile(r"(?P<model>[^/]+)/L(?P<layer>\d+)/(?P<control>trained|reinit)/(?P<method>[a-z_]+)"
                            r"/seed(?P<seed>\d+)/[^/]+$")
-#: A baseline's evaluation file (:data:`jsae.eval.baseline.EVALUATION_FILENAME`, named apart from a pair's).
-EVALUATION_FILENAME = "baseline_evaluation.json"
 #: The methods, in table order, with their labels (pairs: by λ).
 METHOD_LABELS = {"transcoder": "transcoder", "skip_transcoder": "skip transcoder"}
 KL_KEY = splice_key("kl", "recon_out")
@@ -181,35 +180,32 @@ def fig_methods(pairs: Sequence[PairResult], baselines: Sequence[BaselineResult]
     plt = _plt()
     sites = sorted({(m, int(layer)) for m, layer in zip(rows["model"], rows["layer"])})
     fig, axes = plt.subplots(1, len(sites), figsize=(5.2 * len(sites), 4.2), squeeze=False)
-    table = methods_table(rows)
     markers = {METHOD_LABELS["transcoder"]: ("s", "#2ca02c"), METHOD_LABELS["skip_transcoder"]: ("D", "#9467bd")}
-    missing: list[str] = []
     for ax, site in zip(axes[0], sites):
-        at = rows[(rows["model"] == site[0]) & (rows["layer"] == site[1])]
-        means = table[(table["model"] == site[0]) & (table["layer"] == site[1])]
+        at = rows[(rows["model"] == site[0]) & (rows["layer"] == site[1])].copy()
+        # a site without a CE score (a planted model has no LM) plots the explained variance of y instead
+        at["y"] = at["ce_loss_score"] if at["ce_loss_score"].notna().any() else 1.0 - at["fvu"]
+        ylabel = ("CE loss score, output spliced (1 = clean)" if at["ce_loss_score"].notna().any()
+                  else "explained variance of y = MLP(x) (1 − FVU; no LM here)")
         pair_rows = at[at["lam"].notna()]
-        pair_means = (pair_rows.groupby("lam")[["edges_per_token", "ce_loss_score"]].mean().reset_index()
-                      .sort_values("lam"))
-        ax.scatter(pair_rows["edges_per_token"], pair_rows["ce_loss_score"], color="#d62728", s=10, alpha=0.4)
-        ax.plot(pair_means["edges_per_token"], pair_means["ce_loss_score"], "-o", color="#d62728",
+        pair_means = pair_rows.groupby("lam")[["edges_per_token", "y"]].mean().reset_index().sort_values("lam")
+        ax.scatter(pair_rows["edges_per_token"], pair_rows["y"], color="#d62728", s=10, alpha=0.4)
+        ax.plot(pair_means["edges_per_token"], pair_means["y"], "-o", color="#d62728",
                 label="SAE pairs over λ (λ = 0 … JSAEs)")
         for _, p in pair_means.iterrows():
-            if math.isfinite(p["edges_per_token"]) and math.isfinite(p["ce_loss_score"]):
-                ax.annotate(f"λ={p['lam']:g}", (p["edges_per_token"], p["ce_loss_score"]), fontsize=7,
-                            xytext=(4, 3), textcoords="offset points")
+            if math.isfinite(p["edges_per_token"]) and math.isfinite(p["y"]):
+                ax.annotate(f"λ={p['lam']:g}", (p["edges_per_token"], p["y"]), fontsize=7, xytext=(4, 3),
+                            textcoords="offset points")
         for label, (marker, color) in markers.items():
             b = at[at["method"] == label]
-            mean = means[means["method"] == label]
             if b.empty:
                 continue
-            ax.scatter(b["edges_per_token"], b["ce_loss_score"], color=color, marker=marker, s=12, alpha=0.4)
-            ax.scatter(mean["edges_per_token"], mean["ce_loss_score"], color=color, marker=marker, s=60,
+            ax.scatter(b["edges_per_token"], b["y"], color=color, marker=marker, s=12, alpha=0.4)
+            ax.scatter([b["edges_per_token"].mean()], [b["y"].mean()], color=color, marker=marker, s=60,
                        label=label + (" (+ dense skip path)" if label == METHOD_LABELS["skip_transcoder"] else ""))
-        if at["ce_loss_score"].isna().all():
-            missing.append(_site_title(site))
         ax.set_xscale("log")
         ax.set_xlabel("computation per token (latent connections; log)")
-        ax.set_ylabel("CE loss score, output spliced (1 = clean)")
+        ax.set_ylabel(ylabel)
         ax.set_title(_site_title(site))
         ax.legend(frameon=False, fontsize=7, loc="lower right")
     fig.suptitle("The JSAE and its peers on the same activations: sparsity of computation vs downstream fidelity",
@@ -219,7 +215,5 @@ def fig_methods(pairs: Sequence[PairResult], baselines: Sequence[BaselineResult]
              "sae_out(y)). Transcoders: their k active latents, T(x) spliced in place of the MLP output.",
              "Small dots: one training seed each; large markers: mean over seeds. Upper left is better. "
              "Definitions: docs/metrics.md, 'Methods'."]
-    if missing:
-        notes.append(f"No CE loss score (no LM, or refused) at: {', '.join(missing)}.")
     _caption(fig, notes)
     return _save(fig, out_dir, "fig_methods")

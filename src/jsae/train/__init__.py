@@ -5,7 +5,8 @@
 * :mod:`~jsae.train.sources`: :class:`BatchSource`, :class:`InMemorySource`, the :class:`Prefetcher` thread.
 * :mod:`~jsae.train.dead`: :class:`DeadLatentTracker`.
 * :mod:`~jsae.train.keys`: the metric keys training logs.
-* :mod:`~jsae.train.trainer`: :class:`Trainer` (the loop, checkpoints, exact resume), :class:`TrainResult`.
+* :mod:`~jsae.train.trainer`: :class:`~jsae.train.trainer.TrainerBase` (the loop, checkpoints, exact resume),
+  :class:`Trainer` (a pair's step), :class:`TrainResult`.
 * :mod:`~jsae.train.run`: one run directory (:func:`run_training`, :func:`train_from_files`, :class:`RunRecord`).
 * :mod:`~jsae.train.cli`: ``python -m jsae train``.
 """

@@ -130,9 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    """The arguments, ``--config-json`` filling the options not given explicitly."""
-    parser = build_parser()
+def parse_args(argv: list[str], parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    """The arguments (of ``parser``, default :func:`build_parser`'s), ``--config-json`` filling the options not
+    given explicitly."""
+    parser = parser or build_parser()
     args = parser.parse_args(argv)
     if args.config_json is not None:
         try:
@@ -160,20 +161,27 @@ def parent_run(marker: str | None, uri: str | None) -> str | None:
     return read_parent_run_id(marker)
 
 
-def _train(args: argparse.Namespace) -> int:
+def train_from_args(train: Callable[..., Any], args: argparse.Namespace, **extra: Any) -> int:
+    """``train(model, layer, cache, out, config, **running options, **extra)`` with the parsed arguments; exit
+    status 0 done, 1 diverged (:func:`train_from_files`, or a baseline's ``train_baseline_from_files``)."""
     config, options = configs_from_args(args)
+    uri = tracking_uri(args.mlflow_uri)
     try:
-        train_from_files(
+        train(
             args.model, args.layer, args.cache, args.out, config, control=args.control, force=args.force,
             model_name=args.model_name, device=args.device, checkpoint_every=options.checkpoint_every,
-            log_every=options.log_every, mlflow_uri=tracking_uri(args.mlflow_uri), experiment=args.experiment,
-            mlflow_parent=parent_run(args.mlflow_parent_from, tracking_uri(args.mlflow_uri)),
-            progress=not args.no_progress, log_artifacts=not args.no_artifacts,
+            log_every=options.log_every, mlflow_uri=uri, experiment=args.experiment,
+            mlflow_parent=parent_run(args.mlflow_parent_from, uri), progress=not args.no_progress,
+            log_artifacts=not args.no_artifacts, **extra,
         )
     except FloatingPointError as exc:  # diverged: a result, not a bug; no traceback
         log.error("%s", exc)
         return 1
     return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    return train_from_args(train_from_files, args)
 
 
 def cli(argv: list[str]) -> int:

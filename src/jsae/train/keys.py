@@ -52,6 +52,9 @@ IN_DEAD_FRACTION = train_key("in/dead_fraction")
 OUT_DEAD_FRACTION = train_key("out/dead_fraction")
 IN_DEAD_COUNT = train_key("in/dead_count")
 OUT_DEAD_COUNT = train_key("out/dead_count")
+#: Each side's dead-latent keys (a trainer logs one tracker per side: the pair both, a transcoder ``out``).
+DEAD_FRACTIONS = {"in": IN_DEAD_FRACTION, "out": OUT_DEAD_FRACTION}
+DEAD_COUNTS = {"in": IN_DEAD_COUNT, "out": OUT_DEAD_COUNT}
 
 #: AuxK's reconstruction of each SAE's error from its dead latents (MSE before the coefficient; 0 when off).
 IN_AUXK_MSE = train_key("in/auxk_mse")

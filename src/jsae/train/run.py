@@ -20,7 +20,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,7 +39,7 @@ from jsae.nn.sae import TopKSAE
 from jsae.train import keys
 from jsae.train.config import TrainConfig
 from jsae.train.sources import BatchSource
-from jsae.train.trainer import Trainer, TrainResult, fingerprint_diff, jsonable
+from jsae.train.trainer import Trainer, TrainerBase, TrainResult, fingerprint_diff, jsonable
 
 log = logging.getLogger("jsae.train")
 
@@ -217,33 +217,87 @@ class RunRecord:
     ) -> dict[str, Any]:
         """run.json: the facts, what they derive to, and the outcome (timings, final metrics, MLflow)."""
         return {
-            **self.names,
-            "model_name": self.model_name,
-            "seed": self.config.seed,
-            "hook": self.hook,
-            "hook_name": self.hook_name,
+            **run_json_fields(self, result, metrics=metrics, session_wall_s=session_wall_s, mlflow_uri=mlflow_uri,
+                              experiment=experiment, mlflow_status=mlflow_status),
             "pair": self.pair(),
-            "identity": self.identity,
-            "params": self.params(),
             "evaluation_point": EVALUATION_POINT,
-            "activation_scales": dict(self.activation_scales),
-            "cache": dict(self.cache),
-            "jsae_version": __version__,
-            "torch_version": torch.__version__,
-            "device": self.device,
-            "autocast": self.autocast,
-            "torch_threads": torch.get_num_threads(),
-            "n_steps": self.config.n_steps,
-            "tokens_trained": self.config.n_steps * self.config.batch_size,
-            "timings": {**result.timings, "session_wall_s": session_wall_s},
-            "metrics": dict(metrics),
-            "finished_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-            "mlflow_tags": {key: str(value) for key, value in self.tags(experiment if mlflow_uri else None).items()},
-            "mlflow_uri": mlflow_uri,
-            "mlflow_experiment": experiment if mlflow_uri else None,
-            "mlflow_run_id": result.mlflow_run_id,
-            "mlflow_status": mlflow_status,
         }
+
+
+def run_json_fields(
+    record: Any, result: TrainResult, *, metrics: Mapping[str, float], session_wall_s: float, mlflow_uri: str | None,
+    experiment: str, mlflow_status: str,
+) -> dict[str, Any]:
+    """run.json's fields every run has (a pair's :class:`RunRecord`, a baseline's record): the names, where it
+    read, what it ran on, timings, final metrics and MLflow; the record adds its own sections."""
+    return {
+        **record.names,
+        "model_name": record.model_name,
+        "seed": record.config.seed,
+        "hook": record.hook,
+        "hook_name": record.hook_name,
+        "identity": record.identity,
+        "params": record.params(),
+        "activation_scales": dict(record.activation_scales),
+        "cache": dict(record.cache),
+        "jsae_version": __version__,
+        "torch_version": torch.__version__,
+        "device": record.device,
+        "autocast": record.autocast,
+        "torch_threads": torch.get_num_threads(),
+        "n_steps": record.config.n_steps,
+        "tokens_trained": record.config.n_steps * record.config.batch_size,
+        "timings": {**result.timings, "session_wall_s": session_wall_s},
+        "metrics": dict(metrics),
+        "finished_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "mlflow_tags": {key: str(value) for key, value in record.tags(experiment if mlflow_uri else None).items()},
+        "mlflow_uri": mlflow_uri,
+        "mlflow_experiment": experiment if mlflow_uri else None,
+        "mlflow_run_id": result.mlflow_run_id,
+        "mlflow_status": mlflow_status,
+    }
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How a run is trained and recorded, never what it learns: the keyword arguments of :func:`run_training`
+    and :func:`train_from_files` (and of the baselines' :func:`jsae.train.baseline.train_baseline`).
+
+    ``model_name``: the short name of the MLflow run (default: the spec's last path component); ``hook_name``: the
+    MLP's module path (default: from the cache's hook); ``mlflow_parent``: the study's MLflow run id, under which
+    the run is nested.
+    """
+
+    model_name: str | None = None
+    hook_name: str | None = None
+    device: str = "auto"
+    checkpoint_every: int = 500
+    log_every: int = 50
+    mlflow_uri: str | None = None
+    experiment: str = "jsae"
+    mlflow_parent: str | None = None
+    progress: bool = True
+    log_artifacts: bool = True
+    on_step: Callable[[int], None] | None = None
+
+    def trainer_kwargs(self, out_dir: Path) -> dict[str, Any]:
+        """A trainer's running options for ``out_dir`` (checkpoints in :func:`work_dir_for`)."""
+        return {"work_dir": work_dir_for(out_dir), "checkpoint_every": self.checkpoint_every,
+                "log_every": self.log_every, "progress": self.progress, "on_step": self.on_step}
+
+    def names(self, model: str, attrs: Mapping[str, Any], layer: int) -> tuple[str, str]:
+        """``(model_name, hook_name)`` with their defaults (the cache records its input hook as ``<path>.input``)."""
+        short = self.model_name or Path(str(model).rstrip("/")).name or str(model)
+        return short, self.hook_name or str(attrs.get("hook") or f"layers.{layer}.mlp.input").removesuffix(".input")
+
+
+def skip_finished(out_dir: str | os.PathLike[str], identity: Mapping[str, Any], *, force: bool
+                  ) -> dict[str, Any] | None:
+    """:func:`check_out_dir`, logging a finished identical run as skipped (its record is returned)."""
+    done = check_out_dir(out_dir, identity, force=force)
+    if done is not None:
+        log.info("%s already holds this finished run; skipping (pass --force to retrain)", out_dir)
+    return done
 
 
 def run_training(
@@ -265,14 +319,36 @@ def run_training(
     an already finished identical run is skipped and its record returned.
     """
     check_pair_args(layer=layer, control=control)
-    identity = run_identity(config, model=model, layer=layer, control=control)
-    done = check_out_dir(out_dir, identity, force=force)
+    done = skip_finished(out_dir, run_identity(config, model=model, layer=layer, control=control), force=force)
     if done is not None:
-        log.info("%s already holds this finished run; skipping (pass --force to retrain)", out_dir)
         return done
     check_cache_matches(source.attrs, model=None, layer=layer)
     return _train(mlp_from_module(mlp), source, config, Path(out_dir), model=model, layer=layer, control=control,
                   **kwargs)
+
+
+def open_training_inputs(model: str, layer: int, cache_path: str | os.PathLike[str]) -> tuple[MLP, BatchSource, str]:
+    """The MLP of ``model``'s layer, the opened cache (checked to belong to (model, layer)) and the MLP's module
+    path; a planted model's own MLP (float64, exact) without an LM around it."""
+    if not Path(cache_path).is_file():
+        raise FileNotFoundError(
+            f"cache {cache_path} does not exist; expected an HDF5 activation cache (python -m jsae cache)"
+        )
+    from jsae.data.cache import ActivationCache, hook_name
+    from jsae.data.hooks import mlp_module
+    from jsae.data.models import load_model
+    from jsae.data.planted import PLANTED_HOOK, is_planted_dir, planted_mlp
+
+    cache = ActivationCache.open(cache_path)
+    check_cache_matches(cache.attrs, model=model, layer=layer)
+    if is_planted_dir(model):
+        return planted_mlp(model, layer), cache, PLANTED_HOOK.removesuffix(".input")
+    lm, _tokenizer = load_model(model, device="cpu", dtype=torch.float32)
+    module = mlp_module(lm, layer)
+    mlp = mlp_from_module(module)
+    mlp_path = hook_name(lm, layer).removesuffix(".input")  # e.g. gpt_neox.layers.3.mlp
+    del lm, module  # only the MLP's weights stay alive (its buffers share their storage)
+    return mlp, cache, mlp_path
 
 
 def train_from_files(
@@ -292,116 +368,50 @@ def train_from_files(
     skipped before anything is loaded), the cache's attributes; then the model is loaded.
     """
     check_pair_args(layer=layer, control=control)
-    done = check_out_dir(out_dir, run_identity(config, model=model, layer=layer, control=control), force=force)
+    done = skip_finished(out_dir, run_identity(config, model=model, layer=layer, control=control), force=force)
     if done is not None:
-        log.info("%s already holds this finished run; skipping (pass --force to retrain)", out_dir)
         return done
-    if not Path(cache_path).is_file():
-        raise FileNotFoundError(
-            f"cache {cache_path} does not exist; expected an HDF5 activation cache (python -m jsae cache)"
-        )
-    from jsae.data.cache import ActivationCache, hook_name
-    from jsae.data.hooks import mlp_module
-    from jsae.data.models import load_model
-    from jsae.data.planted import PLANTED_HOOK, is_planted_dir, planted_mlp
-
-    cache = ActivationCache.open(cache_path)
-    check_cache_matches(cache.attrs, model=model, layer=layer)
-    if is_planted_dir(model):  # the planted MLP itself (float64, exact): no LM around it
-        return _train(planted_mlp(model, layer), cache, config, Path(out_dir), model=model, layer=layer,
-                      control=control, hook_name=PLANTED_HOOK.removesuffix(".input"), **kwargs)
-    lm, _tokenizer = load_model(model, device="cpu", dtype=torch.float32)
-    module = mlp_module(lm, layer)
-    mlp = mlp_from_module(module)
-    mlp_path = hook_name(lm, layer).removesuffix(".input")  # e.g. gpt_neox.layers.3.mlp
-    del lm, module  # only the MLP's weights stay alive (its buffers share their storage)
+    mlp, cache, mlp_path = open_training_inputs(model, layer, cache_path)
     return _train(mlp, cache, config, Path(out_dir), model=model, layer=layer, control=control, hook_name=mlp_path,
                   **kwargs)
 
 
-def _train(
-    mlp: MLP,
-    source: BatchSource,
-    config: TrainConfig,
-    out_dir: Path,
-    *,
-    model: str,
-    layer: int,
-    control: str,
-    model_name: str | None = None,
-    hook_name: str | None = None,
-    device: str = "auto",
-    checkpoint_every: int = 500,
-    log_every: int = 50,
-    mlflow_uri: str | None = None,
-    experiment: str = "jsae",
-    mlflow_parent: str | None = None,
-    progress: bool = True,
-    log_artifacts: bool = True,
-    on_step: Callable[[int], None] | None = None,
-) -> dict[str, Any]:
-    """Train a checked (mlp, source, config, out_dir) and write the run directory.
-
-    ``model_name``: the short name of the MLflow run (default: the spec's last path component);
-    ``hook_name``: the MLP's module path (default: from the cache's hook); ``mlflow_parent``: the study's
-    MLflow run id, under which this pair's run is nested. A source with a ``path`` (an activation cache
-    file) is logged as the run's dataset input.
-    """
-    from jsae.export import save_pair, write_manifest
-    from jsae.tracking import Tracker, run_name
-
+def cache_facts(source: BatchSource, config: TrainConfig) -> dict[str, Any]:
+    """The source's attributes as JSON values, warning when the token budget exceeds the cache."""
     attrs = jsonable(dict(source.attrs))
     n_cache, budget = attrs.get("n_tokens"), config.n_steps * config.batch_size
     if isinstance(n_cache, int) and budget > n_cache:
         log.warning("token budget %d exceeds the cache's %d tokens: %.2f passes over the cache",
                     budget, n_cache, budget / n_cache)
+    return attrs
 
-    dev = resolve_device(device)
-    pair = build_pair(mlp, config, device=dev)
-    identity = run_identity(config, model=model, layer=layer, control=control)
-    fingerprint = {"identity": identity, "cache": attrs}
-    trainer = Trainer(
-        pair, source, config, device=dev, work_dir=work_dir_for(out_dir), fingerprint=fingerprint,
-        checkpoint_every=checkpoint_every, log_every=log_every, progress=progress, on_step=on_step,
-    )  # checks the cache's width against the MLP's
-    scales = {"in": 1.0, "out": 1.0}
-    if config.normalize_activations == "expected_norm":
-        scales["in"], scales["out"] = estimate_activation_scales(pair.mlp, source, config, device=dev)
-        pair.set_activation_scales(scales["in"], scales["out"])
-        log.info("activation scales (expected_norm): input x%.4g, output x%.4g", scales["in"], scales["out"])
-    resumed = trainer.restore()  # bad checkpoint -> one-line error before any training
 
-    record = RunRecord(
-        model=model,
-        model_name=model_name or Path(str(model).rstrip("/")).name or str(model),
-        layer=layer,
-        control=control,
-        config=config,
-        dims={"n_latents_in": pair.sae_in.n_latents, "n_latents_out": pair.sae_out.n_latents,
-              "k_in": pair.sae_in.k, "k_out": pair.sae_out.k},
-        mlp={"d_in": pair.mlp.d_in, "d_mlp": pair.mlp.d_hidden, "mlp_kind": pair.mlp.kind},
-        hook=attrs.get("hook"),
-        # The MLP's module path; the cache records its input hook as "<path>.input".
-        hook_name=hook_name or str(attrs.get("hook") or f"layers.{layer}.mlp.input").removesuffix(".input"),
-        cache=attrs,
-        activation_scales=scales,
-        device=str(dev),
-        autocast=str(trainer.autocast).replace("torch.", "") if trainer.autocast else None,
-    )
-    tracker = Tracker(mlflow_uri, experiment) if mlflow_uri else Tracker.disabled()
-    trainer.mlflow_run_id = tracker.start(run_name(record.model_name, layer, config.lam, control, config.seed),
-                                          params=record.params(), tags=record.tags(experiment),
-                                          run_id=trainer.mlflow_run_id, parent_run_id=mlflow_parent)
+def start_tracking(trainer: TrainerBase, record: Any, name: str, source: BatchSource, opts: RunSettings) -> Any:
+    """Start (or resume: the checkpoint's run id) ``record``'s MLflow run ``name`` nested under ``mlflow_parent``,
+    log a source with a ``path`` (an activation cache file) as its dataset input and hand it to ``trainer``."""
+    from jsae.tracking import Tracker
+
+    tracker = Tracker(opts.mlflow_uri, opts.experiment) if opts.mlflow_uri else Tracker.disabled()
+    trainer.mlflow_run_id = tracker.start(name, params=record.params(), tags=record.tags(opts.experiment),
+                                          run_id=trainer.mlflow_run_id, parent_run_id=opts.mlflow_parent)
     if isinstance(getattr(source, "path", None), (str, os.PathLike)):
         tracker.log_cache_input(source.path)
     trainer.tracker = tracker
-    d = record.dims
-    auxk = f", AuxK coef {config.auxk_coef:g} k_aux {trainer.auxk_k[0]}/{trainer.auxk_k[1]}" if config.auxk_coef else ""
-    log.info(
-        "training %s layer %d (%s) lam=%g: %d steps x %d tokens, latents %d/%d, k %d/%d%s, device %s%s",
-        record.model_name, layer, control, config.lam, config.n_steps, config.batch_size, d["n_latents_in"],
-        d["n_latents_out"], d["k_in"], d["k_out"], auxk, dev, f", resumed at step {trainer.step}" if resumed else "",
-    )
+    return tracker
+
+
+def run_and_write(
+    trainer: TrainerBase, tracker: Any, record: Any, out_dir: Path, opts: RunSettings, *,
+    save: Callable[[Path], Sequence[str]], complete: Callable[[Path], None] | None = None,
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Run ``trainer`` to the end under ``tracker`` and write the run directory atomically; returns run.json's
+    content and the final metrics.
+
+    ``save(tmp)`` writes the trained models into the run directory being written and returns their
+    sub-directories (logged as artifacts); ``complete(tmp)``, when given, runs once run.json is written. The
+    run's MLflow status is KILLED on Ctrl-C, FAILED on any other error; the work directory is removed at the end.
+    """
+    config = trainer.config
     wall0 = time.perf_counter()
     try:
         result = trainer.run()
@@ -413,30 +423,98 @@ def _train(
         raise
     # run.json's metrics are exactly what MLflow shows for the run's train/ keys (the last logged row).
     final = {k: v for k, v in result.metrics.items() if k != keys.STEP}
-    final[keys.IN_DEAD_FRACTION] = trainer.dead_in.dead_fraction()
-    final[keys.OUT_DEAD_FRACTION] = trainer.dead_out.dead_fraction()
+    for side, dead in trainer.dead_trackers().items():
+        final[keys.DEAD_FRACTIONS[side]] = dead.dead_fraction()
     session_wall_s = time.perf_counter() - wall0
-    # Exported SAEs act on raw activations: the scales go into their weights (latents and J unchanged).
-    pair.fold_activation_scales_()
     with atomic_dir(out_dir) as tmp:
-        save_pair(pair, tmp, hook_name=record.hook_name, metadata=record.sae_metadata())
+        subdirs = save(tmp)
         with atomic_path(tmp / METRICS_FILENAME) as mtmp:
             mtmp.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in result.history))
         tracker.log_metrics(final, step=config.n_steps)
-        if log_artifacts:
-            for sub in ("sae_in", "sae_out"):
+        if opts.log_artifacts:
+            for sub in subdirs:
                 tracker.log_artifacts(tmp / sub, sub)
             tracker.log_artifact(tmp / METRICS_FILENAME)
-        run_json = record.to_json(result, metrics=final, session_wall_s=session_wall_s, mlflow_uri=mlflow_uri,
-                                  experiment=experiment, mlflow_status=tracker.status)
+        run_json = record.to_json(result, metrics=final, session_wall_s=session_wall_s, mlflow_uri=opts.mlflow_uri,
+                                  experiment=opts.experiment, mlflow_status=tracker.status)
         write_json(tmp / RUN_FILENAME, run_json)
-        write_manifest(tmp)  # pair.json complete: it reads run.json (seed, scales, model class)
+        if complete is not None:
+            complete(tmp)
         tracker.log_artifact(tmp / RUN_FILENAME)
     tracker.finish()
     shutil.rmtree(work_dir_for(out_dir), ignore_errors=True)
-    if tracker.error is not None and mlflow_uri:
+    if tracker.error is not None and opts.mlflow_uri:
         log.warning("MLflow tracking was unavailable (%s); all metrics are in %s", tracker.error,
                     out_dir / METRICS_FILENAME)
+    return run_json, final
+
+
+def _train(
+    mlp: MLP,
+    source: BatchSource,
+    config: TrainConfig,
+    out_dir: Path,
+    *,
+    model: str,
+    layer: int,
+    control: str,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Train a checked (mlp, source, config, out_dir) and write the run directory (``kwargs``: :class:`RunSettings`).
+    A source with a ``path`` (an activation cache file) is logged as the run's dataset input."""
+    from jsae.export import save_pair, write_manifest
+    from jsae.tracking import run_name
+
+    opts = RunSettings(**kwargs)
+    attrs = cache_facts(source, config)
+    dev = resolve_device(opts.device)
+    pair = build_pair(mlp, config, device=dev)
+    identity = run_identity(config, model=model, layer=layer, control=control)
+    fingerprint = {"identity": identity, "cache": attrs}
+    # checks the cache's width against the MLP's
+    trainer = Trainer(pair, source, config, device=dev, fingerprint=fingerprint, **opts.trainer_kwargs(out_dir))
+    scales = {"in": 1.0, "out": 1.0}
+    if config.normalize_activations == "expected_norm":
+        scales["in"], scales["out"] = estimate_activation_scales(pair.mlp, source, config, device=dev)
+        pair.set_activation_scales(scales["in"], scales["out"])
+        log.info("activation scales (expected_norm): input x%.4g, output x%.4g", scales["in"], scales["out"])
+    resumed = trainer.restore()  # bad checkpoint -> one-line error before any training
+
+    short_name, mlp_path = opts.names(model, attrs, layer)
+    record = RunRecord(
+        model=model,
+        model_name=short_name,
+        layer=layer,
+        control=control,
+        config=config,
+        dims={"n_latents_in": pair.sae_in.n_latents, "n_latents_out": pair.sae_out.n_latents,
+              "k_in": pair.sae_in.k, "k_out": pair.sae_out.k},
+        mlp={"d_in": pair.mlp.d_in, "d_mlp": pair.mlp.d_hidden, "mlp_kind": pair.mlp.kind},
+        hook=attrs.get("hook"),
+        hook_name=mlp_path,
+        cache=attrs,
+        activation_scales=scales,
+        device=str(dev),
+        autocast=str(trainer.autocast).replace("torch.", "") if trainer.autocast else None,
+    )
+    tracker = start_tracking(trainer, record, run_name(short_name, layer, config.lam, control, config.seed), source,
+                             opts)
+    d = record.dims
+    auxk = f", AuxK coef {config.auxk_coef:g} k_aux {trainer.auxk_k[0]}/{trainer.auxk_k[1]}" if config.auxk_coef else ""
+    log.info(
+        "training %s layer %d (%s) lam=%g: %d steps x %d tokens, latents %d/%d, k %d/%d%s, device %s%s",
+        record.model_name, layer, control, config.lam, config.n_steps, config.batch_size, d["n_latents_in"],
+        d["n_latents_out"], d["k_in"], d["k_out"], auxk, dev, f", resumed at step {trainer.step}" if resumed else "",
+    )
+
+    def save(tmp: Path) -> tuple[str, ...]:
+        # Exported SAEs act on raw activations: the scales go into their weights (latents and J unchanged).
+        pair.fold_activation_scales_()
+        save_pair(pair, tmp, hook_name=record.hook_name, metadata=record.sae_metadata())
+        return ("sae_in", "sae_out")
+
+    # pair.json is complete after run.json: it reads run.json (seed, scales, model class)
+    run_json, final = run_and_write(trainer, tracker, record, out_dir, opts, save=save, complete=write_manifest)
     log.info("finished %s: train loss %.4g, in/mse %.4g, out/mse %.4g, jac/l1 %.4g, dead %.3f/%.3f -> %s",
              record.model_name,
              *(final.get(k, float("nan")) for k in (keys.LOSS, keys.IN_MSE, keys.OUT_MSE, keys.JAC_L1)),

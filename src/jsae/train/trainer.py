@@ -23,7 +23,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,32 +94,41 @@ class _Window:
     """Sums of the loss parts since the last log (device tensors: no sync per step)."""
 
     steps: int = 0
-    sums: dict[str, Tensor] = field(default_factory=dict)  # LossParts field -> sum
+    sums: dict[str, Tensor] = field(default_factory=dict)  # loss part name -> sum
     timed_steps: int = 0  # steps since t0 (a restored window's earlier steps ran in another session)
     t0: float = field(default_factory=time.perf_counter)
     wait0: float = 0.0
 
-    def add(self, parts: LossParts) -> None:
-        for name in keys.WINDOW_MEANS:
+    def add(self, parts: Any, names: Iterable[str]) -> None:
+        """Add the step's ``parts`` fields ``names`` (a trainer's :attr:`TrainerBase.window_means`)."""
+        for name in names:
             value = getattr(parts, name)
             self.sums[name] = self.sums[name] + value if name in self.sums else value.clone()
         self.steps += 1
         self.timed_steps += 1
 
 
-class Trainer:
-    """Trains ``pair`` in place with the appendix-D recipe; checkpoints into ``work_dir``.
+class TrainerBase:
+    """What every trainer shares: Adam over ``params``, the LR schedule's bookkeeping, checkpoints into
+    ``work_dir``, timing, the metric history, the log window, autocast and the loop.
 
-    ``fingerprint`` (hyper-parameters and data identity) is stored in each checkpoint; resuming
-    from a checkpoint with another fingerprint is a one-line ``ValueError``. ``on_step(step)`` is
-    called after each completed step (and its checkpoint); raising in it simulates a crash.
+    A subclass names what it checkpoints (:meth:`checkpoint_modules`, :meth:`dead_trackers`: their names are
+    the checkpoint's keys), takes a step (:meth:`train_step`) and adds its own log entries
+    (:meth:`log_extras`, :meth:`postfix`). ``fingerprint`` (hyper-parameters and data identity) is stored in
+    each checkpoint; resuming from a checkpoint with another fingerprint is a one-line ``ValueError``.
+    ``on_step(step)`` is called after each completed step (and its checkpoint); raising in it simulates a crash.
     """
+
+    #: The loss parts summed over a log window -> their logged keys.
+    window_means: Mapping[str, str] = keys.WINDOW_MEANS
+    #: Recorded in, and required of, a checkpoint when set (a pair's checkpoints have none).
+    checkpoint_kind: str | None = None
 
     def __init__(
         self,
-        pair: JSAEPair,
         source: BatchSource,
         config: TrainConfig,
+        params: Iterable[torch.nn.Parameter],
         *,
         device: torch.device | str = "cpu",
         work_dir: str | os.PathLike[str] | None = None,
@@ -132,29 +141,18 @@ class Trainer:
         prefetch: int = 4,
     ) -> None:
         options = RunOptions(checkpoint_every=checkpoint_every, log_every=log_every)
-        if source.d_model != pair.sae_in.d_in:
-            raise ValueError(
-                f"the cache holds activations of width {source.d_model}; "
-                f"expected the MLP input width {pair.sae_in.d_in}"
-            )
-        self.pair, self.source, self.config = pair, source, config
+        self.source, self.config = source, config
         self.device = torch.device(device)
         self.work_dir = Path(work_dir) if work_dir is not None else None
         self.fingerprint = jsonable(dict(fingerprint or {"config": dataclasses.asdict(config)}))
         self.checkpoint_every, self.log_every = options.checkpoint_every, options.log_every
         self.progress, self.tracker, self.on_step, self.prefetch = progress, tracker, on_step, prefetch
         self.n_steps = config.n_steps
-        self.params = [p for sae in (pair.sae_in, pair.sae_out) for p in sae.parameters()]
+        self.params = list(params)
         self.optimizer = torch.optim.Adam(
             self.params, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps,
             fused=self.device.type in ("cpu", "cuda") or None,  # one kernel per step; deterministic on CPU
         )
-        self.dead_in = DeadLatentTracker(pair.sae_in.n_latents, config.dead_window_tokens, self.device)
-        self.dead_out = DeadLatentTracker(pair.sae_out.n_latents, config.dead_window_tokens, self.device)
-        self.auxk_k = (0, 0)
-        if config.auxk_coef > 0:
-            dims = config.dims(pair.sae_in.d_in, pair.sae_out.d_in)
-            self.auxk_k = (dims["k_aux_in"], dims["k_aux_out"])
         self.step = 0
         self.history: list[dict[str, float]] = []
         self.timing: dict[str, Any] = {"train_s": 0.0, "reader_wait_s": 0.0, "sessions": 0, "resumed_from": []}
@@ -162,6 +160,29 @@ class Trainer:
         self.autocast = autocast_dtype(self.device)
         # Loss sums of the current log window: checkpointed so a resumed run logs the same means.
         self.window = _Window()
+
+    # -- what the subclass trains ------------------------------------------------------------------
+
+    def checkpoint_modules(self) -> dict[str, torch.nn.Module]:
+        """The trained modules by their checkpoint key."""
+        raise NotImplementedError
+
+    def dead_trackers(self) -> dict[str, DeadLatentTracker]:
+        """The dead-latent trackers by side (``in``, ``out``): checkpointed as ``dead_{side}``, logged under
+        :data:`keys.DEAD_FRACTIONS` and :data:`keys.DEAD_COUNTS`."""
+        raise NotImplementedError
+
+    def train_step(self, x: Tensor) -> Any:
+        """One optimiser step at ``self.step``; returns the step's parts (fields :attr:`window_means`)."""
+        raise NotImplementedError
+
+    def log_extras(self, x: Tensor, parts: Any) -> dict[str, float]:
+        """The subclass's own entries of a log row, computed on the logged step's batch ``x``."""
+        return {}
+
+    def postfix(self, row: Mapping[str, float]) -> dict[str, str]:
+        """The progress bar's postfix from a log row."""
+        return {"loss": f"{row[keys.LOSS]:.4g}"}
 
     # -- checkpoints -------------------------------------------------------------------------------
 
@@ -178,15 +199,14 @@ class Trainer:
             rng["cuda"] = torch.cuda.get_rng_state_all()
         state = {
             "format": CHECKPOINT_FORMAT,
+            **({"kind": self.checkpoint_kind} if self.checkpoint_kind is not None else {}),
             "fingerprint": self.fingerprint,
             "step": self.step,
             "reader_position": self.step,  # one batch per step: batches consumed
-            "sae_in": self.pair.sae_in.state_dict(),
-            "sae_out": self.pair.sae_out.state_dict(),
+            **{name: module.state_dict() for name, module in self.checkpoint_modules().items()},
             "optimizer": self.optimizer.state_dict(),
             "rng": rng,
-            "dead_in": self.dead_in.state_dict(),
-            "dead_out": self.dead_out.state_dict(),
+            **{f"dead_{side}": dead.state_dict() for side, dead in self.dead_trackers().items()},
             "history": self.history,
             "window": {"steps": self.window.steps, "sums": self.window.sums},
             "timing": self.timing,
@@ -208,10 +228,12 @@ class Trainer:
                 f"checkpoint {path} cannot be read ({type(exc).__name__}); "
                 "expected a jsae checkpoint (delete it to start over)"
             ) from None
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        if not isinstance(state, dict) or (state.get("format"), state.get("kind")) != (CHECKPOINT_FORMAT,
+                                                                                       self.checkpoint_kind):
+            kind = f" of kind {self.checkpoint_kind!r}" if self.checkpoint_kind is not None else ""
             raise ValueError(
                 f"checkpoint {path} has an unknown format; "
-                f"expected format {CHECKPOINT_FORMAT} (delete it to start over)"
+                f"expected format {CHECKPOINT_FORMAT}{kind} (delete it to start over)"
             )
         diff = fingerprint_diff(state.get("fingerprint", {}), self.fingerprint)
         if diff:
@@ -219,14 +241,14 @@ class Trainer:
                 f"checkpoint {path} was written with different hyper-parameters or data ({diff}); "
                 f"expected the arguments of the interrupted run (or delete {path.parent} to start over)"
             )
-        self.pair.sae_in.load_state_dict(state["sae_in"])
-        self.pair.sae_out.load_state_dict(state["sae_out"])
+        for name, module in self.checkpoint_modules().items():
+            module.load_state_dict(state[name])
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"]["torch"].cpu())
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
-        self.dead_in.load_state_dict(state["dead_in"])
-        self.dead_out.load_state_dict(state["dead_out"])
+        for side, dead in self.dead_trackers().items():
+            dead.load_state_dict(state[f"dead_{side}"])
         self.step = int(state["step"])
         self.history = list(state["history"])
         self.window = _Window(steps=int(state["window"]["steps"]), sums=dict(state["window"]["sums"]))
@@ -243,63 +265,25 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast)
 
-    def train_step(self, x: Tensor) -> LossParts:
-        """One optimiser step at ``self.step`` (schedules from the step); returns the loss parts."""
+    def _lr(self, step: int) -> float:
         cfg = self.config
-        lr = lr_at(self.step, self.n_steps, lr=cfg.lr, warmup_frac=cfg.lr_warmup_frac, decay_frac=cfg.lr_decay_frac)
-        lam = lam_at(self.step, self.n_steps, lam=cfg.lam, warmup_frac=cfg.lam_warmup_frac)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        auxk = None
-        if cfg.auxk_coef > 0:
-            # Dead as of the steps before this one (the trackers are checkpointed: resume is exact).
-            auxk = AuxK(cfg.auxk_coef, self.dead_in.dead_mask(), self.dead_out.dead_mask(), *self.auxk_k)
-        with self._autocast():
-            loss, parts = self.pair.loss(x, lam, auxk)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
-        self.optimizer.step()
-        self.pair.normalize_decoders_()
-        self.dead_in.update(parts.in_vals, parts.in_idx)
-        self.dead_out.update(parts.out_vals, parts.out_idx)
-        self.step += 1
-        return parts
+        return lr_at(step, self.n_steps, lr=cfg.lr, warmup_frac=cfg.lr_warmup_frac, decay_frac=cfg.lr_decay_frac)
 
-    @torch.no_grad()
-    def jacobian_metrics(self, x: Tensor, J: Tensor | None = None) -> dict[str, float]:
-        """``train/jac/l1`` and ``train/jac/frac_above_0.01`` (:data:`keys.JAC_L1`, :data:`keys.JAC_FRAC`) on ``x``.
-
-        ``J`` is the step's own Jacobian when the loss computed it (lam > 0); otherwise (lam = 0, or
-        the first steps of a zero warm-up) it is computed here with the current weights, so the
-        baseline's Jacobian sparsity is logged too.
-        """
-        if J is None:
-            with self._autocast():
-                J, _, _ = self.pair.jacobian(x)
-        J = J.float()
-        return {keys.JAC_L1: float(jacobian_l1(J)), keys.JAC_FRAC: float(frac_above(J, (keys.JAC_THRESHOLD,)).mean())}
-
-    def _log_row(self, window: _Window, x: Tensor, J: Tensor | None, reader: Prefetcher) -> dict[str, float]:
+    def _log_row(self, window: _Window, x: Tensor, parts: Any, reader: Prefetcher) -> dict[str, float]:
         cfg = self.config
         elapsed = time.perf_counter() - window.t0
-        last = self.step - 1
-        row = {
+        dead = self.dead_trackers()
+        return {
             keys.STEP: float(self.step),
             keys.TOKENS: float(self.step * cfg.batch_size),
-            **{key: float(window.sums[name]) / window.steps for name, key in keys.WINDOW_MEANS.items()},
-            keys.LAM: lam_at(last, self.n_steps, lam=cfg.lam, warmup_frac=cfg.lam_warmup_frac),
-            keys.LR: lr_at(last, self.n_steps, lr=cfg.lr, warmup_frac=cfg.lr_warmup_frac, decay_frac=cfg.lr_decay_frac),
+            **{key: float(window.sums[name]) / window.steps for name, key in self.window_means.items()},
+            keys.LR: self._lr(self.step - 1),
             keys.TOKENS_PER_S: window.timed_steps * cfg.batch_size / max(elapsed, 1e-9),
             keys.READER_WAIT_FRACTION: (reader.wait_s - window.wait0) / max(elapsed, 1e-9),
-            keys.IN_DEAD_FRACTION: self.dead_in.dead_fraction(),
-            keys.OUT_DEAD_FRACTION: self.dead_out.dead_fraction(),
-            keys.IN_DEAD_COUNT: float(self.dead_in.dead_count()),
-            keys.OUT_DEAD_COUNT: float(self.dead_out.dead_count()),
+            **{keys.DEAD_FRACTIONS[side]: tracker.dead_fraction() for side, tracker in dead.items()},
+            **{keys.DEAD_COUNTS[side]: float(tracker.dead_count()) for side, tracker in dead.items()},
+            **self.log_extras(x, parts),
         }
-        row.update(self.jacobian_metrics(x, J))
-        return row
 
     def run(self) -> TrainResult:
         """Train from ``self.step`` to the end; returns the final metrics (last logged window)."""
@@ -332,9 +316,9 @@ class Trainer:
                 t_step = time.perf_counter()
                 x = next(reader).to(self.device, non_blocking=True)
                 parts = self.train_step(x)
-                self.window.add(parts)
+                self.window.add(parts, self.window_means)
                 if self.step % self.log_every == 0 or self.step == self.n_steps:
-                    row = self._log_row(self.window, x, parts.jacobian, reader)
+                    row = self._log_row(self.window, x, parts, reader)
                     if not math.isfinite(row[keys.LOSS]):
                         raise FloatingPointError(
                             f"the training loss became {row[keys.LOSS]} by step {self.step}; expected finite values "
@@ -343,7 +327,7 @@ class Trainer:
                     self.history.append(row)
                     if self.tracker is not None:
                         self.tracker.log_metrics({k: v for k, v in row.items() if k != keys.STEP}, step=self.step)
-                    bar.set_postfix(loss=f"{row[keys.LOSS]:.4g}", jac=f"{row[keys.JAC_L1]:.3g}", refresh=False)
+                    bar.set_postfix(**self.postfix(row), refresh=False)
                     self.window = _Window(t0=time.perf_counter(), wait0=reader.wait_s)
                 bar.update(cfg.batch_size)
                 # Time in steps (incl. waiting on the reader), excluding checkpoint writes.
@@ -357,6 +341,78 @@ class Trainer:
             bar.close()
             reader.close()
         return time.perf_counter() - session_t0
+
+
+class Trainer(TrainerBase):
+    """Trains ``pair`` in place with the appendix-D recipe; checkpoints into ``work_dir``
+    (:class:`TrainerBase`: fingerprint, ``on_step``)."""
+
+    def __init__(self, pair: JSAEPair, source: BatchSource, config: TrainConfig, **kwargs: Any) -> None:
+        if source.d_model != pair.sae_in.d_in:
+            raise ValueError(
+                f"the cache holds activations of width {source.d_model}; "
+                f"expected the MLP input width {pair.sae_in.d_in}"
+            )
+        super().__init__(source, config, [p for sae in (pair.sae_in, pair.sae_out) for p in sae.parameters()],
+                         **kwargs)
+        self.pair = pair
+        self.dead_in = DeadLatentTracker(pair.sae_in.n_latents, config.dead_window_tokens, self.device)
+        self.dead_out = DeadLatentTracker(pair.sae_out.n_latents, config.dead_window_tokens, self.device)
+        self.auxk_k = (0, 0)
+        if config.auxk_coef > 0:
+            dims = config.dims(pair.sae_in.d_in, pair.sae_out.d_in)
+            self.auxk_k = (dims["k_aux_in"], dims["k_aux_out"])
+
+    def checkpoint_modules(self) -> dict[str, torch.nn.Module]:
+        return {"sae_in": self.pair.sae_in, "sae_out": self.pair.sae_out}
+
+    def dead_trackers(self) -> dict[str, DeadLatentTracker]:
+        return {"in": self.dead_in, "out": self.dead_out}
+
+    def train_step(self, x: Tensor) -> LossParts:
+        """One optimiser step at ``self.step`` (schedules from the step); returns the loss parts."""
+        cfg = self.config
+        lam = lam_at(self.step, self.n_steps, lam=cfg.lam, warmup_frac=cfg.lam_warmup_frac)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self._lr(self.step)
+        auxk = None
+        if cfg.auxk_coef > 0:
+            # Dead as of the steps before this one (the trackers are checkpointed: resume is exact).
+            auxk = AuxK(cfg.auxk_coef, self.dead_in.dead_mask(), self.dead_out.dead_mask(), *self.auxk_k)
+        with self._autocast():
+            loss, parts = self.pair.loss(x, lam, auxk)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+        self.optimizer.step()
+        self.pair.normalize_decoders_()
+        self.dead_in.update(parts.in_vals, parts.in_idx)
+        self.dead_out.update(parts.out_vals, parts.out_idx)
+        self.step += 1
+        return parts
+
+    @torch.no_grad()
+    def jacobian_metrics(self, x: Tensor, J: Tensor | None = None) -> dict[str, float]:
+        """``train/jac/l1`` and ``train/jac/frac_above_0.01`` (:data:`keys.JAC_L1`, :data:`keys.JAC_FRAC`) on ``x``.
+
+        ``J`` is the step's own Jacobian when the loss computed it (lam > 0); otherwise (lam = 0, or
+        the first steps of a zero warm-up) it is computed here with the current weights, so the
+        baseline's Jacobian sparsity is logged too.
+        """
+        if J is None:
+            with self._autocast():
+                J, _, _ = self.pair.jacobian(x)
+        J = J.float()
+        return {keys.JAC_L1: float(jacobian_l1(J)), keys.JAC_FRAC: float(frac_above(J, (keys.JAC_THRESHOLD,)).mean())}
+
+    def log_extras(self, x: Tensor, parts: LossParts) -> dict[str, float]:
+        cfg = self.config
+        lam = lam_at(self.step - 1, self.n_steps, lam=cfg.lam, warmup_frac=cfg.lam_warmup_frac)
+        return {keys.LAM: lam, **self.jacobian_metrics(x, parts.jacobian)}
+
+    def postfix(self, row: Mapping[str, float]) -> dict[str, str]:
+        return {**super().postfix(row), "jac": f"{row[keys.JAC_L1]:.3g}"}
 
 
 def _progress_bar(total: int, initial: int, *, enabled: bool) -> Any:
