@@ -30,7 +30,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_step import build, sync  # noqa: E402  (a sibling script, not a package)
+from bench_step import build, median_step_times, sync  # noqa: E402  (a sibling script, not a package)
 
 from jsae.devices import resolve_device  # noqa: E402
 
@@ -82,20 +82,10 @@ def main() -> None:
     for tokens in args.tokens:
         steps = {v: build(v, args.d, args.d_mlp, n, args.k, device) for v in VARIANTS}
         x = torch.randn(tokens, args.d, device=device)
-        flops = {v: count_flops(steps[v], x) for v in VARIANTS}  # also the warm-up
+        flops = {v: count_flops(steps[v], x) for v in VARIANTS}  # also a first warm-up
+        medians = median_step_times(steps, x, device, clock, args.warmup, args.repeats)
         for v in VARIANTS:
-            for _ in range(args.warmup):
-                steps[v](x)
-        times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-        for _ in range(args.repeats):
-            for v in VARIANTS:
-                sync(device)
-                t0 = clock()
-                steps[v](x)
-                sync(device)
-                times[v].append(clock() - t0)
-        for v in VARIANTS:
-            t = statistics.median(times[v])
+            t = medians[v]
             rows.append({"tokens": tokens, "variant": v, "gflop": flops[v] / 1e9, "seconds": t,
                          "gflop_per_s": flops[v] / t / 1e9, "of_matmul_peak": flops[v] / t / 1e9 / peak})
         del steps

@@ -80,24 +80,30 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def median_step_times(steps: dict, x: torch.Tensor, device: torch.device, clock, warmup: int,
+                      repeats: int) -> dict[str, float]:
+    """Warm each step up, then time them interleaved (a, b, c, a, b, c, ...); the median per step."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step(x)
+    times: dict[str, list[float]] = {v: [] for v in steps}
+    for _ in range(repeats):
+        for v, step in steps.items():
+            sync(device)
+            t0 = clock()
+            step(x)
+            sync(device)
+            times[v].append(clock() - t0)
+    return {v: statistics.median(ts) for v, ts in times.items()}
+
+
 def time_variants(args, device) -> dict[int, dict[str, float]]:
     clock = time.process_time if args.clock == "process" else time.perf_counter
     out: dict[int, dict[str, float]] = {}
     for tokens in args.tokens:
         steps = {v: build(v, args.d, args.d_mlp, args.d * args.expansion, args.k, device) for v in VARIANTS}
-        x = torch.randn(tokens, args.d, device=device)
-        for v in VARIANTS:  # warm-up
-            for _ in range(args.warmup):
-                steps[v](x)
-        times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-        for _ in range(args.repeats):
-            for v in VARIANTS:
-                sync(device)
-                t0 = clock()
-                steps[v](x)
-                sync(device)
-                times[v].append(clock() - t0)
-        out[tokens] = {v: statistics.median(ts) for v, ts in times.items()}
+        out[tokens] = median_step_times(steps, torch.randn(tokens, args.d, device=device), device, clock,
+                                        args.warmup, args.repeats)
         del steps
     return out
 
