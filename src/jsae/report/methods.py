@@ -170,6 +170,8 @@ def fig_methods(pairs: Sequence[PairResult], baselines: Sequence[BaselineResult]
     """Computation per token against the CE loss score, every method, one panel per site (trained models):
     the pairs as a line over λ (λ = 0: traditional SAEs), each baseline a marker; every seed a dot, the mean
     over seeds a large marker."""
+    from matplotlib.ticker import FuncFormatter
+
     from jsae.report.figures import _caption, _plt, _save, _site_title
 
     rows = method_rows([r for r in pairs if r.control == "trained"],
@@ -204,10 +206,14 @@ def fig_methods(pairs: Sequence[PairResult], baselines: Sequence[BaselineResult]
             ax.scatter([b["edges_per_token"].mean()], [b["y"].mean()], color=color, marker=marker, s=60,
                        label=label + (" (+ dense skip path)" if label == METHOD_LABELS["skip_transcoder"] else ""))
         ax.set_xscale("log")
+        plain = FuncFormatter(lambda v, _: f"{v:g}")  # 16 and 100, not 1.6 x 10^1
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="x", which="minor", labelsize=7)
         ax.set_xlabel("computation per token (latent connections; log)")
         ax.set_ylabel(ylabel)
         ax.set_title(_site_title(site))
-        ax.legend(frameon=False, fontsize=7, loc="lower right")
+        ax.legend(frameon=False, fontsize=7, loc="best")
     fig.suptitle("The JSAE and its peers on the same activations: sparsity of computation vs downstream fidelity",
                  fontweight="bold")
     fig.tight_layout()
