@@ -430,3 +430,38 @@ def test_tiny_study_with_baselines_end_to_end(tmp_path):
         assert 0 < ev["metrics"]["out/explained_variance"] <= 1
     again = snakemake("-n", *targets, *args, cwd=tmp_path)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr, again.stdout[-3000:]
+
+
+def test_release_holds_the_baseline_as_a_sparsify_folder(lm_run, tmp_path):
+    """`python -m jsae export`: a baseline beside a pair is released as a sparsify folder named by the MLP's
+    hookpoint, its weights byte for byte, that sparsify loads and runs to our transcoder's output; --select
+    patterns that match only pairs leave it out."""
+    import shutil
+
+    from sparsify import SparseCoder
+
+    from jsae.release import export_release
+    from jsae.train.baseline import load_transcoder
+
+    results = tmp_path / "results"
+    base_dir = results / "runs" / "tiny" / "L1" / "trained" / "transcoder" / "seed0"
+    shutil.copytree(lm_run / "run", base_dir)
+    assert main(["train", "--model", str(lm_run / "model"), "--model-name", "tiny", "--layer", "1", "--lam", "0",
+                 "--cache", str(lm_run / "train.h5"), "--out", str(results / "runs/tiny/L1/trained/lam0/seed0"),
+                 "--config-json", json.dumps({"k": 4, "expansion": 4, "n_tokens": 64, "batch_size": 32}),
+                 "--device", "cpu", "--mlflow-uri", "none", "--no-progress", "--no-artifacts"]) == 0
+    manifest = export_release(results, tmp_path / "release")
+    [entry] = manifest["baselines"]
+    assert entry["path"] == "tiny/L1/trained/transcoder/seed0" and entry["method"] == "transcoder"
+    folder = tmp_path / "release" / entry["sparsify"]
+    assert folder.name == "layers.1.mlp"  # sparsify's name of GPT-NeoX's MLP module: where a transcoder hooks
+    assert (folder / "sae.safetensors").read_bytes() == (base_dir / "transcoder" / "sae.safetensors").read_bytes()
+    coder = SparseCoder.load_from_disk(folder)
+    ours = load_transcoder(base_dir / "transcoder")
+    x = torch.randn(8, ours.d_in, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(coder(x, ours(x)).sae_out, ours(x), atol=1e-5)
+    card = (tmp_path / "release" / entry["path"] / "README.md").read_text()
+    assert "SparseCoder.load_from_disk" in card and "Not evaluated." in card
+    only_pairs = export_release(results, tmp_path / "release2", select=["tiny/L1/trained/lam*/seed0"])
+    assert only_pairs["baselines"] == [] and len(only_pairs["pairs"]) == 1

@@ -42,6 +42,7 @@ from jsae.export import (
     SAE_CFG_FILENAME,
     SAE_ROLES,
     SAE_WEIGHTS_FILENAME,
+    hook_names,
     load_sae,
     manifest_from_run,
     read_sae_config,
@@ -70,6 +71,10 @@ TAGS = ["sparse-autoencoder", "jacobian-sparse-autoencoder", "jsae", "saelens", 
 #: A pair's path under runs/ (the workflow's layout, workflow/rules/paths.smk PAIR).
 PAIR_PATH = re.compile(r"(?P<model>[^/]+)/L(?P<layer>\d+)/(?P<control>trained|reinit)/lam(?P<lam>[^/]+)"
                        r"/seed(?P<seed>\d+)")
+#: A peer-method baseline's path under runs/ (the workflow's layout, workflow/rules/study.smk BASELINE).
+BASELINE_PATH = re.compile(r"(?P<model>[^/]+)/L(?P<layer>\d+)/(?P<control>trained|reinit)/(?P<method>[a-z_]+)"
+                           r"/seed(?P<seed>\d+)")
+BASELINE_FILENAME = "baseline.json"
 #: Neuronpedia's hook-point categories (its upload tool's choices) for our two SAEs: the MLP input has no
 #: exact category there (TransformerLens's hook_mlp_in is the residual before ln2), the nearest is hook_mlp_in.
 NEURONPEDIA_HOOK_POINTS = {"sae_in": "hook_mlp_in", "sae_out": "hook_mlp_out"}
@@ -105,15 +110,34 @@ def find_pairs(results: str | os.PathLike[str]) -> list[ReleasePair]:
     return out
 
 
-def select_pairs(pairs: Sequence[ReleasePair], patterns: Sequence[str] | None) -> list[ReleasePair]:
-    """The pairs whose path matches any of the glob ``patterns`` (all without patterns); each pattern must match."""
+def find_baselines(results: str | os.PathLike[str]) -> list[ReleasePair]:
+    """Every finished peer-method baseline under ``results/runs`` (a transcoder run of the workflow's layout), with
+    its ``baseline_evaluation.json`` if any."""
+    from jsae.eval.baseline import EVALUATION_FILENAME as BASELINE_EVALUATION
+    from jsae.train.baseline import CODER_DIRNAME
+
+    root = Path(results)
+    out = []
+    for run_json in sorted((root / "runs").rglob(RUN_FILENAME)):
+        rel = run_json.parent.relative_to(root / "runs").as_posix()
+        coder = run_json.parent / CODER_DIRNAME
+        if PAIR_PATH.fullmatch(rel) is None and BASELINE_PATH.fullmatch(rel) and coder.is_dir():
+            evaluation = root / "eval" / rel / BASELINE_EVALUATION
+            out.append(ReleasePair(rel, run_json.parent, evaluation if evaluation.is_file() else None))
+    return out
+
+
+def select_pairs(pairs: Sequence[ReleasePair], patterns: Sequence[str] | None,
+                 baselines: Sequence[ReleasePair] = ()) -> list[ReleasePair]:
+    """The pairs whose path matches any of the glob ``patterns`` (all without patterns); each pattern must match a
+    pair or one of ``baselines`` (selected by the same patterns: :func:`select_baselines`)."""
     if not pairs:
         raise ValueError("no finished pairs (run.json under runs/<model>/L<layer>/<control>/lam<lam>/seed<seed>); "
                          "expected a results directory with trained pairs")
     if not patterns:
         return list(pairs)
     for pattern in patterns:
-        if not any(fnmatch.fnmatchcase(p.path, pattern) for p in pairs):
+        if not any(fnmatch.fnmatchcase(p.path, pattern) for p in [*pairs, *baselines]):
             raise ValueError(f"--select {pattern!r} matches none of the {len(pairs)} pairs (e.g. {pairs[0].path!r}); "
                              "expected a glob over <model>/L<layer>/<control>/lam<lam>/seed<seed>")
     return [p for p in pairs if any(fnmatch.fnmatchcase(p.path, pattern) for pattern in patterns)]
@@ -420,6 +444,52 @@ def export_pair(pair: ReleasePair, dest: Path, *, repo_id: str, creator: str, wo
     return manifest
 
 
+def export_baseline(baseline: ReleasePair, dest: Path) -> dict[str, Any]:
+    """One peer-method baseline's release folder at ``dest``: its transcoder as a sparsify folder named by sparsify's
+    hookpoint (the MLP module; ``transcoder`` where the architecture has none), the weights byte for byte,
+    ``baseline.json`` (what it is, its hooks and metrics) and a model card; returns ``baseline.json``'s content."""
+    from jsae.io import read_json
+    from jsae.train.baseline import CODER_DIRNAME, SPARSIFY_CFG, load_transcoder
+
+    run = read_json(baseline.run_dir / RUN_FILENAME)
+    tc = load_transcoder(baseline.run_dir / CODER_DIRNAME)  # checks the weights against cfg.json before release
+    hooks = hook_names(str(run["hook_name"]), int(run["layer"]), (run.get("cache") or {}).get("model_class"))
+    hookpoint = hooks["sae_out"]["sparsify"] or CODER_DIRNAME  # a transcoder hooks the MLP module, as sae_out
+    with atomic_dir(dest / SPARSIFY_DIR / hookpoint) as tmp:
+        for name in (SPARSIFY_CFG, SPARSIFY_WEIGHTS):
+            shutil.copyfile(baseline.run_dir / CODER_DIRNAME / name, tmp / name)
+    metrics = (read_json(baseline.evaluation).get("metrics") or {}) if baseline.evaluation else None
+    entry = {"path": baseline.path, "method": run["method"], "model": run.get("model_name") or run["model"],
+             "model_spec": run["model"], "layer": run["layer"], "control": run["control"], "seed": run["seed"],
+             "k": tc.k, "n_latents": tc.n_latents, "d_in": tc.d_in, "d_out": tc.d_out, "skip": tc.skip,
+             "reads": hooks["sae_in"]["hf"], "writes": hooks["sae_out"]["hf"],
+             "sparsify": f"{baseline.path}/{SPARSIFY_DIR}/{hookpoint}", "hooks": hooks["sae_out"],
+             "tokens": run.get("tokens_trained"), "evaluated": metrics is not None, "metrics": metrics}
+    write_json(dest / BASELINE_FILENAME, entry)
+    _write_text(dest / CARD_FILENAME, baseline_card(entry))
+    return entry
+
+
+def baseline_card(entry: Mapping[str, Any]) -> str:
+    """A baseline's ``README.md``: what it is, where it reads and writes, its metrics and the sparsify loader."""
+    kind = "skip transcoder (plus a dense linear path W_skip)" if entry["skip"] else "transcoder"
+    metrics = entry.get("metrics") or {}
+    rows = ["| metric | value |", "|---|---|"] + [f"| `{k}` | {_fmt(v)} |" for k, v in metrics.items()]
+    return "\n".join([
+        f"# TopK {kind}: {entry['model']} layer {entry['layer']}, seed {entry['seed']} ({entry['control']})", "",
+        f"A peer method of the JSAE pairs of the same study: it reads the MLP input (`{entry['reads']}`) and predicts "
+        f"the MLP output (`{entry['writes']}`) through {entry['n_latents']} latents, {entry['k']} active per token, "
+        f"trained by jsae from the pairs' activation cache with their width, k, recipe and {_fmt(entry['tokens'])} "
+        "tokens. The folder is in EleutherAI sparsify's format (transcode: true).", "",
+        "## Metrics (baseline_evaluation.json: the pairs' output-SAE metrics, T(x) in place of sae_out(y))", "",
+        *(rows if metrics else ["Not evaluated."]), "",
+        "## Load", "", "```python", "from sparsify import SparseCoder", "",
+        f'coder = SparseCoder.load_from_disk("{SPARSIFY_DIR}/{entry["sparsify"].rsplit("/", 1)[-1]}")',
+        "y_hat = coder(x, y).sae_out  # x: the MLP input, y: its output (the target of the FVU it reports)",
+        "```", "",
+    ])
+
+
 def export_release(results: str | os.PathLike[str], out: str | os.PathLike[str], *,
                    select: Sequence[str] | None = None, repo_id: str | None = None,
                    creator: str = "the jsae authors") -> dict[str, Any]:
@@ -427,7 +497,9 @@ def export_release(results: str | os.PathLike[str], out: str | os.PathLike[str],
     if repo_id is not None and not _HUB_ID.fullmatch(repo_id):
         raise ValueError(f"--repo-id {repo_id!r} is invalid; expected a Hugging Face repository id USER/NAME")
     repo = repo_id or REPO_PLACEHOLDER
-    pairs = select_pairs(find_pairs(results), select)
+    found = find_baselines(results)
+    pairs = select_pairs(find_pairs(results), select, found)
+    baselines = [b for b in found if not select or any(fnmatch.fnmatchcase(b.path, pattern) for pattern in select)]
     entries: list[tuple[str, dict[str, Any]]] = []
     with atomic_dir(out) as tmp:
         for pair in pairs:
@@ -435,6 +507,9 @@ def export_release(results: str | os.PathLike[str], out: str | os.PathLike[str],
             entries.append((pair.path, export_pair(pair, tmp / pair.path, repo_id=repo, creator=creator,
                                                    workdir=Path(results).resolve().parent)))
             log.info("released %s%s", pair.path, "" if pair.evaluation else " (not evaluated: no metrics)")
+        released = [export_baseline(b, tmp / b.path) for b in baselines]
+        for b in released:
+            log.info("released baseline %s%s", b["path"], "" if b["evaluated"] else " (not evaluated: no metrics)")
         by_model: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         for path, m in entries:
             by_model.setdefault(_model_id(m), []).append((path, m))
@@ -454,9 +529,13 @@ def export_release(results: str | os.PathLike[str], out: str | os.PathLike[str],
                                        "sparsify": f"{path}/{s['sparsify_path']}" if s.get("sparsify_path") else None,
                                        "hooks": s["hooks"]} for role, s in m["saes"].items()}}
                       for path, m in entries],
+            # the peer methods (transcoders) trained beside the pairs: sparsify folders
+            "baselines": [{k: b[k] for k in ("path", "method", "model", "layer", "control", "seed", "k", "n_latents",
+                                             "sparsify", "evaluated")} for b in released],
         }
         write_json(tmp / RELEASE_MANIFEST, manifest)
-    log.info("wrote %s: %d pairs; upload with: %s", out, len(entries), manifest["upload_command"])
+    log.info("wrote %s: %d pairs, %d baselines; upload with: %s", out, len(entries), len(released),
+             manifest["upload_command"])
     return manifest
 
 
@@ -470,8 +549,9 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--runs", required=True, help="the study's results directory (holding runs/ and eval/)")
     p.add_argument("--out", required=True, help="release directory to write (e.g. results/release)")
     p.add_argument("--select", nargs="+", default=None, metavar="PATTERN",
-                   help="release only pairs whose path <model>/L<layer>/<control>/lam<lam>/seed<seed> matches one of "
-                   "these globs, e.g. 'tiny-neox/L2/trained/*/seed0' (default: every pair)")
+                   help="release only pairs whose path <model>/L<layer>/<control>/lam<lam>/seed<seed> (and baselines "
+                   "whose <model>/L<layer>/<control>/<method>/seed<seed>) matches one of these globs, e.g. "
+                   "'tiny-neox/L2/trained/*/seed0' (default: every pair and baseline)")
     p.add_argument("--repo-id", default=None,
                    help=f"Hugging Face repository the release will be uploaded to (default: {REPO_PLACEHOLDER}, a "
                    "placeholder in pretrained_saes.yaml and neuronpedia.json)")

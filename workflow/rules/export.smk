@@ -1,5 +1,6 @@
 # The release: every pair of the study in the formats other tools load (SAELens, sparsify, jsae.load_pair), with
-# model cards, pretrained_saes.yaml and neuronpedia.json (python -m jsae export). Not part of the default target:
+# model cards, pretrained_saes.yaml and neuronpedia.json, and the peer-method baselines as sparsify folders (python
+# -m jsae export). Not part of the default target:
 #
 #   snakemake results/release/manifest.json
 #
@@ -16,6 +17,9 @@ rule export:
                          "sae_out/sae_weights.safetensors")
         ],
         evaluations=lambda wc: pair_files("evaluation.json", pairs()),
+        # the peer methods (baselines.enabled): released as sparsify folders beside the pairs
+        baselines=lambda wc: [f"{baseline_run_dir(**b)}/{name}" for b in baselines()
+                              for name in ("run.json", *BASELINE_CODER_FILES)] + baseline_evaluations(),
     output:
         manifest=f"{RESULTS}/release/manifest.json",
     params:
@@ -23,7 +27,8 @@ rule export:
         results=lambda wc, output: Path(output.manifest).parent.parent,
         out=lambda wc, output: Path(output.manifest).parent,
         # exactly the study's pairs: <model>/L<layer>/<control>/lam<lam>/seed<seed>, as under results/runs
-        select=lambda wc: " ".join(PAIR.format(**{**p, "lam": fmt_lam(p["lam"])}) for p in pairs()),
+        select=lambda wc: " ".join([PAIR.format(**{**p, "lam": fmt_lam(p["lam"])}) for p in pairs()]
+                                   + [BASELINE.format(**b) for b in baselines()]),
     log:
         log_file("export"),
     threads: 1
