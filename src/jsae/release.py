@@ -50,6 +50,7 @@ from jsae.export import (
 )
 from jsae.io import atomic_dir, atomic_path, setup_logging, write_json
 from jsae.nn.sae import TopKSAE
+from jsae.train.baseline import RUN_PATH as BASELINE_RUN_PATH
 
 log = logging.getLogger("jsae.release")
 
@@ -72,8 +73,7 @@ TAGS = ["sparse-autoencoder", "jacobian-sparse-autoencoder", "jsae", "saelens", 
 PAIR_PATH = re.compile(r"(?P<model>[^/]+)/L(?P<layer>\d+)/(?P<control>trained|reinit)/lam(?P<lam>[^/]+)"
                        r"/seed(?P<seed>\d+)")
 #: A peer-method baseline's path under runs/ (the workflow's layout, workflow/rules/study.smk BASELINE).
-BASELINE_PATH = re.compile(r"(?P<model>[^/]+)/L(?P<layer>\d+)/(?P<control>trained|reinit)/(?P<method>[a-z_]+)"
-                           r"/seed(?P<seed>\d+)")
+BASELINE_PATH = re.compile(BASELINE_RUN_PATH)
 BASELINE_FILENAME = "baseline.json"
 #: Neuronpedia's hook-point categories (its upload tool's choices) for our two SAEs: the MLP input has no
 #: exact category there (TransformerLens's hook_mlp_in is the residual before ln2), the nearest is hook_mlp_in.

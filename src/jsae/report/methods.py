@@ -40,10 +40,10 @@ from jsae.eval.metrics import (
 )
 from jsae.io import read_json
 from jsae.report.results import PairResult
+from jsae.train.baseline import RUN_PATH
 
 #: Where the workflow puts a baseline's evaluation: ``<model>/L<layer>/<control>/<method>/seed<seed>/<file>``.
-BASELINE_PATH = re.compile(r"(?P<model>[^/]+)/L(?P<layer>\d+)/(?P<control>trained|reinit)/(?P<method>[a-z_]+)"
-                           r"/seed(?P<seed>\d+)/[^/]+$")
+BASELINE_PATH = re.compile(RUN_PATH + r"/[^/]+$")
 #: The methods, in table order, with their labels (pairs: by λ).
 METHOD_LABELS = {"transcoder": "transcoder", "skip_transcoder": "skip transcoder"}
 KL_KEY = splice_key("kl", "recon_out")

@@ -84,6 +84,11 @@ CHECKPOINT_KIND = "transcoder"
 WINDOW_MEANS = {"loss": keys.LOSS, "mse": keys.OUT_MSE, "auxk": keys.OUT_AUXK_MSE}
 
 
+#: A baseline's path under runs/ and eval/ (run_name's layout; workflow/rules/study.smk BASELINE), as a regex.
+RUN_PATH = (r"(?P<model>[^/]+)/L(?P<layer>\d+)/(?P<control>trained|reinit)/(?P<method>[a-z_]+)"
+            r"/seed(?P<seed>\d+)")
+
+
 def run_name(model: str, layer: int, control: str, method: str, seed: int) -> str:
     """The MLflow run name of a baseline: ``{model}/L{layer}/{control}/{method}/seed{seed}`` (its result path)."""
     return f"{model}/L{layer}/{control}/{method}/seed{seed}"
